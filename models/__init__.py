@@ -1,0 +1,1 @@
+"""Pure ML: signal processing, detectors, training, export, bundles, evaluation."""

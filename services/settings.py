@@ -1,0 +1,173 @@
+"""Settings: one frozen dataclass per process, built once from ``CARDIOWATCH_*`` at the edge.
+
+Nothing else in the code base reads ``os.environ``; processes build their settings here
+and pass them on explicitly. Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "SettingsError",
+    "Topics",
+    "KafkaSettings",
+    "WorkerSettings",
+    "DispatcherSettings",
+    "SimulatorSettings",
+    "DEFAULT_MODEL_DIR",
+    "REPO_ROOT",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "pretrained" / "ecg-lstm-ae"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a bad value; the message names the key."""
+
+
+def _get(env: Mapping[str, str], key: str, default: str) -> str:
+    return env.get(key, default)
+
+
+def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{key} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{key} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{key} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Kafka topic names. Raw topics are keyed by patient id."""
+
+    ecg: str = "cardiowatch.ecg.raw"
+    hr: str = "cardiowatch.hr.raw"
+    scores: str = "cardiowatch.scores"
+    alerts: str = "cardiowatch.alerts"
+    deadletter: str = "cardiowatch.deadletter"
+    alerts_deadletter: str = "cardiowatch.alerts.deadletter"
+    acks: str = "cardiowatch.acks"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Topics:
+        d = cls()
+        return cls(
+            ecg=_get(env, "CARDIOWATCH_TOPIC_ECG", d.ecg),
+            hr=_get(env, "CARDIOWATCH_TOPIC_HR", d.hr),
+            scores=_get(env, "CARDIOWATCH_TOPIC_SCORES", d.scores),
+            alerts=_get(env, "CARDIOWATCH_TOPIC_ALERTS", d.alerts),
+            deadletter=_get(env, "CARDIOWATCH_TOPIC_DEADLETTER", d.deadletter),
+            alerts_deadletter=_get(env, "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER", d.alerts_deadletter),
+            acks=_get(env, "CARDIOWATCH_TOPIC_ACKS", d.acks),
+        )
+
+    def all(self) -> list[str]:
+        return [self.ecg, self.hr, self.scores, self.alerts, self.deadletter,
+                self.alerts_deadletter, self.acks]
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:9092"
+    partitions: int = 8
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        env = os.environ if env is None else env
+        bootstrap = _get(env, "CARDIOWATCH_BOOTSTRAP", cls.bootstrap)
+        if not bootstrap or any(":" not in hp for hp in bootstrap.split(",")):
+            raise SettingsError(f"CARDIOWATCH_BOOTSTRAP must be host:port[,host:port], got {bootstrap!r}")
+        return cls(
+            bootstrap=bootstrap,
+            partitions=_int(env, "CARDIOWATCH_PARTITIONS", cls.partitions, 1, 1024),
+            topics=Topics.from_env(env),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    kafka: KafkaSettings
+    model_dir: Path = DEFAULT_MODEL_DIR
+    app_id: str = "cardiowatch-worker"
+    data_dir: Path = Path(".cache/worker")
+    metrics_port: int = 9108
+    batch_max: int = 512
+    batch_within_s: float = 0.2
+    policy_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if env is None else env
+        model_dir = Path(_get(env, "CARDIOWATCH_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+        policy = env.get("CARDIOWATCH_POLICY_FILE")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            model_dir=model_dir,
+            app_id=_get(env, "CARDIOWATCH_APP_ID", cls.app_id),
+            data_dir=Path(_get(env, "CARDIOWATCH_DATA_DIR", str(cls.data_dir))),
+            metrics_port=_int(env, "CARDIOWATCH_METRICS_PORT", cls.metrics_port, 0, 65535),
+            batch_max=_int(env, "CARDIOWATCH_BATCH_MAX", cls.batch_max, 1, 100_000),
+            batch_within_s=_float(env, "CARDIOWATCH_BATCH_WITHIN_S", cls.batch_within_s, 0.001, 10.0),
+            policy_file=Path(policy) if policy else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherSettings:
+    kafka: KafkaSettings
+    routing_file: Path
+    group_id: str = "cardiowatch-dispatcher"
+    metrics_port: int = 9109
+    ack_port: int = 8088
+    ack_tokens_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
+        env = os.environ if env is None else env
+        routing = env.get("CARDIOWATCH_ROUTING_FILE")
+        if not routing:
+            raise SettingsError("CARDIOWATCH_ROUTING_FILE must name the routing YAML file, got nothing")
+        tokens = env.get("CARDIOWATCH_ACK_TOKENS_FILE")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            routing_file=Path(routing),
+            group_id=_get(env, "CARDIOWATCH_DISPATCHER_GROUP", cls.group_id),
+            metrics_port=_int(env, "CARDIOWATCH_DISPATCHER_METRICS_PORT", cls.metrics_port, 0, 65535),
+            ack_port=_int(env, "CARDIOWATCH_ACK_PORT", cls.ack_port, 0, 65535),
+            ack_tokens_file=Path(tokens) if tokens else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    kafka: KafkaSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SimulatorSettings:
+        env = os.environ if env is None else env
+        return cls(kafka=KafkaSettings.from_env(env))

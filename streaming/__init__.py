@@ -1,0 +1,1 @@
+"""Stream core: validation, per-patient windows, scoring pipeline, alert policy; Faust shell."""

@@ -1,0 +1,139 @@
+"""Events passed between stages: scored beats, heart-rate observations, alerts.
+
+These frozen dataclasses are the contract between the stream core (``streaming``),
+the alert policy and the dispatcher (``services``). Every timestamp is event time in
+epoch milliseconds (``*_ts_ms``) taken from the wearable's messages, never the wall
+clock, except ``produced_wall_ms`` which records when the worker emitted an alert.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ALERT_SCHEMA",
+    "SCORE_SCHEMA",
+    "Priority",
+    "Category",
+    "AlertAction",
+    "ScoredBeat",
+    "HRObservation",
+    "QualityObservation",
+    "AlertEvent",
+]
+
+ALERT_SCHEMA = "cardiowatch.alert/1"
+SCORE_SCHEMA = "cardiowatch.score/1"
+
+Priority = Literal["high", "medium", "low"]
+Category = Literal["physiological", "technical"]
+AlertAction = Literal["raised", "updated", "escalated", "cleared", "acknowledged", "resolved"]
+
+PRIORITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBeat:
+    """One beat found by the QRS detector and scored by the ECG detector.
+
+    ``beat_id`` is stable across replays: ``f"{patient_id}:{r_sample}"`` where
+    ``r_sample`` counts samples at the model rate since the patient's first chunk.
+    """
+
+    beat_id: str
+    patient_id: str
+    device_id: str
+    r_ts_ms: int
+    rr_ms: float | None  # interval from the previous beat; None for the first beat
+    score: float
+    threshold: float
+    flagged: bool
+    signal_quality: float  # 0 (unusable) .. 1 (clean)
+    model_version: str
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["schema"] = SCORE_SCHEMA
+        return json.dumps(d, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class HRObservation:
+    """Heart rate reported by the wearable (or derived from beats), in event time."""
+
+    patient_id: str
+    device_id: str
+    ts_ms: int
+    hr_bpm: float
+    rr_ms: tuple[float, ...] = ()
+    quality: float | None = None
+    hr_score: float | None = None  # heart-rate autoencoder score when a model scored it
+    hr_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityObservation:
+    """Signal quality of one ECG chunk."""
+
+    patient_id: str
+    device_id: str
+    ts_ms: int
+    duration_ms: int
+    quality: float  # 0..1
+    lead_off: bool
+    noisy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One change in the life of an alert; the ``alerts`` topic is their audit log.
+
+    ``alert_id`` names the episode (patient, condition, onset); ``event_id`` names this
+    change of it and is what webhook receivers deduplicate on (``webhook-id``).
+    """
+
+    alert_id: str
+    revision: int
+    action: AlertAction
+    patient_id: str
+    device_id: str
+    condition: str
+    category: Category
+    priority: Priority
+    onset_ts_ms: int
+    detected_ts_ms: int
+    rule: str
+    score: float | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+    signal_quality: float | None = None
+    strip: dict[str, Any] | None = None  # {"sample_rate_hz", "start_ts_ms", "samples_mv"}
+    escalation_level: int = 0
+    produced_wall_ms: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.alert_id}:{self.action}:{self.revision}:{self.escalation_level}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema"] = ALERT_SCHEMA
+        d["event_id"] = self.event_id
+        return d
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlertEvent:
+        if d.get("schema") != ALERT_SCHEMA:
+            raise ValueError(f"alert schema must be {ALERT_SCHEMA!r}, got {d.get('schema')!r}")
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> AlertEvent:
+        return cls.from_dict(json.loads(raw))

@@ -1,0 +1,68 @@
+"""Metrics: every Prometheus metric of every process, built against an injected registry.
+
+Names follow ``cardiowatch_<noun>_<unit>``; counters end in ``_total``; durations are
+seconds. Labels are bounded (``stage``, ``reason``, ``priority``, ``outcome``...); a
+patient id is never a label. Tests pass a fresh ``CollectorRegistry()``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics", "LATENCY_BUCKETS_S"]
+
+# Event-to-score latency is seconds-scale: chunks are ~1 s long and beats need the
+# samples after the R peak, so buckets span 50 ms .. 60 s.
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class WorkerMetrics:
+    """Metrics of the streaming worker (``cardiowatch worker``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.messages_in = Counter(
+            "cardiowatch_messages_in_total", "Messages consumed from raw topics.",
+            ["stream"], registry=registry)
+        self.invalid = Counter(
+            "cardiowatch_invalid_messages_total", "Messages rejected at validation, by reason.",
+            ["stream", "reason"], registry=registry)
+        self.gaps = Counter(
+            "cardiowatch_sequence_gaps_total", "Sequence gaps seen in device streams.",
+            ["stream"], registry=registry)
+        self.redelivered = Counter(
+            "cardiowatch_redelivered_messages_total",
+            "Messages seen again after a restart and skipped (already in state).",
+            ["stream"], registry=registry)
+        self.beats_scored = Counter(
+            "cardiowatch_beats_scored_total", "Beats scored by the ECG detector.",
+            registry=registry)
+        self.hr_scored = Counter(
+            "cardiowatch_hr_windows_scored_total", "Heart-rate windows scored.",
+            registry=registry)
+        self.batch_size = Histogram(
+            "cardiowatch_inference_batch_size", "Beats per model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=registry)
+        self.inference_latency = Histogram(
+            "cardiowatch_inference_latency_seconds", "Wall time of one batched model call.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry)
+        self.event_to_score = Histogram(
+            "cardiowatch_event_to_score_latency_seconds",
+            "Wall time from a beat's R peak (event time) to its score being produced.",
+            buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.event_to_alert = Histogram(
+            "cardiowatch_event_to_alert_latency_seconds",
+            "Wall time from an alert's onset (event time) to the alert being produced.",
+            buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.alerts = Counter(
+            "cardiowatch_alerts_total", "Alert events produced, by priority and action.",
+            ["priority", "action"], registry=registry)
+        self.consumer_lag = Gauge(
+            "cardiowatch_consumer_lag_messages", "Messages behind the log end, by topic.",
+            ["topic"], registry=registry)
+        self.stage_latency = Histogram(
+            "cardiowatch_stage_latency_seconds", "Wall time spent per batch in each stage.",
+            ["stage"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+            registry=registry)
