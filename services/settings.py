@@ -19,11 +19,15 @@ __all__ = [
     "DispatcherSettings",
     "SimulatorSettings",
     "DEFAULT_MODEL_DIR",
+    "DEFAULT_HR_MODEL_DIR",
+    "RUNTIMES",
     "REPO_ROOT",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "pretrained" / "ecg-lstm-ae"
+DEFAULT_HR_MODEL_DIR = REPO_ROOT / "models" / "pretrained" / "hr-lstm-ae"
+RUNTIMES = ("keras", "tflite", "tflite-int8")
 
 
 class SettingsError(ValueError):
@@ -60,7 +64,7 @@ def _float(env: Mapping[str, str], key: str, default: float, lo: float, hi: floa
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Topics:
     """Kafka topic names. Raw topics are keyed by patient id."""
 
@@ -90,7 +94,7 @@ class Topics:
                 self.alerts_deadletter, self.acks]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = "127.0.0.1:9092"
     partitions: int = 8
@@ -109,7 +113,7 @@ class KafkaSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class WorkerSettings:
     kafka: KafkaSettings
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -119,12 +123,19 @@ class WorkerSettings:
     batch_max: int = 512
     batch_within_s: float = 0.2
     policy_file: Path | None = None
+    hr_model_dir: Path | None = DEFAULT_HR_MODEL_DIR
+    runtime: str = "keras"
+    web_bind: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
         model_dir = Path(_get(env, "CARDIOWATCH_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
         policy = env.get("CARDIOWATCH_POLICY_FILE")
+        hr_dir = env.get("CARDIOWATCH_HR_MODEL_DIR", str(DEFAULT_HR_MODEL_DIR))
+        runtime = _get(env, "CARDIOWATCH_RUNTIME", cls.runtime)
+        if runtime not in RUNTIMES:
+            raise SettingsError(f"CARDIOWATCH_RUNTIME must be one of {RUNTIMES}, got {runtime!r}")
         return cls(
             kafka=KafkaSettings.from_env(env),
             model_dir=model_dir,
@@ -134,10 +145,13 @@ class WorkerSettings:
             batch_max=_int(env, "CARDIOWATCH_BATCH_MAX", cls.batch_max, 1, 100_000),
             batch_within_s=_float(env, "CARDIOWATCH_BATCH_WITHIN_S", cls.batch_within_s, 0.001, 10.0),
             policy_file=Path(policy) if policy else None,
+            hr_model_dir=Path(hr_dir) if hr_dir else None,
+            runtime=runtime,
+            web_bind=_get(env, "CARDIOWATCH_WEB_BIND", cls.web_bind),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DispatcherSettings:
     kafka: KafkaSettings
     routing_file: Path
@@ -163,7 +177,7 @@ class DispatcherSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SimulatorSettings:
     kafka: KafkaSettings
 

@@ -1,0 +1,61 @@
+"""CLI: the ``cardiowatch`` console command; each subcommand's ``main`` is imported lazily.
+
+Lazy imports keep ``cardiowatch edge run`` free of TensorFlow and make ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+# subcommand -> (module, help). Nested groups use "group sub".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("services.demo", "run the whole product locally: broker, worker, dispatcher, simulator, receiver"),
+    "worker": ("services.worker", "run the Faust streaming worker"),
+    "dispatch": ("services.dispatcher", "run the alert dispatcher and acknowledgement API"),
+    "simulate": ("services.simulator", "replay WFDB records or synthetic patients into Kafka"),
+    "receiver": ("services.receiver", "run a local signed-webhook receiver"),
+    "broker": ("services.broker", "fetch, start, stop the local Apache Kafka broker"),
+    "train ecg": ("models.train", "train the ECG beat autoencoder into a model bundle"),
+    "train hr": ("models.hr_detector", "train the heart-rate autoencoder into a model bundle"),
+    "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),
+    "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),
+    "bench stream": ("services.bench_stream", "benchmark the streaming path on the real broker"),
+    "bench alerts": ("services.bench_alerts", "benchmark alert delivery to a local receiver"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: cardiowatch <command> [options]", "", "commands:"]
+    for name, (_, text) in COMMANDS.items():
+        lines.append(f"  {name:<14} {text}")
+    lines.append("")
+    lines.append("Run 'cardiowatch <command> --help' for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    for width in (2, 1):
+        name = " ".join(args[:width])
+        if name in COMMANDS:
+            module = importlib.import_module(COMMANDS[name][0])
+            rc = module.main(args[width:])
+            return int(rc or 0)
+    groups = {n.split()[0] for n in COMMANDS if " " in n}
+    if args[0] in groups:
+        subs = ", ".join(n.split()[1] for n in COMMANDS if n.startswith(args[0] + " "))
+        print(f"cardiowatch {args[0]}: expected one of {subs}, got {' '.join(args[1:2]) or 'nothing'}",
+              file=sys.stderr)
+    else:
+        print(f"cardiowatch: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

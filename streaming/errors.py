@@ -1,0 +1,67 @@
+"""Exception tree of the stream core.
+
+::
+
+    CardiowatchError
+    └── InvalidMessage            (a message rejected at the boundary; has .reason)
+        ├── MalformedMessage      malformed_json, empty_payload, oversized_payload,
+        │                         unsupported_schema, key_mismatch
+        ├── FieldError            missing_field, wrong_type
+        ├── ValueOutOfRange       non_finite_sample, bad_sample_rate, bad_hr, bad_rr,
+        │                         bad_quality, bad_samples_length, bad_units,
+        │                         bad_timestamp, bad_seq
+        └── SequenceError         duplicate_seq, out_of_order_ts
+
+Every message names the offending value. ``reason`` is a short, bounded code used as a
+metric label and in the dead-letter record.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CardiowatchError",
+    "InvalidMessage",
+    "MalformedMessage",
+    "FieldError",
+    "ValueOutOfRange",
+    "SequenceError",
+    "REASONS",
+]
+
+REASONS = (
+    "malformed_json", "empty_payload", "oversized_payload", "unsupported_schema",
+    "key_mismatch", "missing_field", "wrong_type", "non_finite_sample", "bad_sample_rate",
+    "bad_hr", "bad_rr", "bad_quality", "bad_samples_length", "bad_units", "duplicate_seq",
+    "out_of_order_ts", "bad_timestamp", "bad_seq", "processing_error",
+)
+
+
+class CardiowatchError(Exception):
+    """Root of every error raised on purpose by cardiowatch."""
+
+
+class InvalidMessage(CardiowatchError):
+    """A message that fails validation. ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown invalid-message reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MalformedMessage(InvalidMessage):
+    """The payload is not a message of a known schema at all."""
+
+
+class FieldError(InvalidMessage):
+    """A required field is missing or has the wrong type."""
+
+
+class ValueOutOfRange(InvalidMessage):
+    """A field has the right type but an impossible value."""
+
+
+class SequenceError(InvalidMessage):
+    """The message contradicts the device's stream so far (duplicate, out of order)."""

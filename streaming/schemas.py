@@ -1,0 +1,257 @@
+"""Validate: the versioned JSON wire format of wearable messages, decoded at the boundary.
+
+ECG chunk (``cardiowatch.ecg/1``, Kafka key = patient id, about 1 s per message)::
+
+    {"schema": "cardiowatch.ecg/1", "patient_id": "p-0001", "device_id": "dev-17",
+     "seq": 42, "ts_ms": 1767225600000, "sample_rate_hz": 250,
+     "leads": ["MLII"], "units": "mV", "samples": [[0.01, 0.02, ...]]}
+
+``ts_ms`` is the time of the first sample (epoch ms); ``samples`` holds one list per
+lead, all the same length. ``units`` is ``"mV"`` or ``"uV"``.
+
+Heart-rate sample (``cardiowatch.hr/1``, same key)::
+
+    {"schema": "cardiowatch.hr/1", "patient_id": "p-0001", "device_id": "dev-17",
+     "seq": 42, "ts_ms": 1767225600000, "hr_bpm": 72.0,
+     "rr_ms": [830.0, 845.0], "quality": 0.97}
+
+``rr_ms`` (beat-to-beat intervals ending in this sample's second) and ``quality``
+(0..1) are optional. Stateless checks live here; stream checks (duplicate or gapped
+sequence numbers, time going backwards) live in :mod:`streaming.pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streaming.errors import FieldError, MalformedMessage, ValueOutOfRange
+
+__all__ = [
+    "ECG_SCHEMA",
+    "HR_SCHEMA",
+    "MAX_PAYLOAD_BYTES",
+    "SAMPLE_RATE_RANGE_HZ",
+    "HR_RANGE_BPM",
+    "ECGChunk",
+    "HRSample",
+    "decode_ecg",
+    "decode_hr",
+    "encode_ecg",
+    "encode_hr",
+]
+
+ECG_SCHEMA = "cardiowatch.ecg/1"
+HR_SCHEMA = "cardiowatch.hr/1"
+# 10 s of 12 leads at 1 kHz as JSON floats is ~1 MB; a wearable chunk is ~1 s of 1-3
+# leads, so 512 KiB leaves headroom while refusing payloads meant to exhaust memory.
+MAX_PAYLOAD_BYTES = 512 * 1024
+MAX_CHUNK_S = 10.0
+MAX_LEADS = 12
+SAMPLE_RATE_RANGE_HZ = (50.0, 2000.0)
+# Physiologically possible heart rates of a wearer; outside is a device fault.
+HR_RANGE_BPM = (15.0, 350.0)
+# RR of 150 ms is 400 bpm; 20 s covers long pauses (asystole) that must still be seen.
+RR_RANGE_MS = (150.0, 20_000.0)
+# Epoch ms between 2000-01-01 and 2100-01-01: catches seconds-vs-ms and zero clocks.
+TS_RANGE_MS = (946_684_800_000, 4_102_444_800_000)
+_UNIT_SCALE = {"mV": 1.0, "uV": 1e-3, "µV": 1e-3}
+
+
+@dataclass(frozen=True, slots=True)
+class ECGChunk:
+    """A validated ECG chunk; ``samples_mv`` has shape (n_leads, n_samples), float64 mV."""
+
+    patient_id: str
+    device_id: str
+    seq: int
+    ts_ms: int
+    sample_rate_hz: float
+    leads: tuple[str, ...]
+    samples_mv: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples_mv.shape[1])
+
+    @property
+    def duration_ms(self) -> float:
+        return self.n_samples * 1000.0 / self.sample_rate_hz
+
+    @property
+    def end_ts_ms(self) -> float:
+        return self.ts_ms + self.duration_ms
+
+
+@dataclass(frozen=True, slots=True)
+class HRSample:
+    """A validated heart-rate sample."""
+
+    patient_id: str
+    device_id: str
+    seq: int
+    ts_ms: int
+    hr_bpm: float
+    rr_ms: tuple[float, ...] = ()
+    quality: float | None = None
+
+
+def _load(raw: bytes | None, key: bytes | None) -> dict[str, Any]:
+    if raw is None or len(raw) == 0:
+        raise MalformedMessage("empty_payload", "message value is empty")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise MalformedMessage(
+            "oversized_payload", f"payload is {len(raw)} bytes, limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage("malformed_json", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedMessage("malformed_json", f"top level must be an object, got {type(doc).__name__}")
+    return doc
+
+
+def _field(doc: dict[str, Any], name: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
+    if name not in doc or doc[name] is None:
+        if optional:
+            return None
+        raise FieldError("missing_field", f"field {name!r} is missing")
+    value = doc[name]
+    # bool is an int subclass; a boolean is never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, types):
+        want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        raise FieldError("wrong_type", f"field {name!r} must be {want}, got {value!r:.60}")
+    return value
+
+
+def _ident(doc: dict[str, Any], name: str) -> str:
+    value = _field(doc, name, str)
+    if not 1 <= len(value) <= 128 or not value.isprintable():
+        raise FieldError("wrong_type", f"field {name!r} must be 1-128 printable characters, got {value!r:.60}")
+    return value
+
+
+def _common(doc: dict[str, Any], schema: str, key: bytes | None) -> tuple[str, str, int, int]:
+    got = doc.get("schema")
+    if got != schema:
+        raise MalformedMessage("unsupported_schema", f"schema must be {schema!r}, got {got!r:.60}")
+    patient_id = _ident(doc, "patient_id")
+    device_id = _ident(doc, "device_id")
+    if key is not None and key != patient_id.encode():
+        raise MalformedMessage(
+            "key_mismatch", f"message key {key[:64]!r} differs from patient_id {patient_id!r}")
+    seq = _field(doc, "seq", int)
+    if seq < 0:
+        raise ValueOutOfRange("bad_seq", f"seq must be >= 0, got {seq}")
+    ts_ms = _field(doc, "ts_ms", int)
+    if not TS_RANGE_MS[0] <= ts_ms <= TS_RANGE_MS[1]:
+        raise ValueOutOfRange(
+            "bad_timestamp", f"ts_ms must be epoch milliseconds in {TS_RANGE_MS}, got {ts_ms}")
+    return patient_id, device_id, seq, ts_ms
+
+
+def decode_ecg(raw: bytes | None, key: bytes | None = None) -> ECGChunk:
+    """Decode and validate one ECG chunk.
+
+    Parameters
+    ----------
+    raw : bytes
+        The Kafka message value.
+    key : bytes, optional
+        The Kafka message key; when given it must equal the patient id.
+
+    Raises
+    ------
+    streaming.errors.InvalidMessage
+        With ``reason`` naming what is wrong and a message naming the bad value.
+    """
+    doc = _load(raw, key)
+    patient_id, device_id, seq, ts_ms = _common(doc, ECG_SCHEMA, key)
+    fs = _field(doc, "sample_rate_hz", (int, float))
+    if not (math.isfinite(fs) and SAMPLE_RATE_RANGE_HZ[0] <= fs <= SAMPLE_RATE_RANGE_HZ[1]):
+        raise ValueOutOfRange(
+            "bad_sample_rate", f"sample_rate_hz must be in {list(SAMPLE_RATE_RANGE_HZ)}, got {fs}")
+    leads = _field(doc, "leads", list)
+    if not 1 <= len(leads) <= MAX_LEADS or not all(isinstance(x, str) and x for x in leads):
+        raise FieldError("wrong_type", f"leads must be 1-{MAX_LEADS} non-empty strings, got {leads!r:.80}")
+    units = _field(doc, "units", str)
+    if units not in _UNIT_SCALE:
+        raise ValueOutOfRange("bad_units", f"units must be one of {sorted(_UNIT_SCALE)}, got {units!r:.20}")
+    samples = _field(doc, "samples", list)
+    if len(samples) != len(leads):
+        raise ValueOutOfRange(
+            "bad_samples_length", f"samples has {len(samples)} lead arrays but leads names {len(leads)}")
+    n_max = int(fs * MAX_CHUNK_S)
+    lengths = {len(s) if isinstance(s, list) else -1 for s in samples}
+    if -1 in lengths:
+        raise FieldError("wrong_type", "samples must be a list of number lists, one per lead")
+    if len(lengths) != 1:
+        raise ValueOutOfRange("bad_samples_length", f"leads have different lengths {sorted(lengths)}")
+    n = lengths.pop()
+    if not 1 <= n <= n_max:
+        raise ValueOutOfRange(
+            "bad_samples_length", f"samples per lead must be in [1, {n_max}] at {fs} Hz, got {n}")
+    try:
+        arr = np.asarray(samples, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FieldError("wrong_type", "samples must contain only numbers") from None
+    if arr.ndim != 2:
+        raise FieldError("wrong_type", "samples must be a list of number lists, one per lead")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        lead, idx = np.argwhere(~finite)[0]
+        raise ValueOutOfRange(
+            "non_finite_sample", f"sample {idx} of lead {leads[lead]!r} is {arr[lead, idx]}")
+    return ECGChunk(patient_id, device_id, seq, ts_ms, float(fs), tuple(leads),
+                    arr * _UNIT_SCALE[units])
+
+
+def decode_hr(raw: bytes | None, key: bytes | None = None) -> HRSample:
+    """Decode and validate one heart-rate sample; see :func:`decode_ecg`."""
+    doc = _load(raw, key)
+    patient_id, device_id, seq, ts_ms = _common(doc, HR_SCHEMA, key)
+    hr = _field(doc, "hr_bpm", (int, float))
+    if not (math.isfinite(hr) and HR_RANGE_BPM[0] <= hr <= HR_RANGE_BPM[1]):
+        raise ValueOutOfRange("bad_hr", f"hr_bpm must be in {list(HR_RANGE_BPM)}, got {hr}")
+    rr = _field(doc, "rr_ms", list, optional=True) or []
+    if len(rr) > 64:
+        raise ValueOutOfRange("bad_rr", f"rr_ms may hold at most 64 intervals, got {len(rr)}")
+    for v in rr:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise FieldError("wrong_type", f"rr_ms must hold numbers, got {v!r:.30}")
+        if not (math.isfinite(v) and RR_RANGE_MS[0] <= v <= RR_RANGE_MS[1]):
+            raise ValueOutOfRange("bad_rr", f"rr_ms values must be in {list(RR_RANGE_MS)}, got {v}")
+    quality = _field(doc, "quality", (int, float), optional=True)
+    if quality is not None and not (math.isfinite(quality) and 0.0 <= quality <= 1.0):
+        raise ValueOutOfRange("bad_quality", f"quality must be in [0, 1], got {quality}")
+    return HRSample(patient_id, device_id, seq, ts_ms, float(hr),
+                    tuple(float(v) for v in rr), None if quality is None else float(quality))
+
+
+def encode_ecg(patient_id: str, device_id: str, seq: int, ts_ms: int, sample_rate_hz: float,
+               samples_mv: np.ndarray, leads: tuple[str, ...] = ("MLII",)) -> bytes:
+    """Encode an ECG chunk (as a wearable or the simulator sends it), rounded to 1 µV."""
+    arr = np.atleast_2d(np.asarray(samples_mv, dtype=np.float64))
+    doc = {
+        "schema": ECG_SCHEMA, "patient_id": patient_id, "device_id": device_id, "seq": seq,
+        "ts_ms": int(ts_ms), "sample_rate_hz": sample_rate_hz, "leads": list(leads),
+        "units": "mV", "samples": np.round(arr, 3).tolist(),
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def encode_hr(patient_id: str, device_id: str, seq: int, ts_ms: int, hr_bpm: float,
+              rr_ms: tuple[float, ...] | list[float] = (), quality: float | None = None) -> bytes:
+    """Encode a heart-rate sample."""
+    doc: dict[str, Any] = {
+        "schema": HR_SCHEMA, "patient_id": patient_id, "device_id": device_id, "seq": seq,
+        "ts_ms": int(ts_ms), "hr_bpm": round(float(hr_bpm), 2),
+        "rr_ms": [round(float(v), 1) for v in rr_ms],
+    }
+    if quality is not None:
+        doc["quality"] = round(float(quality), 3)
+    return json.dumps(doc, separators=(",", ":")).encode()
