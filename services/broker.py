@@ -1,0 +1,523 @@
+"""Local broker: a real single-node Apache Kafka 4.1.1 (KRaft) for local runs, tests, demo, benchmarks.
+
+The broker's life cycle (fetch jars, write ``server.properties``, format storage, start,
+stop) has one implementation, ``deploy/kafka.sh``; this module drives it and owns the
+two client-side steps that the script calls back into (``python -m services.broker
+wait-ready|create-topics``): waiting until the broker answers a kafka-python admin call,
+and creating the project's topics.
+
+Examples
+--------
+>>> with LocalBroker() as broker:               # doctest: +SKIP
+...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.settings import REPO_ROOT, KafkaSettings, SettingsError, Topics
+
+__all__ = [
+    "BrokerError",
+    "KAFKA_SH",
+    "LocalBroker",
+    "create_topics",
+    "free_port",
+    "main",
+    "topic_partitions",
+    "wait_ready",
+]
+
+KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+
+# Kafka's own bound on partitions per topic is far higher; 1024 matches
+# CARDIOWATCH_PARTITIONS in settings.py.
+_MAX_PARTITIONS = 1024
+_LOG_TAIL_LINES = 40
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started, reached or stopped."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _split_bootstrap(bootstrap: str) -> tuple[str, int]:
+    first = bootstrap.split(",")[0]
+    host, sep, port = first.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"bootstrap must be host:port, got {bootstrap!r}")
+    return host, int(port)
+
+
+def _log_tail(paths: Iterable[Path], lines: int = _LOG_TAIL_LINES) -> str:
+    parts = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        parts.append(f"--- last {len(text)} lines of {path} ---\n" + "\n".join(text))
+    return "\n".join(parts) if parts else "(no broker log found)"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _admin(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
+    timeout_ms = max(int(timeout_s * 1000), 500)
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="cardiowatch-broker-admin",
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=max(timeout_ms, 5000),
+    )
+
+
+def wait_ready(
+    bootstrap: str,
+    timeout_s: float = 90.0,
+    pid: int | None = None,
+    log_files: Sequence[Path] = (),
+) -> float:
+    """Block until the broker at ``bootstrap`` answers a kafka-python admin call.
+
+    Parameters
+    ----------
+    bootstrap : str
+        ``host:port`` of the broker.
+    timeout_s : float
+        Give up after this many seconds.
+    pid : int, optional
+        The broker's process id; if that process exits, fail at once instead of waiting.
+    log_files : sequence of Path
+        Logs whose tail goes into the error message.
+
+    Returns
+    -------
+    float
+        Seconds waited.
+
+    Raises
+    ------
+    BrokerError
+        The broker process died or did not answer within ``timeout_s``; the message
+        carries the log tail.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    host, port = _split_bootstrap(bootstrap)
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    last_error = "no attempt yet"
+    while True:
+        if pid is not None and not _pid_alive(pid):
+            raise BrokerError(
+                f"broker process {pid} exited before {bootstrap} became ready\n"
+                + _log_tail(log_files))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # A plain TCP probe first: cheap, and kafka-python logs every failed bootstrap.
+        try:
+            with socket.create_connection((host, port), timeout=min(1.0, remaining)):
+                pass
+        except OSError as exc:
+            last_error = f"TCP connect: {exc}"
+            time.sleep(min(0.2, max(remaining, 0)))
+            continue
+        try:
+            admin = _admin(bootstrap, min(5.0, max(remaining, 0.5)))
+            try:
+                brokers = admin.describe_cluster().get("brokers", [])
+            finally:
+                admin.close()
+            if brokers:
+                return time.monotonic() - t0
+            last_error = "metadata lists no brokers yet"
+        except KafkaError as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.2)
+    raise BrokerError(
+        f"broker at {bootstrap} not ready after {timeout_s:.0f} s (last error: {last_error})\n"
+        + _log_tail(log_files))
+
+
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 8,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create topics that do not exist yet (replication factor 1); idempotent.
+
+    Parameters
+    ----------
+    bootstrap : str
+        ``host:port`` of the broker.
+    names : iterable of str
+        Topic names.
+    partitions : int
+        Partitions of each new topic, in [1, 1024]. Existing topics are left as they are.
+    timeout_s : float
+        Admin request timeout.
+
+    Returns
+    -------
+    list of str
+        The topics this call created (empty when all existed).
+
+    Raises
+    ------
+    ValueError
+        ``partitions`` out of range or an empty topic name.
+    BrokerError
+        The broker refused a topic for another reason than "already exists".
+    """
+    if not 1 <= partitions <= _MAX_PARTITIONS:
+        raise ValueError(f"partitions must be in [1, {_MAX_PARTITIONS}], got {partitions}")
+    wanted = list(dict.fromkeys(names))
+    for name in wanted:
+        if not name or not name.strip():
+            raise ValueError(f"topic names must be non-empty, got {name!r}")
+    admin = _admin(bootstrap, timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if not missing:
+            return []
+        response = admin.create_topics(
+            {n: {"num_partitions": partitions, "replication_factor": 1} for n in missing},
+            timeout_ms=int(timeout_s * 1000),
+            raise_errors=False,
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    created: list[str] = []
+    for topic in response["topics"]:
+        code = topic["error_code"]
+        if code == 0:
+            created.append(topic["name"])
+        elif code != TopicAlreadyExistsError.errno:  # lost a race with another creator
+            raise BrokerError(
+                f"creating topic {topic['name']!r} failed: error {code} "
+                f"{topic.get('error_message') or ''}".rstrip())
+    return created
+
+
+def topic_partitions(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> dict[str, int]:
+    """Return ``{topic: partition count}`` for the named topics that exist."""
+    wanted = list(names)
+    admin = _admin(bootstrap, timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        present = [n for n in wanted if n in existing]
+        if not present:
+            return {}
+        described = admin.describe_topics(present)
+    finally:
+        admin.close()
+    return {t["name"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
+
+
+def _run_script(args: Sequence[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    cmd = ["bash", str(KAFKA_SH), *args]
+    env = dict(os.environ)
+    # The script calls back into `python -m services.broker`: use this interpreter.
+    env["CARDIOWATCH_PYTHON"] = sys.executable
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              env=env, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s") from exc
+
+
+class LocalBroker:
+    """A real single-node Kafka broker on 127.0.0.1, started and stopped by this object.
+
+    Parameters
+    ----------
+    port : int, optional
+        Client port; a free one is chosen when omitted.
+    data_dir : Path, optional
+        Broker state folder (properties, pid, logs, KRaft data). When omitted a temporary
+        folder is used and removed by :meth:`stop`.
+    partitions : int
+        Partitions of each project topic created by :meth:`start`, in [1, 1024].
+    topics : Topics, optional
+        Topic names to create on start (default ``Topics()``).
+    ready_timeout_s : float
+        How long :meth:`start` waits for the broker to answer.
+
+    Examples
+    --------
+    >>> with LocalBroker(partitions=4) as broker:   # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        partitions: int = 8,
+        *,
+        topics: Topics | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port must be in [1, 65535], got {port}")
+        if not 1 <= partitions <= _MAX_PARTITIONS:
+            raise ValueError(f"partitions must be in [1, {_MAX_PARTITIONS}], got {partitions}")
+        if ready_timeout_s <= 0:
+            raise ValueError(f"ready_timeout_s must be > 0, got {ready_timeout_s}")
+        self._requested_port = port
+        self._port: int | None = None
+        self._owns_data_dir = data_dir is None
+        self._data_dir = data_dir
+        self.partitions = partitions
+        self.topics = topics if topics is not None else Topics()
+        self.ready_timeout_s = ready_timeout_s
+        self.start_to_ready_s: float | None = None
+        self._pid: int | None = None
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        """``"127.0.0.1:PORT"`` of the running broker."""
+        if self._port is None:
+            raise BrokerError("LocalBroker is not started; call start() first")
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        """Client port of the running broker."""
+        if self._port is None:
+            raise BrokerError("LocalBroker is not started; call start() first")
+        return self._port
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Broker state folder (``server.log`` is in it); None before :meth:`start`."""
+        return self._data_dir
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the broker JVM, or None when it is not running."""
+        if self._data_dir is None:
+            return None
+        try:
+            pid = int((self._data_dir / "broker.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    # -- life cycle --------------------------------------------------------------------
+    @staticmethod
+    def fetch(timeout_s: float = 600.0) -> None:
+        """Fetch the Kafka jars into the cache (no-op when they are there)."""
+        result = _run_script(["fetch"], timeout_s)
+        if result.returncode != 0:
+            raise BrokerError(f"deploy/kafka.sh fetch failed (exit {result.returncode}):\n"
+                              f"{result.stderr.strip()}")
+
+    def start(self) -> LocalBroker:
+        """Fetch if needed, start the broker, wait until it answers, create the topics.
+
+        Returns
+        -------
+        LocalBroker
+            ``self``, started.
+
+        Raises
+        ------
+        BrokerError
+            Fetch, start or topic creation failed (the message carries the log tail).
+        """
+        if self._port is not None:
+            raise BrokerError(f"LocalBroker already started on {self.bootstrap}")
+        self.fetch()
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="cardiowatch-kafka-"))
+            # kafka.sh's watchdog removes it if this process dies without stop().
+            (self._data_dir / ".remove-when-orphaned").touch()
+        # A port picked by free_port() can be taken by someone else before the JVM binds
+        # it; with a chosen port, try again with another one.
+        attempts = 1 if self._requested_port is not None else 3
+        error = ""
+        for _ in range(attempts):
+            port = self._requested_port or free_port()
+            t0 = time.monotonic()
+            result = _run_script(
+                ["start", "--port", str(port), "--data-dir", str(self._data_dir),
+                 "--timeout-s", str(int(self.ready_timeout_s)), "--owner-pid", str(os.getpid())],
+                self.ready_timeout_s + 60)
+            if result.returncode == 0:
+                self.start_to_ready_s = time.monotonic() - t0
+                self._port = port
+                self._pid = self.pid
+                break
+            error = result.stderr.strip()
+            if "Address already in use" not in error:
+                break
+        if self._port is None:
+            self._cleanup_data_dir()
+            raise BrokerError(f"deploy/kafka.sh start failed:\n{error}")
+        try:
+            self.create_topics(self.topics.all(), self.partitions)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> list[str]:
+        """Create the named topics on this broker if missing; see :func:`create_topics`."""
+        return create_topics(self.bootstrap, names,
+                             self.partitions if partitions is None else partitions)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``); idempotent."""
+        if self._data_dir is not None and self._data_dir.exists():
+            result = _run_script(["stop", "--data-dir", str(self._data_dir),
+                                  "--timeout-s", str(int(timeout_s))], timeout_s + 30)
+            if result.returncode != 0:
+                raise BrokerError(f"deploy/kafka.sh stop failed (exit {result.returncode}):\n"
+                                  f"{result.stderr.strip()}")
+        # Never delete the state folder under a live JVM.
+        if self._pid is not None and _pid_alive(self._pid):
+            raise BrokerError(f"broker pid {self._pid} still alive after deploy/kafka.sh stop")
+        self._pid = None
+        self._port = None
+        self._cleanup_data_dir()
+
+    def _cleanup_data_dir(self) -> None:
+        if self._owns_data_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.bootstrap if self._port is not None else "stopped"
+        return f"LocalBroker({where}, data_dir={self._data_dir})"
+
+
+# -- CLI: `cardiowatch broker ...` and the script's call-backs ------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cardiowatch broker",
+                                description="Local single-node Apache Kafka (deploy/kafka.sh).")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="fetch the Kafka jars into the cache")
+    start = sub.add_parser("start", help="start the broker in the background and create topics")
+    start.add_argument("--port", type=int, default=None,
+                       help="client port (default: from CARDIOWATCH_BOOTSTRAP, else 9092)")
+    start.add_argument("--data-dir", type=Path, default=None, help="broker state folder")
+    start.add_argument("--timeout-s", type=float, default=120.0, help="readiness timeout")
+    start.add_argument("--fresh", action="store_true", help="wipe existing broker data first")
+    for name, text in (("stop", "stop the broker"), ("status", "is the broker running?")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--data-dir", type=Path, default=None, help="broker state folder")
+    ct = sub.add_parser("create-topics", help="create the project topics (idempotent)")
+    ct.add_argument("--bootstrap", default=None, help="host:port (default CARDIOWATCH_BOOTSTRAP)")
+    ct.add_argument("--partitions", type=int, default=None,
+                    help="partitions per topic (default CARDIOWATCH_PARTITIONS, else 8)")
+    wr = sub.add_parser("wait-ready", help="wait until a broker answers (used by kafka.sh)")
+    wr.add_argument("--bootstrap", required=True)
+    wr.add_argument("--timeout-s", type=float, default=90.0)
+    wr.add_argument("--pid", type=int, default=None)
+    wr.add_argument("--log", type=Path, action="append", default=[])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cardiowatch broker {fetch,start,stop,status,create-topics,wait-ready}``.
+
+    Returns
+    -------
+    int
+        Process exit status (``status`` returns 3 when the broker is not running).
+    """
+    args = _parser().parse_args(argv)
+    # Failed bootstrap attempts are expected while waiting; keep kafka-python quiet.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        if args.command == "wait-ready":
+            waited_s = wait_ready(args.bootstrap, args.timeout_s, args.pid, args.log)
+            print(f"broker at {args.bootstrap} ready after {waited_s:.1f} s", file=sys.stderr)
+            return 0
+        if args.command in ("create-topics", "start"):
+            settings = KafkaSettings.from_env()
+        if args.command == "create-topics":
+            bootstrap = args.bootstrap or settings.bootstrap
+            partitions = args.partitions or settings.partitions
+            created = create_topics(bootstrap, settings.topics.all(), partitions)
+            print(f"created {len(created)} topic(s) on {bootstrap}: {', '.join(created) or '-'}",
+                  file=sys.stderr)
+            return 0
+        if args.command == "fetch":
+            LocalBroker.fetch()
+            return 0
+        if args.command == "start":
+            port = args.port or _split_bootstrap(settings.bootstrap)[1]
+            script_args = ["start", "--port", str(port), "--timeout-s", str(int(args.timeout_s))]
+            if args.data_dir is not None:
+                script_args += ["--data-dir", str(args.data_dir)]
+            if args.fresh:
+                script_args.append("--fresh")
+            LocalBroker.fetch()
+            result = _run_script(script_args, args.timeout_s + 60)
+            sys.stderr.write(result.stderr)
+            if result.returncode != 0:
+                return result.returncode
+            bootstrap = f"127.0.0.1:{port}"
+            create_topics(bootstrap, settings.topics.all(), settings.partitions)
+            print(bootstrap)
+            return 0
+        # stop / status
+        script_args = [args.command]
+        if args.data_dir is not None:
+            script_args += ["--data-dir", str(args.data_dir)]
+        result = _run_script(script_args, 120)
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        return result.returncode
+    except (BrokerError, SettingsError, ValueError) as exc:
+        print(f"cardiowatch broker: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
