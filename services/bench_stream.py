@@ -1,0 +1,221 @@
+"""Benchmark: N simulated 250 Hz patients through the real broker and the Faust worker.
+
+``cardiowatch bench stream --patients N --seconds S --json`` starts a local broker
+(unless ``--bootstrap`` is given), one worker process and the simulator in real time,
+reads every score back from the ``scores`` topic, and reports:
+
+- sustained throughput: patients, ECG messages/s, samples/s, beats scored/s;
+- event-to-score latency p50/p99: from a beat's R peak (event time, i.e. the wall time
+  at which the wearable recorded it, since the simulator runs in real time) to the
+  score record's broker timestamp. This includes the unavoidable wait for the samples
+  after the R peak and for the chunk (1 s) to be sent;
+- consumer lag at the start and end of the measured window and its slope;
+- the model-only ceiling: beats/s the detector scores in batches with no streaming
+  around it, measured in the same run, and the ratio of sustained to ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from services.broker import LocalBroker, free_port
+from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, Topics
+from services.simulator import Simulation, Wearable, make_producer, patient_ids
+
+__all__ = ["main", "model_ceiling"]
+
+
+def model_ceiling(model_dir: Path, runtime: str, seconds: float = 5.0, batch: int = 256) -> float:
+    """Beats per second the detector alone scores, on realistic synthetic beats."""
+    from models.beats import beat_features, segment_record
+    from models.signal import preprocess_record
+    from models.detector import make_model_input
+    from models.synthetic import synth_ecg
+
+    from services.pipelines import beat_spec, load_ecg_bundle
+
+    b = load_ecg_bundle(model_dir, runtime)
+    rec = synth_ecg(120.0, 250, seed=11)
+    beats = segment_record(preprocess_record(rec.signal_mv, 250), beat_spec(b))
+    wf, rr = beat_features(beats)
+    x = make_model_input(wf, rr, b.meta.normaliser)
+    x = np.resize(x, (batch,) + x.shape[1:]).astype(np.float32)
+    b.detector.score(x)  # warm-up (graph tracing)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        b.detector.score(x)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
+
+
+class _ScoreReader(threading.Thread):
+    """Reads the scores topic and records (score broker timestamp - R peak time)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
+                                      enable_auto_commit=False, group_id=None,
+                                      consumer_timeout_ms=500)
+        self.latencies: list[tuple[float, float]] = []  # (receive wall s, latency s)
+        self.ids: set[str] = set()
+        self.stop_flag = False
+
+    def run(self) -> None:
+        while not self.stop_flag:
+            for rec in self.consumer:
+                d = json.loads(rec.value)
+                self.ids.add(d["beat_id"])
+                self.latencies.append((time.time(), rec.timestamp / 1000.0 - d["r_ts_ms"] / 1000.0))
+                if self.stop_flag:
+                    break
+        self.consumer.close()
+
+
+def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | None,
+              model_dir: Path, runtime: str, partitions: int, progress: bool) -> dict:
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="cardiowatch-bench-"))
+    broker = None
+    worker = None
+    try:
+        if bootstrap is None:
+            say("starting local broker")
+            broker = LocalBroker(partitions=partitions, data_dir=work / "broker").start()
+            bootstrap = broker.bootstrap
+        say("measuring the model-only ceiling")
+        ceiling = model_ceiling(model_dir, runtime)
+        say(f"model-only ceiling: {ceiling:.0f} beats/s")
+        wport = free_port()
+        env = dict(os.environ, CARDIOWATCH_BOOTSTRAP=bootstrap, CARDIOWATCH_PARTITIONS=str(partitions),
+                   CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
+                   CARDIOWATCH_APP_ID=f"bench-{os.getpid()}-{int(time.time())}",
+                   CARDIOWATCH_MODEL_DIR=str(model_dir), CARDIOWATCH_RUNTIME=runtime)
+        worker = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--loglevel", "warning"],
+                                  env=env, cwd=REPO_ROOT, stdout=open(work / "worker.log", "w"),
+                                  stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                _scrape(wport)
+                break
+            except OSError:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("worker did not start:\n" + (work / "worker.log").read_text()[-3000:])
+                time.sleep(0.5)
+        time.sleep(3.0)
+        reader = _ScoreReader(bootstrap, Topics().scores)
+        reader.start()
+        from models.synthetic import SyntheticPatient
+
+        start_ms = int(time.time() * 1000)
+        wearables = [Wearable(pid, f"dev-{i}", SyntheticPatient(pid, 250, hr_bpm=60 + i % 30), start_ms)
+                     for i, pid in enumerate(patient_ids(patients))]
+        sim = Simulation(wearables, make_producer(bootstrap), Topics().ecg, Topics().hr)
+        total_s = warmup_s + seconds
+        say(f"streaming {patients} patients for {total_s:.0f} s ({warmup_s:.0f} s warm-up)")
+        t = threading.Thread(target=sim.run, args=(total_s, False), daemon=True)
+        t.start()
+        time.sleep(warmup_s)
+        m0, w0, sent0 = _scrape(wport), time.time(), sim.sent_ecg
+        lags = []
+        while t.is_alive():
+            t.join(2.0)
+            m = _scrape(wport)
+            lags.append((time.time() - w0, m.get("cardiowatch_consumer_lag_messages", 0.0)))
+            say(f"t={time.time() - w0:5.1f}s in={m.get('cardiowatch_messages_in_total', 0) - m0.get('cardiowatch_messages_in_total', 0):.0f} "
+                f"lag={lags[-1][1]:.0f} beats={m.get('cardiowatch_beats_scored_total', 0):.0f}")
+        m1, w1, sent1 = _scrape(wport), time.time(), sim.sent_ecg
+        time.sleep(3.0)
+        reader.stop_flag = True
+        reader.join(5)
+        el = w1 - w0
+        msgs_in = m1.get("cardiowatch_messages_in_total", 0) - m0.get("cardiowatch_messages_in_total", 0)
+        beats = m1.get("cardiowatch_beats_scored_total", 0) - m0.get("cardiowatch_beats_scored_total", 0)
+        lat = np.array([x for w, x in reader.latencies if w0 <= w <= w1 + 3]) if reader.latencies else np.array([])
+        slope = float(np.polyfit([a for a, _ in lags], [b for _, b in lags], 1)[0]) if len(lags) >= 3 else float("nan")
+        result = {
+            "patients": patients,
+            "sample_rate_hz": 250,
+            "seconds_measured": round(el, 1),
+            "ecg_messages_sent_per_s": round((sent1 - sent0) / el, 1),
+            # ECG chunks and heart-rate samples together, as the worker consumed them
+            "messages_consumed_per_s": round(msgs_in / el, 1),
+            "samples_per_s": round((sent1 - sent0) * 250 / el, 1),
+            "beats_scored_per_s": round(beats / el, 1),
+            "event_to_score_latency_s": {
+                "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+                "p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+                "n": int(lat.size),
+            },
+            "consumer_lag_messages": {"start": lags[0][1] if lags else None,
+                                      "end": lags[-1][1] if lags else None,
+                                      "slope_per_s": round(slope, 2)},
+            "model_only_beats_per_s": round(ceiling, 1),
+            "streaming_to_model_ratio": round(beats / el / ceiling, 4) if ceiling else None,
+            "runtime": runtime,
+            "cpu_count": os.cpu_count(),
+        }
+        result["sustained"] = bool(lags and slope < max(1.0, 0.01 * result["ecg_messages_sent_per_s"])
+                                   and (lags[-1][1] < 2 * result["ecg_messages_sent_per_s"]))
+        return result
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cardiowatch bench stream", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--patients", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=60.0, help="measured window (after warm-up)")
+    p.add_argument("--warmup-s", type=float, default=15.0)
+    p.add_argument("--bootstrap", help="use this broker instead of starting one")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"])
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    args = p.parse_args(argv)
+    if args.patients < 1:
+        p.error(f"--patients must be >= 1, got {args.patients}")
+    res = run_bench(args.patients, args.seconds, args.warmup_s, args.bootstrap, args.model,
+                    args.runtime, args.partitions, progress=True)
+    print(json.dumps(res, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

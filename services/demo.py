@@ -1,0 +1,256 @@
+"""Demo: the whole product on one machine — broker, worker, dispatcher, simulator, receiver.
+
+``cardiowatch demo`` starts a real local Kafka broker, the Faust worker with the bundled
+model, the dispatcher, a local signed-webhook receiver, and a few simulated patients of
+whom some have events (a ventricular run, a pause, sustained tachycardia). It prints
+progress and every alert as it reaches the receiver, with its delay from the injected
+event's onset, then stops everything it started.
+
+Exit status: 0 when every patient with an injected event produced an alert at the
+receiver, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+import yaml
+
+from services.broker import LocalBroker, free_port
+from services.receiver import Arrival, WebhookReceiver
+from services.settings import REPO_ROOT, Topics
+from services.simulator import Simulation, build_wearables, make_producer
+from services.simulator import parse_args as simulator_args
+
+__all__ = ["main"]
+
+
+# How soon after an injected event's onset its first alert must reach the receiver.
+# Sustained-rate alarms wait, by design, for the policy's sustain time (30 s).
+DEADLINE_S = {"vrun": 10.0, "pause": 10.0, "tachy": 45.0, "brady": 45.0}
+
+
+def _log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class _ReceiverThread:
+    """The webhook receiver on its own asyncio loop in a background thread."""
+
+    def __init__(self, secret: str, on_arrival) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.receiver = WebhookReceiver(secret, on_arrival=on_arrival)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> str:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.receiver.start(), self.loop).result(30)
+        return self.receiver.url
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.receiver.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def _routing(url: str, secret: str) -> dict:
+    endpoint = {"url": url, "secret": secret, "timeout_s": 5, "format": "native"}
+    return {
+        "version": 1, "default_team": "ward", "ops_team": "ward",
+        "escalation": {"escalate_after_s": {"high": 60}, "max_level": 1, "poll_s": 1},
+        "teams": {"ward": {
+            "retry": {"max_attempts": 5, "base_backoff_s": 0.2, "max_backoff_s": 5, "total_budget_s": 30},
+            "routes": {"default": {"primary": endpoint, "escalation": [endpoint]}},
+        }},
+        "patients": {},
+    }
+
+
+def _scrape(port: int, name: str) -> float | None:
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    found = False
+    for line in body.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+                found = True
+    return total if found else 0.0 if body else None
+
+
+def _stop(proc: subprocess.Popen | None, name: str, timeout_s: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        _log(f"{name} did not stop in {timeout_s:.0f} s; killing it")
+        proc.kill()
+        proc.wait(10)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cardiowatch demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--patients", type=int, default=6, help="simulated patients (>= 4; default 6)")
+    p.add_argument("--seconds", type=float, default=70.0, help="signal time to simulate (default 70)")
+    p.add_argument("--onset-s", type=float, default=30.0, help="when the injected events start")
+    p.add_argument("--grace-s", type=float, default=15.0, help="wait after the simulation for deliveries")
+    p.add_argument("--workdir", type=Path, help="keep logs and state here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    if args.patients < 4:
+        p.error(f"--patients must be >= 4 so that every event kind is shown, got {args.patients}")
+    if args.seconds <= args.onset_s + 10:
+        p.error(f"--seconds must exceed --onset-s + 10, got {args.seconds} and {args.onset_s}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cardiowatch-demo-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        return _run(args, work)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
+    secret = "whsec_" + b64encode(secrets.token_bytes(24)).decode()
+    sim_args = simulator_args(["--patients", str(args.patients), "--preset", "demo",
+                               "--onset-s", str(args.onset_s), "--seconds", str(args.seconds)])
+    start_ms = int(time.time() * 1000) + 20_000  # placeholder; reset when the stream starts
+    _, truth = build_wearables(sim_args, start_ms)
+    expected = {pid for pid, t in truth.items() if t["events"]}
+    arrivals: list[tuple[Arrival, dict]] = []
+    first_alert: dict[str, float] = {}
+    sim_start_ms = [0]
+
+    def on_arrival(a: Arrival) -> None:
+        b = a.body
+        pid = b.get("patient_id")
+        evs = truth.get(pid, {}).get("events", [])
+        onset_ms = (sim_start_ms[0] + (evs[0]["onset_ts_ms"] - start_ms)) if evs else b.get("onset_ts_ms")
+        delay = (a.received_wall_ms - onset_ms) / 1000.0 if onset_ms else float("nan")
+        arrivals.append((a, b))
+        if pid in expected and b.get("category") == "physiological" and pid not in first_alert:
+            first_alert[pid] = delay
+        what = f"{evs[0]['kind']} injected" if evs else "no injected event"
+        print(f"  ALERT  {pid}  {b.get('condition'):<20} {str(b.get('priority')).upper():<6} "
+              f"{b.get('action'):<9} {delay:6.1f} s after onset ({what})  rule: {b.get('rule')}",
+              flush=True)
+
+    broker = worker = dispatcher = None
+    receiver = _ReceiverThread(secret, on_arrival)
+    try:
+        _log("starting the local Kafka broker (first run downloads it with Maven)...")
+        broker = LocalBroker(partitions=4, data_dir=work / "broker").start()
+        _log(f"broker ready at {broker.bootstrap}")
+        url = receiver.start()
+        _log(f"webhook receiver listening at {url}")
+        routing = work / "routing.yaml"
+        routing.write_text(yaml.safe_dump(_routing(url, secret)))
+        tokens = work / "ack-tokens.yaml"
+        tokens.write_text(yaml.safe_dump({secrets.token_urlsafe(24): "demo-nurse"}))
+        wport, dport, aport = free_port(), free_port(), free_port()
+        env = dict(os.environ, CARDIOWATCH_BOOTSTRAP=broker.bootstrap, CARDIOWATCH_PARTITIONS="4",
+                   CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
+                   CARDIOWATCH_APP_ID=f"cardiowatch-demo-{secrets.token_hex(3)}",
+                   CARDIOWATCH_ROUTING_FILE=str(routing), CARDIOWATCH_ACK_TOKENS_FILE=str(tokens),
+                   CARDIOWATCH_DISPATCHER_METRICS_PORT=str(dport), CARDIOWATCH_ACK_PORT=str(aport),
+                   CARDIOWATCH_BATCH_WITHIN_S="0.1", PYTHONUNBUFFERED="1")
+        py = sys.executable
+        wlog = open(work / "worker.log", "w")
+        dlog = open(work / "dispatcher.log", "w")
+        _log("starting the worker (Faust, bundled model) and the dispatcher...")
+        worker = subprocess.Popen([py, "-m", "services.cli", "worker"], env=env, cwd=REPO_ROOT,
+                                  stdout=wlog, stderr=subprocess.STDOUT)
+        dispatcher = subprocess.Popen([py, "-m", "services.cli", "dispatch"], env=env, cwd=REPO_ROOT,
+                                      stdout=dlog, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while _scrape(wport, "cardiowatch_messages_in_total") is None:
+            for proc, name, logf in ((worker, "worker", "worker.log"), (dispatcher, "dispatcher", "dispatcher.log")):
+                if proc.poll() is not None:
+                    tail = (work / logf).read_text()[-3000:]
+                    raise RuntimeError(f"the {name} exited with {proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not serve /metrics within 120 s; see {work / 'worker.log'}")
+            time.sleep(0.5)
+        time.sleep(3.0)  # let the consumer group settle before data flows
+        _log(f"worker up (metrics http://127.0.0.1:{wport}/metrics); streaming {args.patients} "
+             f"patients for {args.seconds:.0f} s in real time; events at t={args.onset_s:.0f}s for "
+             + ", ".join(f"{p} ({truth[p]['events'][0]['kind']})" for p in sorted(expected)))
+        sim_start_ms[0] = int(time.time() * 1000)
+        wearables, _ = build_wearables(sim_args, sim_start_ms[0])
+        sim = Simulation(wearables, make_producer(broker.bootstrap), Topics().ecg, Topics().hr)
+        t = threading.Thread(target=sim.run, args=(args.seconds, False), daemon=True)
+        t.start()
+        last = 0.0
+        while t.is_alive():
+            t.join(1.0)
+            el = time.time() - sim_start_ms[0] / 1000
+            if el - last >= 10 or not t.is_alive():
+                last = el
+                beats = _scrape(wport, "cardiowatch_beats_scored_total")
+                bad = _scrape(wport, "cardiowatch_invalid_messages_total")
+                _log(f"t={el:4.0f}s  chunks sent={sim.sent_ecg}  beats scored={beats:.0f}  "
+                     f"invalid={bad:.0f}  alerts received={len(arrivals)}")
+        end = time.monotonic() + args.grace_s
+        while time.monotonic() < end and not expected <= set(first_alert):
+            time.sleep(0.5)
+        time.sleep(2.0)
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+    finally:
+        _log("stopping simulator, dispatcher, worker, receiver and broker...")
+        _stop(dispatcher, "dispatcher")
+        _stop(worker, "worker")
+        try:
+            receiver.stop()
+        except Exception:
+            pass
+        if broker is not None:
+            broker.stop()
+    print()
+    print("Summary")
+    print(f"  alerts received: {len(arrivals)} (signed, verified by the receiver)")
+    ok = True
+    for pid in sorted(expected):
+        kind = truth[pid]["events"][0]["kind"]
+        if pid in first_alert:
+            d, limit = first_alert[pid], DEADLINE_S.get(kind, 10.0)
+            flag = "OK  " if d < limit else "LATE"
+            ok &= d < limit
+            print(f"  {flag} {pid} ({kind}): first alert {d:.1f} s after the event's onset "
+                  f"(limit {limit:.0f} s)")
+        else:
+            ok = False
+            print(f"  MISS {pid} ({kind}): no alert reached the receiver")
+    normal = sorted(set(truth) - expected)
+    fp = sorted({b.get("patient_id") for _, b in arrivals if b.get("patient_id") in normal
+                 and b.get("category") == "physiological"})
+    print(f"  patients without events: {len(normal)}; with a physiological alert: {fp or 'none'}")
+    if args.workdir:
+        print(f"  logs: {work}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

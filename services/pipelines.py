@@ -1,0 +1,69 @@
+"""Composition: model bundles + policy -> the ECG and heart-rate stream cores.
+
+Shared by the worker, the evaluator, the benchmark and the edge runner so all four run
+the same pipeline. Imports no TensorFlow unless a Keras runtime is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.beats import BeatSpec
+from models.bundle import Bundle, load_bundle
+from streaming.pipeline import ECGPipeline, HRPipeline, HRScorer
+from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
+
+__all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "wall_clock_ms"]
+
+log = logging.getLogger("cardiowatch.pipelines")
+HR_STEP = 8  # new RR intervals between heart-rate windows, as the HR bundle was validated
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def beat_spec(bundle: Bundle) -> BeatSpec:
+    m = bundle.meta
+    return BeatSpec(rate_hz=m.sample_rate_hz, pre_s=m.beat_pre_s, post_s=m.beat_post_s)
+
+
+def build_policy(policy_file: Path | None) -> AlertPolicy:
+    return AlertPolicy(load_policy_config(policy_file) if policy_file else PolicyConfig())
+
+
+def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
+                       clock_ms: Callable[[], int] = wall_clock_ms) -> ECGPipeline:
+    m = bundle.meta
+    return ECGPipeline(detector=bundle.detector, normaliser=m.normaliser, threshold=m.threshold,
+                       model_version=f"{m.name}@{m.version}", policy=policy,
+                       spec=beat_spec(bundle), clock_ms=clock_ms)
+
+
+def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: str = "keras",
+                      clock_ms: Callable[[], int] = wall_clock_ms) -> HRPipeline:
+    if hr_model_dir is None or not (Path(hr_model_dir) / "bundle.json").exists():
+        log.warning("no heart-rate model at %s: the heart-rate stream runs rule-based checks only",
+                    hr_model_dir)
+        return HRPipeline(None, policy, step=8, clock_ms=clock_ms)
+    import numpy as np
+
+    from models.hr_detector import RR_MAX_S, RR_MIN_S, load_hr_bundle
+
+    detector = load_hr_bundle(Path(hr_model_dir), runtime="keras" if runtime == "keras" else "tflite")
+
+    def make_window(rr_ms: np.ndarray) -> np.ndarray:
+        # Pauses and dropped beats fall outside the model's RR range; the policy's own
+        # pause rule covers them, the model sees them clipped.
+        return np.clip(np.asarray(rr_ms, dtype=np.float64) / 1000.0, RR_MIN_S, RR_MAX_S)[None, :]
+
+    # A window of `window` beats is scored every HR_STEP new beats (the bundle's rule).
+    return HRPipeline(HRScorer(detector, detector.window, make_window), policy, step=HR_STEP,
+                      clock_ms=clock_ms)
+
+
+def load_ecg_bundle(model_dir: Path, runtime: str = "keras") -> Bundle:
+    return load_bundle(model_dir, runtime=runtime, server=runtime == "tflite")

@@ -1,0 +1,299 @@
+"""Simulator: N concurrent wearables replaying WFDB records or synthetic ECG into Kafka.
+
+Each wearable sends one ECG chunk per ``chunk_s`` (default 1 s) and, like a real
+device with on-board beat detection, one heart-rate sample per chunk carrying the RR
+intervals of the beats that ended in it. Event time (``ts_ms``) is the time of the
+chunk's first sample; a chunk is sent once its last sample would have been recorded.
+Wearables are spread over 10 send slots per second so the broker sees a steady flow,
+not a burst on every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from models.synthetic import Event, SyntheticPatient
+from streaming.schemas import encode_ecg, encode_hr
+
+from services.settings import KafkaSettings
+
+__all__ = [
+    "BeatSource",
+    "RecordSource",
+    "Wearable",
+    "parse_events",
+    "demo_cohort",
+    "Simulation",
+    "main",
+]
+
+log = logging.getLogger("cardiowatch.simulator")
+
+
+class BeatSource(Protocol):
+    """Where a wearable's samples and its on-board beat detections come from."""
+
+    sample_rate_hz: float
+
+    def next_chunk(self, n_samples: int) -> np.ndarray: ...
+
+    def beats_between(self, t0_s: float, t1_s: float) -> list[tuple[float, str]]: ...
+
+
+class RecordSource:
+    """A WFDB record replayed from its start; ``exhausted`` once it has been sent."""
+
+    def __init__(self, folder: Path, name: str, channel: int = 0) -> None:
+        from models.records import load_record
+
+        rec = load_record(folder, name, channel=channel)
+        self.name = name
+        self.sample_rate_hz = float(rec.sample_rate_hz)
+        self.signal_mv = np.asarray(rec.signal_mv, dtype=np.float64)
+        self.beat_times_s = np.asarray(rec.beat_samples, dtype=np.float64) / self.sample_rate_hz
+        self.beat_classes = np.asarray(rec.aami_classes)
+        self.n_emitted = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.n_emitted >= len(self.signal_mv)
+
+    def next_chunk(self, n_samples: int) -> np.ndarray:
+        x = self.signal_mv[self.n_emitted:self.n_emitted + n_samples]
+        self.n_emitted += len(x)
+        return x
+
+    def beats_between(self, t0_s: float, t1_s: float) -> list[tuple[float, str]]:
+        m = (self.beat_times_s >= t0_s) & (self.beat_times_s < t1_s)
+        return [(float(t), str(c)) for t, c in zip(self.beat_times_s[m], self.beat_classes[m])]
+
+
+@dataclass
+class Wearable:
+    """One simulated device: turns a source into ECG chunks and heart-rate samples."""
+
+    patient_id: str
+    device_id: str
+    source: BeatSource
+    start_ts_ms: int
+    chunk_s: float = 1.0
+    seq: int = 0
+    _t_s: float = 0.0
+    _rr_hist: list[float] = field(default_factory=list)
+    _last_beat_s: float | None = None
+
+    def step(self) -> tuple[bytes | None, bytes | None]:
+        """Advance by one chunk; return (ECG message, heart-rate message or None)."""
+        fs = self.source.sample_rate_hz
+        n = int(round(self.chunk_s * fs))
+        x = self.source.next_chunk(n)
+        if len(x) == 0:
+            return None, None
+        t0 = self._t_s
+        ts_ms = self.start_ts_ms + int(round(t0 * 1000))
+        ecg = encode_ecg(self.patient_id, self.device_id, self.seq, ts_ms, fs, x[None, :])
+        t1 = t0 + len(x) / fs
+        rr_ms = []
+        for t, _label in self.source.beats_between(t0, t1):
+            if self._last_beat_s is not None:
+                rr_ms.append((t - self._last_beat_s) * 1000.0)
+            self._last_beat_s = t
+        self._rr_hist = (self._rr_hist + rr_ms)[-8:]
+        hr = None
+        recent = self._last_beat_s is not None and t1 - self._last_beat_s < 3.0
+        if self._rr_hist and recent:
+            hr_bpm = 60000.0 / float(np.median(self._rr_hist[-5:]))
+            if 15.0 <= hr_bpm <= 350.0:
+                hr = encode_hr(self.patient_id, self.device_id, self.seq, ts_ms, hr_bpm,
+                               [v for v in rr_ms if 150.0 <= v <= 20000.0])
+        self.seq += 1
+        self._t_s = t1
+        return ecg, hr
+
+
+def parse_events(spec: str) -> dict[str, list[Event]]:
+    """Parse ``"p-0002=vrun@40:5,pvc@20;p-0003=pause@50:5"`` into events per patient.
+
+    Each item is ``kind@start_s[:duration_s]``.
+    """
+    out: dict[str, list[Event]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        if "=" not in part:
+            raise ValueError(f"event spec {part!r} must be PATIENT=kind@start[:duration],...")
+        pid, items = part.split("=", 1)
+        evs = []
+        for item in filter(None, (i.strip() for i in items.split(","))):
+            try:
+                kind, rest = item.split("@", 1)
+                start, _, dur = rest.partition(":")
+                evs.append(Event(kind.strip(), float(start), float(dur) if dur else 0.0))  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ValueError(f"bad event {item!r} for {pid!r}: {exc}") from None
+        out[pid.strip()] = evs
+    return out
+
+
+def patient_ids(n: int) -> list[str]:
+    return [f"p-{i:04d}" for i in range(1, n + 1)]
+
+
+def demo_cohort(n: int, onset_s: float = 25.0) -> dict[str, list[Event]]:
+    """Events for the demo: the second patient gets a ventricular run, the third a pause,
+    the fourth sustained tachycardia; everyone else stays in normal sinus rhythm."""
+    ids = patient_ids(n)
+    plan = [
+        [Event("vrun", onset_s, 6.0)],
+        [Event("pause", onset_s + 5.0, 5.0)],
+        [Event("tachy", onset_s - 10.0, 60.0, {"hr_bpm": 150})],
+    ]
+    return {pid: evs for pid, evs in zip(ids[1:], plan)}
+
+
+class Simulation:
+    """Drives many wearables in real time (or faster) and sends to Kafka."""
+
+    def __init__(self, wearables: Sequence[Wearable], producer, ecg_topic: str, hr_topic: str,
+                 speed: float = 1.0, chunk_s: float = 1.0) -> None:
+        self.wearables = list(wearables)
+        self.producer = producer
+        self.ecg_topic, self.hr_topic = ecg_topic, hr_topic
+        self.speed = speed
+        self.chunk_s = chunk_s
+        self.sent_ecg = self.sent_hr = 0
+        self._stop = False
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def run(self, seconds: float | None, progress: bool = True) -> None:
+        slots = 10
+        groups = [self.wearables[i::slots] for i in range(slots)]
+        wall0 = time.monotonic()
+        steps = None if seconds is None else int(round(seconds / self.chunk_s))
+        k = 0
+        last_report = wall0
+        while not self._stop and (steps is None or k < steps):
+            alive = False
+            for s, group in enumerate(groups):
+                if self.speed > 0:
+                    due = wall0 + (k + 1 + s / slots) * self.chunk_s / self.speed
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                for w in group:
+                    ecg, hr = w.step()
+                    if ecg is None:
+                        continue
+                    alive = True
+                    key = w.patient_id.encode()
+                    self.producer.send(self.ecg_topic, key=key, value=ecg)
+                    self.sent_ecg += 1
+                    if hr is not None:
+                        self.producer.send(self.hr_topic, key=key, value=hr)
+                        self.sent_hr += 1
+                if self._stop:
+                    break
+            k += 1
+            if not alive:
+                break
+            now = time.monotonic()
+            if progress and now - last_report >= 5.0:
+                last_report = now
+                total = f"/{steps}" if steps else ""
+                print(f"[simulate] t={k * self.chunk_s:.0f}s{total and ' of ' + str(steps * self.chunk_s) + 's'} "
+                      f"patients={len(self.wearables)} ecg_sent={self.sent_ecg} hr_sent={self.sent_hr}",
+                      file=sys.stderr, flush=True)
+        self.producer.flush()
+
+
+def make_producer(bootstrap: str):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5,
+                         compression_type=None, max_request_size=1_048_576)
+
+
+def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[Wearable], dict]:
+    truth: dict[str, dict] = {}
+    wearables: list[Wearable] = []
+    if args.records:
+        from models.records import list_records
+
+        names = args.record_names.split(",") if args.record_names else list_records(args.records)
+        for i, name in enumerate(names[: args.patients] if args.patients else names):
+            pid = f"rec-{name}"
+            src = RecordSource(args.records, name)
+            wearables.append(Wearable(pid, f"dev-{name}", src, start_ts_ms, args.chunk_s))
+            truth[pid] = {"record": name, "start_ts_ms": start_ts_ms}
+        return wearables, truth
+    events = demo_cohort(args.patients, args.onset_s) if args.preset == "demo" else {}
+    if args.events:
+        events.update(parse_events(args.events))
+    for i, pid in enumerate(patient_ids(args.patients)):
+        evs = events.get(pid, [])
+        src = SyntheticPatient(pid, sample_rate_hz=args.sample_rate, hr_bpm=65 + (i * 7) % 20,
+                               events=evs)
+        wearables.append(Wearable(pid, f"dev-{i + 1:04d}", src, start_ts_ms, args.chunk_s))
+        truth[pid] = {"start_ts_ms": start_ts_ms,
+                      "events": [{"kind": e.kind, "onset_ts_ms": start_ts_ms + int(e.start_s * 1000),
+                                  "duration_s": e.duration_s} for e in evs]}
+    return wearables, truth
+
+
+def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cardiowatch simulate", description=__doc__)
+    p.add_argument("--patients", type=int, default=10, help="number of wearables (default 10)")
+    p.add_argument("--synthetic", action="store_true", help="synthetic ECG (the default without --records)")
+    p.add_argument("--records", type=Path, help="replay the WFDB records in this folder, one per wearable")
+    p.add_argument("--record-names", help="comma-separated records to replay (default: all)")
+    p.add_argument("--seconds", type=float, help="stop after this much signal time (default: forever)")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 10 = ten times faster, 0 = flat out")
+    p.add_argument("--chunk-s", type=float, default=1.0)
+    p.add_argument("--sample-rate", type=float, default=250.0)
+    p.add_argument("--preset", choices=["none", "demo"], default="none",
+                   help="'demo': patient 2 gets a ventricular run, 3 a pause, 4 tachycardia")
+    p.add_argument("--onset-s", type=float, default=25.0, help="event onset for --preset demo")
+    p.add_argument("--events", default="", help="e.g. 'p-0002=vrun@40:5,pvc@20;p-0003=pause@50:5'")
+    p.add_argument("--start-ms", type=int, help="event time of the first sample (default: now)")
+    p.add_argument("--truth", type=Path, help="write each patient's injected events (JSON) here")
+    p.add_argument("--bootstrap", help="Kafka bootstrap (default: CARDIOWATCH_BOOTSTRAP)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    if args.patients < 0:
+        p.error(f"--patients must be >= 0, got {args.patients}")
+    if args.speed < 0:
+        p.error(f"--speed must be >= 0, got {args.speed}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kafka = KafkaSettings.from_env()
+    bootstrap = args.bootstrap or kafka.bootstrap
+    start_ms = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
+    wearables, truth = build_wearables(args, start_ms)
+    if args.truth:
+        args.truth.write_text(json.dumps(truth, indent=1))
+    sim = Simulation(wearables, make_producer(bootstrap), kafka.topics.ecg, kafka.topics.hr,
+                     speed=args.speed, chunk_s=args.chunk_s)
+    signal.signal(signal.SIGTERM, sim.stop)
+    signal.signal(signal.SIGINT, sim.stop)
+    print(f"[simulate] {len(wearables)} wearables -> {bootstrap} "
+          f"({'real time' if args.speed == 1 else 'speed ' + str(args.speed or 'max')})", file=sys.stderr)
+    sim.run(args.seconds)
+    print(f"[simulate] done: {sim.sent_ecg} ECG chunks, {sim.sent_hr} heart-rate samples", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Faust shell: the app, the ECG and heart-rate agents, the tick timer and ``/metrics``.
+
+Each agent body is a short adapter: take a micro-batch of events, hand the raw records
+to the pure core (:mod:`streaming.pipeline`), send what it returns, then store the new
+per-patient state. Ordering inside a batch is what makes restarts safe:
+
+1. scores, alerts and dead letters are sent and their delivery awaited;
+2. only then is each patient's state written to its table (changelog topic);
+3. only after the batch body returns does Faust ack the offsets for commit.
+
+A worker killed anywhere in between replays from the last committed offset: if the
+state had not been written, the replay recomputes the same beats with the same ids
+(receivers dedupe by id); if it had, the core recognises the already-applied offsets
+and skips them. Nothing is lost either way.
+
+Tables use ``use_partitioner=True`` with the patient id (the raw topics' key) as key,
+so each state lands in the changelog partition that matches its source partition, even
+though a micro-batch mixes partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streaming.metrics import WorkerMetrics
+from streaming.pipeline import (
+    DeadLetter,
+    ECGPatientState,
+    ECGPipeline,
+    HRPatientState,
+    HRPipeline,
+    InMessage,
+)
+
+__all__ = ["AppConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """What the Faust shell needs; built by ``services.worker`` from its settings."""
+
+    app_id: str
+    bootstrap: str
+    partitions: int
+    topic_ecg: str
+    topic_hr: str
+    topic_scores: str
+    topic_alerts: str
+    topic_deadletter: str
+    data_dir: Path
+    web_port: int
+    web_bind: str = "127.0.0.1"
+    batch_max: int = 512
+    batch_within_s: float = 0.2
+    tick_interval_s: float = 5.0
+
+
+class _LazyStates(Mapping[str, S], Generic[S]):
+    """Patient states read from a table on first use and decoded once."""
+
+    def __init__(self, table: Any, decode: Any) -> None:
+        self._table, self._decode, self._cache = table, decode, {}
+
+    def __getitem__(self, pid: str) -> S:
+        if pid not in self._cache:
+            raw = self._table.get(pid.encode())
+            if raw is None:
+                raise KeyError(pid)
+            self._cache[pid] = self._decode(raw)
+        return self._cache[pid]
+
+    def get(self, pid: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[pid]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: WorkerMetrics) -> faust.App:
+    """Build the Faust app with its agents, tables, timer and ``/metrics`` page."""
+    app = faust.App(
+        cfg.app_id,
+        broker=[f"kafka://{hp}" for hp in cfg.bootstrap.split(",")],
+        store="memory://",
+        datadir=str(cfg.data_dir),
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_port=cfg.web_port,
+        web_bind=cfg.web_bind,
+        web_host=cfg.web_bind,
+        table_standby_replicas=0,
+        stream_recovery_delay=0.0,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    ecg_topic = app.topic(cfg.topic_ecg, partitions=cfg.partitions, **raw)
+    hr_topic = app.topic(cfg.topic_hr, partitions=cfg.partitions, **raw)
+    scores_topic = app.topic(cfg.topic_scores, **raw)
+    alerts_topic = app.topic(cfg.topic_alerts, **raw)
+    dead_topic = app.topic(cfg.topic_deadletter, **raw)
+    # bytes key and value types make Faust use the "raw" codec for the changelog.
+    ecg_table = app.Table("ecg-state", default=None, partitions=cfg.partitions,
+                          use_partitioner=True, key_type=bytes, value_type=bytes)
+    hr_table = app.Table("hr-state", default=None, partitions=cfg.partitions,
+                         use_partitioner=True, key_type=bytes, value_type=bytes)
+    # The tick timer and the agents both rewrite a patient's state; one lock keeps a
+    # batch's read-modify-write from interleaving with a tick's.
+    ecg_lock, hr_lock = asyncio.Lock(), asyncio.Lock()
+
+    def decode_ecg_state(b: bytes) -> ECGPatientState:
+        return ECGPatientState.from_bytes(b, ecg.policy)
+
+    def decode_hr_state(b: bytes) -> HRPatientState:
+        return HRPatientState.from_bytes(b, hr.policy)
+
+    async def send_all(dead: list[DeadLetter], alerts: list[Any], scores: list[Any]) -> None:
+        futs = []
+        for d in dead:
+            futs.append(await dead_topic.send(key=d.key, value=d.to_json()))
+            metrics.invalid.labels(d.stream, d.reason).inc()
+        for s in scores:
+            futs.append(await scores_topic.send(key=s.patient_id.encode(), value=s.to_json()))
+        now = time.time()
+        for a in alerts:
+            futs.append(await alerts_topic.send(key=a.patient_id.encode(), value=a.to_json()))
+            metrics.alerts.labels(a.priority, a.action).inc()
+            if a.action == "raised":
+                metrics.event_to_alert.observe(max(0.0, now - a.onset_ts_ms / 1000.0))
+        # Delivery, not just enqueueing: state is written only after this returns.
+        await asyncio.gather(*futs)
+
+    @app.agent(ecg_topic)
+    async def ecg_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
+            msgs = [InMessage(e.message.key, e.message.value, e.message.partition,
+                              e.message.offset) for e in events]
+            metrics.messages_in.labels("ecg").inc(len(msgs))
+            async with ecg_lock:
+                t = time.perf_counter()
+                res = ecg.process(msgs, _LazyStates(ecg_table, decode_ecg_state))
+                metrics.stage_latency.labels("ecg_core").observe(time.perf_counter() - t)
+                for n in res.model_batch_sizes:
+                    metrics.batch_size.observe(n)
+                if res.model_calls:
+                    metrics.inference_latency.observe(res.model_seconds)
+                t = time.perf_counter()
+                await send_all(res.dead, res.alerts, res.scored)
+                metrics.stage_latency.labels("send").observe(time.perf_counter() - t)
+                now = time.time()
+                for s in res.scored:
+                    metrics.event_to_score.observe(max(0.0, now - s.r_ts_ms / 1000.0))
+                metrics.beats_scored.inc(len(res.scored))
+                metrics.gaps.labels("ecg").inc(res.gaps)
+                metrics.redelivered.labels("ecg").inc(res.redelivered)
+                for pid, st in res.states.items():
+                    ecg_table[pid.encode()] = st.to_bytes(ecg.policy)
+
+    @app.agent(hr_topic)
+    async def hr_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
+            msgs = [InMessage(e.message.key, e.message.value, e.message.partition,
+                              e.message.offset) for e in events]
+            metrics.messages_in.labels("hr").inc(len(msgs))
+            async with hr_lock:
+                res = hr.process(msgs, _LazyStates(hr_table, decode_hr_state))
+                await send_all(res.dead, res.alerts, [])
+                metrics.hr_scored.inc(res.windows_scored)
+                metrics.gaps.labels("hr").inc(res.gaps)
+                metrics.redelivered.labels("hr").inc(res.redelivered)
+                for pid, st in res.states.items():
+                    hr_table[pid.encode()] = st.to_bytes(hr.policy)
+
+    @app.timer(interval=cfg.tick_interval_s)
+    async def tick() -> None:
+        now_ms = int(time.time() * 1000)
+        async with ecg_lock:
+            alerts, changed = [], {}
+            for key, raw_state in list(ecg_table.items()):
+                if raw_state is None:
+                    continue
+                ev, st = ecg.tick(decode_ecg_state(raw_state), now_ms)
+                if ev:
+                    alerts.extend(ev)
+                    changed[key] = st
+            await send_all([], alerts, [])
+            for key, st in changed.items():
+                ecg_table[key] = st.to_bytes(ecg.policy)
+        await _update_lag()
+
+    async def _update_lag() -> None:
+        consumer = app.consumer
+        for topic in (cfg.topic_ecg, cfg.topic_hr):
+            lag = 0
+            for tp in consumer.assignment():
+                if tp.topic != topic:
+                    continue
+                try:
+                    hw = consumer.highwater(tp)
+                except Exception:  # partition not fetched yet
+                    continue
+                read = consumer._read_offset.get(tp)  # faust keeps the last offset read
+                if hw is not None:
+                    lag += max(0, hw - (read + 1 if read is not None else 0))
+            metrics.consumer_lag.labels(topic).set(lag)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8.
+        ctype = ";".join(p for p in CONTENT_TYPE_LATEST.split(";") if "charset" not in p)
+        return web.bytes(generate_latest(metrics.registry), content_type=ctype.strip())
+
+    app.cardiowatch_tables = (ecg_table, hr_table)  # type: ignore[attr-defined]
+    return app

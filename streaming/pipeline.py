@@ -1,0 +1,553 @@
+"""Score: the per-patient stream core, from raw message bytes to scored beats and alerts.
+
+Pure Python objects, no Faust, Kafka, HTTP or Prometheus: the Faust agents
+(:mod:`streaming.app`), the evaluator and the edge runner all call this same code.
+
+One batch of consumed messages goes through::
+
+    decode (streaming.schemas) -> stream checks (duplicate / gap / time order)
+    -> ECG front end per chunk (models.beats: band-pass, resample, QRS, beats, SQI)
+    -> ONE detector call for every beat of every patient in the batch
+    -> per-patient calibration and threshold -> alert policy (streaming.policy)
+
+Per-patient state is a small dataclass that packs to bytes, so the worker keeps it in
+a Faust table backed by a changelog topic and a restarted worker resumes where it was.
+Event time always comes from the messages (``ts_ms``); the only wall clock used is
+the ``now_wall_ms`` the caller passes for ``produced_wall_ms`` and no-data ticks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from models.beats import BeatSpec, ECGFrontEnd, FrontEndState, beat_features
+from models.detector import Detector, Normaliser, make_model_input
+from models.personalise import PatientCalibration
+from streaming.errors import InvalidMessage, SequenceError
+from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
+from streaming.policy import AlertPolicy, PatientPolicyState
+from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
+
+__all__ = [
+    "InMessage",
+    "DeadLetter",
+    "ECGPatientState",
+    "HRPatientState",
+    "ECGBatchResult",
+    "HRBatchResult",
+    "ECGPipeline",
+    "HRPipeline",
+    "HRScorer",
+    "DEADLETTER_SCHEMA",
+]
+
+DEADLETTER_SCHEMA = "cardiowatch.deadletter/1"
+Stream = Literal["ecg", "hr"]
+
+# A chunk whose first sample is within this much of where the previous chunk ended
+# continues the same segment (device clocks jitter); farther apart is a gap and the
+# signal is not stitched across it.
+GAP_TOLERANCE_MS = 100.0
+STRIP_S = 6.0
+# Beats in the first seconds of a segment sit in the band-pass filter's start transient
+# and before the QRS detector has learned its thresholds: they are scored and emitted,
+# but with signal quality 0 so neither the policy nor the calibration trusts them.
+WARMUP_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """One consumed Kafka record, as the core sees it."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message, kept with its raw bytes and the reason."""
+
+    stream: Stream
+    reason: str
+    detail: str
+    key: bytes | None
+    raw: bytes | None
+    partition: int
+    offset: int
+
+    def to_json(self) -> bytes:
+        doc = {
+            "schema": DEADLETTER_SCHEMA, "stream": self.stream, "reason": self.reason,
+            "detail": self.detail, "source_partition": self.partition,
+            "source_offset": self.offset,
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "raw_b64": None if self.raw is None else base64.b64encode(self.raw).decode(),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _pack(header: dict[str, Any], blobs: Mapping[str, bytes]) -> bytes:
+    """Pack a JSON header and named binary blobs into one compact value."""
+    header = dict(header, _blobs=[[k, len(v)] for k, v in blobs.items()])
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(h)) + h + b"".join(blobs.values())
+
+
+def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    (n,) = struct.unpack_from("<I", raw)
+    header = json.loads(raw[4:4 + n])
+    pos, blobs = 4 + n, {}
+    for name, size in header.pop("_blobs"):
+        blobs[name] = raw[pos:pos + size]
+        pos += size
+    return header, blobs
+
+
+@dataclass(slots=True)
+class _StreamPosition:
+    """Where a device stream is: used to drop redeliveries and catch bad sequences."""
+
+    last_seq: int | None = None
+    last_ts_ms: float | None = None
+    last_offset: int = -1
+
+    def check(self, seq: int, ts_ms: int, offset: int) -> Literal["redelivered", "gap", "ok"]:
+        """Raise :class:`SequenceError` for duplicates and time going backwards."""
+        if offset <= self.last_offset:
+            # Already applied to this state before a restart; the offsets were not
+            # yet committed. Skipping keeps replays idempotent.
+            return "redelivered"
+        if self.last_seq is not None and seq <= self.last_seq:
+            raise SequenceError("duplicate_seq", f"seq {seq} already seen (last seq {self.last_seq})")
+        if self.last_ts_ms is not None and ts_ms < self.last_ts_ms - GAP_TOLERANCE_MS:
+            raise SequenceError(
+                "out_of_order_ts", f"ts_ms {ts_ms} is before the previous message's end {self.last_ts_ms:.0f}")
+        gap = self.last_seq is not None and seq != self.last_seq + 1
+        return "gap" if gap else "ok"
+
+
+@dataclass(slots=True)
+class ECGPatientState:
+    """Everything the ECG stream remembers about one patient."""
+
+    patient_id: str
+    device_id: str = ""
+    pos: _StreamPosition = field(default_factory=_StreamPosition)
+    sample_rate_hz: float | None = None
+    seg_t0_ms: float = 0.0  # event time of model-rate sample 0 of the current segment
+    front: FrontEndState | None = None
+    calibration: PatientCalibration = field(default_factory=PatientCalibration.initial)
+    policy: Any = None  # streaming.policy state object
+    strip: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    strip_end_ms: float = 0.0
+    gaps: int = 0
+    beats_scored: int = 0
+
+    def to_bytes(self, policy: AlertPolicy) -> bytes:
+        header = {
+            "v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
+            "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
+            "last_offset": self.pos.last_offset, "sample_rate_hz": self.sample_rate_hz,
+            "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
+            "gaps": self.gaps, "beats_scored": self.beats_scored,
+            "policy": None if self.policy is None else self.policy.to_dict(),
+        }
+        blobs = {
+            "front": b"" if self.front is None else self.front.to_bytes(),
+            "calibration": self.calibration.to_bytes(),
+            "strip": self.strip.astype(np.float32).tobytes(),
+        }
+        return _pack(header, blobs)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> ECGPatientState:
+        h, b = _unpack(raw)
+        pstate = None if h["policy"] is None else PatientPolicyState.from_dict(h["policy"])
+        return cls(
+            patient_id=h["patient_id"], device_id=h["device_id"],
+            pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
+            sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
+            front=FrontEndState.from_bytes(b["front"]) if b["front"] else None,
+            calibration=PatientCalibration.from_bytes(b["calibration"]),
+            policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
+            strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ECGBatchResult:
+    scored: list[ScoredBeat]
+    alerts: list[AlertEvent]
+    dead: list[DeadLetter]
+    quality: list[QualityObservation]
+    states: dict[str, ECGPatientState]
+    valid: int
+    redelivered: int
+    gaps: int
+    model_calls: int
+    model_batch_sizes: list[int]
+    model_seconds: float
+
+
+class ECGPipeline:
+    """The ECG stream core: validation, front end, batched scoring, policy.
+
+    Parameters
+    ----------
+    detector : models.detector.Detector
+        Scores model inputs built by :func:`models.detector.make_model_input`.
+    normaliser : models.detector.Normaliser
+        The bundle's global normaliser; patients calibrate their own from it.
+    threshold : float
+        The bundle's operating threshold (from a false-positive rate on held-out
+        normal beats); a patient's calibrated threshold never goes below it.
+    model_version : str
+        Recorded on every score and alert.
+    policy : streaming.policy.AlertPolicy
+        Owns every alert decision.
+    spec : models.beats.BeatSpec
+        Must match the bundle's beat window.
+    clock_ms : callable
+        Wall clock for ``produced_wall_ms`` only (injected so tests control it).
+    """
+
+    def __init__(self, detector: Detector, normaliser: Normaliser, threshold: float,
+                 model_version: str, policy: AlertPolicy, spec: BeatSpec,
+                 clock_ms: Callable[[], int]) -> None:
+        self.detector = detector
+        self.normaliser = normaliser
+        self.threshold = float(threshold)
+        self.model_version = model_version
+        self.policy = policy
+        self.spec = spec
+        self.clock_ms = clock_ms
+        self._front_ends: dict[float, ECGFrontEnd] = {}
+
+    def front_end(self, sample_rate_hz: float) -> ECGFrontEnd:
+        fe = self._front_ends.get(sample_rate_hz)
+        if fe is None:
+            fe = self._front_ends[sample_rate_hz] = ECGFrontEnd(sample_rate_hz, self.spec)
+        return fe
+
+    def new_state(self, patient_id: str) -> ECGPatientState:
+        return ECGPatientState(patient_id=patient_id, policy=self.policy.initial_state(patient_id))
+
+    # -- one batch -------------------------------------------------------------------
+    def process(self, msgs: Sequence[InMessage],
+                states: Mapping[str, ECGPatientState | None]) -> ECGBatchResult:
+        """Process one batch of consumed ECG records.
+
+        ``states`` maps patient id to its current state (or None when new); the
+        result's ``states`` holds every state this batch changed.
+        """
+        out_states: dict[str, ECGPatientState] = {}
+        dead: list[DeadLetter] = []
+        quality: list[QualityObservation] = []
+        pending: list[tuple[ECGPatientState, QualityObservation, list[Any]]] = []
+        valid = redelivered = gaps = 0
+
+        for m in msgs:
+            try:
+                chunk = decode_ecg(m.value, m.key)
+                pid = chunk.patient_id
+                # One private copy per patient per batch, mutated chunk by chunk in order.
+                st = out_states.get(pid)
+                if st is None:
+                    base = states.get(pid)
+                    st = self._copy(base) if base is not None else self.new_state(pid)
+                verdict = st.pos.check(chunk.seq, chunk.ts_ms, m.offset)
+                if verdict == "redelivered":
+                    redelivered += 1
+                    continue
+                gaps += int(self._advance(st, chunk, m.offset, verdict == "gap"))
+                out_states[pid] = st
+                res, st.front = self.front_end(chunk.sample_rate_hz).process(
+                    st.front, chunk.samples_mv[0])
+                self._keep_strip(st, res.filtered, chunk)
+                q = QualityObservation(pid, chunk.device_id, chunk.ts_ms, int(chunk.duration_ms),
+                                       float(res.quality), bool(res.lead_off), bool(res.noisy))
+                quality.append(q)
+                pending.append((st, q, list(res.beats)))
+                valid += 1
+            except InvalidMessage as exc:
+                dead.append(DeadLetter("ecg", exc.reason, exc.detail, m.key, m.value, m.partition, m.offset))
+            except Exception as exc:  # a bug must not stop the stream: keep the message
+                dead.append(DeadLetter("ecg", "processing_error", f"{type(exc).__name__}: {exc}",
+                                       m.key, m.value, m.partition, m.offset))
+
+        scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
+        return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
+                              gaps, len(sizes), sizes, model_seconds)
+
+    def flush(self, states: Mapping[str, ECGPatientState]) -> ECGBatchResult:
+        """End of a finite stream (a replayed record): emit the beats still waiting for
+        samples after them. A live stream never calls this."""
+        pending = []
+        out_states: dict[str, ECGPatientState] = {}
+        for pid, base in states.items():
+            if base is None or base.front is None:
+                continue
+            st = self._copy(base)
+            beats, seg = self.front_end(st.sample_rate_hz).seg.flush(st.front.seg)
+            st.front = replace(st.front, seg=seg)
+            out_states[pid] = st
+            pending.append((st, None, list(beats)))
+        scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
+        return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, 0, len(sizes), sizes,
+                              model_seconds)
+
+    def _score_and_decide(self, pending: list[tuple[ECGPatientState, QualityObservation | None, list[Any]]]
+                          ) -> tuple[list[ScoredBeat], list[AlertEvent], list[int], float]:
+        """One model call for every beat of every patient, then calibration and policy."""
+        inputs, owners = [], []
+        for i, (st, _q, beats) in enumerate(pending):
+            if beats:
+                wf, rr = beat_features(beats)
+                inputs.append(make_model_input(wf, rr, st.calibration.normaliser(self.normaliser)))
+                owners.append(i)
+        scores_by_item: dict[int, np.ndarray] = {}
+        model_seconds, sizes = 0.0, []
+        if inputs:
+            x = np.concatenate(inputs)
+            t = time.perf_counter()
+            s = np.asarray(self.detector.score(x), dtype=np.float64)
+            model_seconds = time.perf_counter() - t
+            sizes.append(len(x))
+            start = 0
+            for i, xi in zip(owners, inputs):
+                scores_by_item[i] = s[start:start + len(xi)]
+                start += len(xi)
+
+        scored: list[ScoredBeat] = []
+        alerts: list[AlertEvent] = []
+        now = self.clock_ms()
+        for i, (st, q, beats) in enumerate(pending):
+            if q is not None:
+                ev, st.policy = self.policy.on_quality(st.policy, q)
+                alerts.extend(ev)
+            if not beats:
+                continue
+            sc = scores_by_item[i]
+            wf, rr = beat_features(beats)
+            warm = self.spec.rate_hz * WARMUP_S
+            quality_b = np.array([0.0 if b.r_index < warm else b.quality for b in beats])
+            cal = st.calibration
+            # Until the patient is calibrated, flag only what the highest threshold the
+            # calibration could still choose (global x cap) would flag: an unusual but
+            # normal morphology must not page anyone in the first minutes.
+            thr = (cal.threshold(self.threshold) if cal.calibrated
+                   else self.threshold * cal.cap_factor)
+            st.calibration = cal.update(wf, sc, quality_b, rr)
+            beat_events = []
+            for b, score, qb in zip(beats, sc, quality_b):
+                r_ts = int(round(st.seg_t0_ms + b.r_index * 1000.0 / self.spec.rate_hz))
+                beat_events.append(ScoredBeat(
+                    beat_id=f"{st.patient_id}:{r_ts}", patient_id=st.patient_id,
+                    device_id=st.device_id, r_ts_ms=r_ts,
+                    rr_ms=None if b.rr_prev_s is None else round(b.rr_prev_s * 1000.0, 1),
+                    score=float(score), threshold=float(thr), flagged=bool(score > thr),
+                    signal_quality=float(qb), model_version=self.model_version))
+            st.beats_scored += len(beat_events)
+            scored.extend(beat_events)
+            ev, st.policy = self.policy.on_beats(st.policy, beat_events)
+            alerts.extend(ev)
+
+        # Pauses: once beat detection is complete up to some event time, a long enough
+        # stretch without a beat is itself the finding (no beat will ever arrive for it).
+        for st, q, _beats in pending:
+            if q is None:
+                continue
+            seg = self.front_end(st.sample_rate_hz).seg
+            complete_ms = q.ts_ms + q.duration_ms - int(seg.max_wait * 1000 / seg.rate_hz)
+            ev, st.policy = self.policy.on_tick(st.policy, now, event_ts_ms=complete_ms)
+            alerts.extend(ev)
+
+        by_pid = {st.patient_id: st for st, _q, _b in pending}
+        alerts = [self._finish_alert(a, by_pid.get(a.patient_id), now) for a in alerts]
+        return scored, alerts, sizes, model_seconds
+
+    def tick(self, state: ECGPatientState, now_ms: int) -> tuple[list[AlertEvent], ECGPatientState]:
+        """Time-driven checks (no data from the device, no beat for too long)."""
+        st = self._copy(state)
+        ev, st.policy = self.policy.on_tick(st.policy, now_ms)
+        return [self._finish_alert(a, st, self.clock_ms()) for a in ev], st
+
+    # -- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _copy(st: ECGPatientState) -> ECGPatientState:
+        return replace(st, pos=_StreamPosition(st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset))
+
+    def _advance(self, st: ECGPatientState, chunk: ECGChunk, offset: int, seq_gap: bool) -> bool:
+        """Move the stream position; start a new segment on a gap or a new rate."""
+        new_segment = (
+            st.front is None
+            or st.sample_rate_hz != chunk.sample_rate_hz
+            or seq_gap
+            or st.pos.last_ts_ms is None
+            or abs(chunk.ts_ms - st.pos.last_ts_ms) > GAP_TOLERANCE_MS
+        )
+        is_gap = st.front is not None and new_segment
+        if new_segment:
+            st.front = self.front_end(chunk.sample_rate_hz).initial_state()
+            st.seg_t0_ms = float(chunk.ts_ms)
+            st.sample_rate_hz = chunk.sample_rate_hz
+            st.strip = np.zeros(0, np.float32)
+        if is_gap:
+            st.gaps += 1
+        st.device_id = chunk.device_id
+        st.pos.last_seq = chunk.seq
+        st.pos.last_ts_ms = chunk.end_ts_ms
+        st.pos.last_offset = offset
+        return is_gap
+
+    def _keep_strip(self, st: ECGPatientState, filtered: np.ndarray, chunk: ECGChunk) -> None:
+        keep = int(STRIP_S * self.spec.rate_hz)
+        st.strip = np.concatenate([st.strip, np.asarray(filtered, np.float32)])[-keep:]
+        st.strip_end_ms = chunk.end_ts_ms
+
+    def _finish_alert(self, a: AlertEvent, st: ECGPatientState | None, now_ms: int) -> AlertEvent:
+        strip = a.strip
+        if strip is None and st is not None and len(st.strip) and a.action == "raised":
+            start = st.strip_end_ms - len(st.strip) * 1000.0 / self.spec.rate_hz
+            strip = {"sample_rate_hz": self.spec.rate_hz, "start_ts_ms": int(round(start)),
+                     "units": "mV", "samples_mv": [round(float(v), 3) for v in st.strip]}
+        return replace(a, strip=strip, produced_wall_ms=now_ms,
+                       model_version=a.model_version or self.model_version)
+
+
+# -- heart-rate stream ------------------------------------------------------------------
+class HRScorer:
+    """Adapter around the heart-rate detector: RR history -> window -> score.
+
+    ``detector`` scores windows built by ``make_window(rr_ms)``; ``window`` is the
+    number of RR intervals per window. When no HR model is loaded the pipeline still
+    runs the policy's rule-based checks on the reported heart rate.
+    """
+
+    def __init__(self, detector: Detector, window: int,
+                 make_window: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.detector = detector
+        self.window = int(window)
+        self.make_window = make_window
+
+    @property
+    def threshold(self) -> float:
+        return float(self.detector.threshold)
+
+
+@dataclass(slots=True)
+class HRPatientState:
+    patient_id: str
+    device_id: str = ""
+    pos: _StreamPosition = field(default_factory=_StreamPosition)
+    rr_ms: list[float] = field(default_factory=list)
+    new_rr: int = 0
+    policy: Any = None
+
+    def to_bytes(self, policy: AlertPolicy) -> bytes:
+        header = {"v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
+                  "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
+                  "last_offset": self.pos.last_offset, "rr_ms": self.rr_ms, "new_rr": self.new_rr,
+                  "policy": None if self.policy is None else self.policy.to_dict()}
+        return _pack(header, {})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
+        h, _ = _unpack(raw)
+        return cls(h["patient_id"], h["device_id"],
+                   _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
+                   list(h["rr_ms"]), h["new_rr"],
+                   None if h["policy"] is None else PatientPolicyState.from_dict(h["policy"]))
+
+
+@dataclass(frozen=True, slots=True)
+class HRBatchResult:
+    observations: list[HRObservation]
+    alerts: list[AlertEvent]
+    dead: list[DeadLetter]
+    states: dict[str, HRPatientState]
+    valid: int
+    redelivered: int
+    gaps: int
+    windows_scored: int
+
+
+class HRPipeline:
+    """The heart-rate stream core: validation, RR windows, batched HR model, policy."""
+
+    def __init__(self, scorer: HRScorer | None, policy: AlertPolicy, step: int,
+                 clock_ms: Callable[[], int]) -> None:
+        self.scorer = scorer
+        self.policy = policy
+        self.step = max(1, int(step))
+        self.clock_ms = clock_ms
+
+    def new_state(self, patient_id: str) -> HRPatientState:
+        return HRPatientState(patient_id=patient_id, policy=self.policy.initial_state(patient_id))
+
+    def process(self, msgs: Sequence[InMessage],
+                states: Mapping[str, HRPatientState | None]) -> HRBatchResult:
+        out: dict[str, HRPatientState] = {}
+        dead: list[DeadLetter] = []
+        # (patient state, sample, RR window to score or None), in message order
+        items: list[tuple[HRPatientState, HRSample, np.ndarray | None]] = []
+        valid = redelivered = gaps = 0
+        window = self.scorer.window if self.scorer else 32
+        for m in msgs:
+            try:
+                s = decode_hr(m.value, m.key)
+                st = out.get(s.patient_id)
+                if st is None:
+                    base = states.get(s.patient_id)
+                    st = (replace(base, pos=_StreamPosition(base.pos.last_seq, base.pos.last_ts_ms,
+                                                            base.pos.last_offset), rr_ms=list(base.rr_ms))
+                          if base is not None else self.new_state(s.patient_id))
+                verdict = st.pos.check(s.seq, s.ts_ms, m.offset)
+                if verdict == "redelivered":
+                    redelivered += 1
+                    continue
+                gaps += int(verdict == "gap")
+                st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset = s.seq, float(s.ts_ms), m.offset
+                st.device_id = s.device_id
+                st.rr_ms = (st.rr_ms + list(s.rr_ms))[-4 * window:]
+                st.new_rr += len(s.rr_ms)
+                win = None
+                if self.scorer is not None and len(st.rr_ms) >= window and st.new_rr >= self.step:
+                    st.new_rr = 0
+                    win = np.asarray(st.rr_ms[-window:], dtype=np.float64)
+                out[s.patient_id] = st
+                items.append((st, s, win))
+                valid += 1
+            except InvalidMessage as exc:
+                dead.append(DeadLetter("hr", exc.reason, exc.detail, m.key, m.value, m.partition, m.offset))
+            except Exception as exc:  # a bug must not stop the stream: keep the message
+                dead.append(DeadLetter("hr", "processing_error", f"{type(exc).__name__}: {exc}",
+                                       m.key, m.value, m.partition, m.offset))
+
+        # One model call for every due window of every patient in this batch.
+        scores: dict[int, float] = {}
+        due = [i for i, (_, _, w) in enumerate(items) if w is not None]
+        if self.scorer is not None and due:
+            x = np.concatenate([self.scorer.make_window(items[i][2]) for i in due])
+            sc = np.asarray(self.scorer.detector.score(x), dtype=np.float64)
+            scores = {i: float(v) for i, v in zip(due, sc)}
+
+        obs, alerts = [], []
+        now = self.clock_ms()
+        for i, (st, s, _) in enumerate(items):
+            o = HRObservation(st.patient_id, s.device_id, s.ts_ms, s.hr_bpm, s.rr_ms, s.quality,
+                              scores.get(i), self.scorer.threshold if i in scores else None)
+            obs.append(o)
+            ev, st.policy = self.policy.on_hr(st.policy, o)
+            alerts.extend(replace(a, produced_wall_ms=now) for a in ev)
+        return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gaps, len(scores))

@@ -1,0 +1,284 @@
+"""The Faust worker end to end on the real broker: scoring, dead letters, crash recovery.
+
+Each test runs ``cardiowatch worker`` as a separate process on fresh topics and
+compares what lands in Kafka with a reference run of the same messages through the
+same stream core in this process (the pipeline is deterministic, so beat ids match).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.synthetic import Event, SyntheticPatient
+from streaming.errors import REASONS
+from streaming.pipeline import InMessage
+from streaming.schemas import encode_ecg, encode_hr
+
+from services.pipelines import build_ecg_pipeline, build_policy, load_ecg_bundle
+from services.settings import DEFAULT_MODEL_DIR
+from services.simulator import Wearable
+from worker_harness import WorkerProcess, produce, read_all, read_until
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_225_600_000
+
+
+def stream_for(patients: dict[str, list[Event]], seconds: int, seed_base: int = 0):
+    """ECG and HR messages of simulated wearables, in send order: (pid, ecg, hr|None)."""
+    ws = [Wearable(pid, f"dev-{pid}", SyntheticPatient(pid, 250, hr_bpm=62 + 5 * i, events=evs), T0)
+          for i, (pid, evs) in enumerate(patients.items())]
+    out = []
+    for _ in range(seconds):
+        for w in ws:
+            e, h = w.step()
+            out.append((w.patient_id, e, h))
+    return out
+
+
+def reference(messages: list[tuple[str, bytes]]):
+    """Beat ids and raised alerts from the same core, in this process."""
+    pipe = build_ecg_pipeline(load_ecg_bundle(DEFAULT_MODEL_DIR, "keras"), build_policy(None))
+    states: dict = {}
+    ids, alerts = set(), []
+    offsets: Counter = Counter()
+    for i in range(0, len(messages), 64):
+        batch = []
+        for pid, raw in messages[i:i + 64]:
+            batch.append(InMessage(pid.encode(), raw, 0, offsets[pid]))
+            offsets[pid] += 1
+        r = pipe.process(batch, states)
+        states.update(r.states)
+        ids |= {s.beat_id for s in r.scored}
+        alerts += [a for a in r.alerts if a.action == "raised"]
+    return ids, alerts
+
+
+@pytest.fixture
+def worker_factory(kafka_broker, tmp_path: Path):
+    started: list[WorkerProcess] = []
+
+    def make(topics, app_id: str | None = None, workdir: Path | None = None) -> WorkerProcess:
+        w = WorkerProcess(kafka_broker.bootstrap, topics, workdir or tmp_path / "w",
+                          app_id or f"test-worker-{uuid.uuid4().hex[:8]}")
+        started.append(w)
+        return w.start()
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def _bad_messages(n: int, valid: list[tuple[str, bytes]], rng: random.Random) -> list[tuple[bytes | None, bytes | None, str]]:
+    """n malformed ECG messages of many kinds, each with the reason it must get."""
+    kinds = []
+    for i in range(n):
+        pid = f"p-bad-{i % 7}"
+        good = json.loads(valid[i % len(valid)][1])
+        k = i % 10
+        if k == 0:
+            kinds.append((pid.encode(), b"{\"schema\": \"cardiowatch.ecg/1\", ", "malformed_json"))
+        elif k == 1:
+            kinds.append((pid.encode(), b"", "empty_payload"))
+        elif k == 2:
+            d = dict(good, patient_id=pid, samples=[[0.1, float("nan"), 0.2]])
+            kinds.append((pid.encode(), json.dumps(d).encode(), "non_finite_sample"))
+        elif k == 3:
+            d = dict(good, patient_id=pid)
+            del d["device_id"]
+            kinds.append((pid.encode(), json.dumps(d).encode(), "missing_field"))
+        elif k == 4:
+            d = dict(good, patient_id=pid, sample_rate_hz=7)
+            kinds.append((pid.encode(), json.dumps(d).encode(), "bad_sample_rate"))
+        elif k == 5:
+            d = dict(good, patient_id=pid, seq="twelve")
+            kinds.append((pid.encode(), json.dumps(d).encode(), "wrong_type"))
+        elif k == 6:
+            kinds.append((pid.encode(), b"x" * (600 * 1024), "oversized_payload"))
+        elif k == 7:
+            d = dict(good, patient_id=pid)
+            kinds.append((b"someone-else", json.dumps(d).encode(), "key_mismatch"))
+        elif k == 8:
+            d = dict(good, patient_id=pid, schema="cardiowatch.ecg/0")
+            kinds.append((pid.encode(), json.dumps(d).encode(), "unsupported_schema"))
+        else:
+            d = dict(good, patient_id=pid, samples=[[0.1] * 10, [0.2] * 10], leads=["I"])
+            kinds.append((pid.encode(), json.dumps(d).encode(), "bad_samples_length"))
+    rng.shuffle(kinds)
+    return kinds
+
+
+def test_malformed_messages_reach_dead_letter_and_valid_chunks_are_all_scored(
+        kafka_broker, make_topics, worker_factory):
+    topics = make_topics(partitions=4)
+    rng = random.Random(7)
+    msgs = stream_for({"p-0001": [], "p-0002": [Event("pvc", 20), Event("pvc", 41)], "p-0003": []}, 90)
+    valid = [(pid, e) for pid, e, _ in msgs]
+    bad = _bad_messages(1000, valid, rng)
+    # Duplicates of valid chunks (same seq again) are bad too, and must not disturb state.
+    dups = [(pid.encode(), e, "duplicate_seq") for pid, e in valid[30:60:3]]
+    expected_ids, _ = reference(valid)
+    assert len(expected_ids) > 250
+
+    records, bi = [], 0
+    for j, (pid, e) in enumerate(valid):
+        records.append((topics.ecg, pid.encode(), e))
+        if 30 <= j < 60 and j % 3 == 0:
+            records.append((topics.ecg, pid.encode(), e))  # the duplicate, right after
+        for _ in range(4 if bi < len(bad) else 0):
+            if bi < len(bad):
+                k, v, _r = bad[bi]
+                records.append((topics.ecg, k, v))
+                bi += 1
+    records += [(topics.ecg, k, v) for k, v, _ in bad[bi:]]
+    worker_factory(topics)
+    produce(kafka_broker.bootstrap, records)
+
+    n_dead = len(bad) + len(dups)
+    dead = read_until(kafka_broker.bootstrap, topics.deadletter, lambda r: len(r) >= n_dead, 240)
+    scores = read_until(kafka_broker.bootstrap, topics.scores,
+                        lambda r: {d["beat_id"] for _, d in r} >= expected_ids, 240)
+    got = Counter(d["reason"] for _, d in dead)
+    want = Counter(r for _, _, r in bad) + Counter(r for _, _, r in dups)
+    assert got == want, f"dead-letter reasons {got} != {want}"
+    assert all(d["reason"] in REASONS and d["detail"] for _, d in dead)
+    # raw bytes are kept
+    import base64
+    sent = Counter(v for _, v, _ in bad + dups)
+    kept = Counter(base64.b64decode(d["raw_b64"]) if d["raw_b64"] is not None else b"" for _, d in dead)
+    assert kept == sent
+    got_ids = {d["beat_id"] for _, d in scores}
+    assert got_ids == expected_ids, f"missing {len(expected_ids - got_ids)}, extra {len(got_ids - expected_ids)}"
+
+
+def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_topics, worker_factory, tmp_path):
+    topics = make_topics(partitions=4)
+    patients = {
+        "p-0001": [Event("vrun", 40, 5)],
+        "p-0002": [Event("pause", 60, 5)],
+        "p-0003": [],
+        "p-0004": [Event("vrun", 100, 4)],
+    }
+    msgs = stream_for(patients, 150)
+    valid = [(pid, e) for pid, e, _ in msgs]
+    expected_ids, expected_alerts = reference(valid)
+    assert {a.patient_id for a in expected_alerts if a.category == "physiological"} >= {"p-0001", "p-0002", "p-0004"}
+
+    app_id = f"test-crash-{uuid.uuid4().hex[:8]}"
+    w = worker_factory(topics, app_id=app_id, workdir=tmp_path / "crash")
+    produce(kafka_broker.bootstrap, [(topics.ecg, pid.encode(), e) for pid, e in valid]
+            + [(topics.hr, pid.encode(), h) for pid, _, h in msgs if h is not None])
+    # Kill it once it is well into the stream but not done.
+    first = read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= len(expected_ids) // 3, 240)
+    assert len(first) >= len(expected_ids) // 3, w.log_tail()
+    w.kill()
+    w2 = worker_factory(topics, app_id=app_id, workdir=tmp_path / "crash")
+    scores = read_until(kafka_broker.bootstrap, topics.scores,
+                        lambda r: {d["beat_id"] for _, d in r} >= expected_ids, 300)
+    got_ids = {d["beat_id"] for _, d in scores}
+    assert got_ids == expected_ids, (f"missing {sorted(expected_ids - got_ids)[:5]}, "
+                                     f"extra {sorted(got_ids - expected_ids)[:5]}\n{w2.log_tail()}")
+    time.sleep(5)
+    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)]
+    raised = [a for a in alerts if a["action"] == "raised"]
+    for a in expected_alerts:
+        if a.category != "physiological":
+            continue
+        near = [r for r in raised if r["patient_id"] == a.patient_id and r["condition"] == a.condition
+                and abs(r["onset_ts_ms"] - a.onset_ts_ms) <= 3000]
+        assert near, f"alert {a.alert_id} lost across the crash; got {[r['alert_id'] for r in raised]}"
+
+
+def test_ventricular_run_alerts_near_onset_and_normal_patient_has_none(kafka_broker, make_topics, worker_factory):
+    """Synthetic stand-in for the DS1 / qtdb test (which needs ../shared/data)."""
+    topics = make_topics(partitions=4)
+    msgs = stream_for({"p-0001": [Event("vrun", 60, 6)], "p-0002": []}, 15 * 60)
+    worker_factory(topics)
+    produce(kafka_broker.bootstrap, [(topics.ecg, pid.encode(), e) for pid, e, _ in msgs]
+            + [(topics.hr, pid.encode(), h) for pid, _, h in msgs if h is not None])
+    expected_scores = sum(1 for _ in msgs) // 2 * 0.9  # ~1 beat/s/patient
+    read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= expected_scores, 300)
+    time.sleep(5)
+    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)]
+    phys = [a for a in alerts if a["category"] == "physiological" and a["action"] == "raised"]
+    p1 = [a for a in phys if a["patient_id"] == "p-0001"]
+    assert any(a["condition"] == "ventricular_run" and a["priority"] == "high"
+               and abs(a["onset_ts_ms"] - (T0 + 60_000)) <= 5_000 for a in p1), p1
+    assert not [a for a in phys if a["patient_id"] == "p-0002"], "false alert on the normal patient"
+
+
+def _records_with(folder: Path, names: list[str]) -> list[str]:
+    from models.records import list_records
+
+    have = set(list_records(folder))
+    return [n for n in names if n in have]
+
+
+@pytest.mark.data
+def test_ds1_ventricular_ectopy_record_alerts_near_annotations(kafka_broker, make_topics, worker_factory,
+                                                               shared_data_dir):
+    from models.records import load_record
+
+    folder = shared_data_dir / "mitdb-ds1"
+    names = _records_with(folder, ["119", "106", "208", "203"])
+    assert names, f"no DS1 record with ventricular ectopy in {folder}"
+    rec = load_record(folder, names[0])
+    topics = make_topics(partitions=4)
+    from services.simulator import RecordSource
+
+    w = Wearable("rec", "dev", RecordSource(folder, names[0]), T0)
+    msgs = []
+    for _ in range(300):  # the first 5 minutes
+        e, h = w.step()
+        msgs.append((topics.ecg, b"rec", e))
+        if h:
+            msgs.append((topics.hr, b"rec", h))
+    worker_factory(topics)
+    produce(kafka_broker.bootstrap, msgs)
+    read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= 250, 300)
+    time.sleep(5)
+    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)
+              if d["category"] == "physiological" and d["action"] == "raised"]
+    v_t = np.asarray(rec.beat_samples)[np.asarray(rec.aami_classes) == "V"] / rec.sample_rate_hz
+    v_t = v_t[v_t < 300]
+    assert len(v_t), "record has no V beats in its first 5 minutes"
+    assert alerts, "no alert for a record with ventricular ectopy"
+    for a in alerts:
+        t = (a["onset_ts_ms"] - T0) / 1000
+        assert np.min(np.abs(v_t - t)) <= 10.0, f"alert at {t:.1f}s is not near any V beat"
+
+
+@pytest.mark.data
+def test_qtdb_normal_record_full_15_minutes_raises_no_alert(kafka_broker, make_topics, worker_factory,
+                                                            shared_data_dir):
+    from services.simulator import RecordSource
+
+    folder = shared_data_dir / "qtdb"
+    names = _records_with(folder, ["sel16265", "sel16272", "sel16273", "sel16420", "sel16483"])
+    assert names, f"no normal-rhythm qtdb record in {folder}"
+    topics = make_topics(partitions=4)
+    w = Wearable("rec", "dev", RecordSource(folder, names[0]), T0)
+    msgs = []
+    while True:
+        e, h = w.step()
+        if e is None:
+            break
+        msgs.append((topics.ecg, b"rec", e))
+        if h:
+            msgs.append((topics.hr, b"rec", h))
+    assert len([m for m in msgs if m[0] == topics.ecg]) >= 890  # the full ~15 minutes
+    worker_factory(topics)
+    produce(kafka_broker.bootstrap, msgs)
+    read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= 800, 300)
+    time.sleep(8)
+    phys = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)
+            if d["category"] == "physiological" and d["action"] == "raised"]
+    assert phys == [], phys

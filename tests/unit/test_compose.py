@@ -1,0 +1,142 @@
+"""docker-compose.yml agrees with services/settings.py, Prometheus and the local broker pin."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.settings import DispatcherSettings, KafkaSettings, Topics, WorkerSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("worker", "dispatcher", "simulator", "receiver")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # ["KEY=value", ...]
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _settings_keys() -> set[str]:
+    source = (REPO_ROOT / "services" / "settings.py").read_text()
+    return set(re.findall(r'"(CARDIOWATCH_[A-Z0-9_]+)"', source))
+
+
+def _internal_bootstrap(kafka: dict[str, Any]) -> str:
+    """host:port of the listener that other containers use (the inter-broker one)."""
+    env = _env(kafka)
+    name = env["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    advertised = dict(item.split("://", 1) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    listeners = dict(item.split("://", 1) for item in env["KAFKA_LISTENERS"].split(","))
+    assert name in listeners, f"{name} is advertised but not a listener"
+    host, port = advertised[name].rsplit(":", 1)
+    assert listeners[name].rsplit(":", 1)[1] == port
+    return f"{host}:{port}"
+
+
+def test_every_cardiowatch_variable_is_read_by_settings(services: dict[str, dict[str, Any]]) -> None:
+    known = _settings_keys()
+    assert "CARDIOWATCH_BOOTSTRAP" in known  # the grep itself works
+    used = {(name, key) for name, svc in services.items() for key in _env(svc)
+            if key.startswith("CARDIOWATCH_")}
+    assert used, "compose sets no CARDIOWATCH_* variables"
+    unknown = sorted(f"{name}: {key}" for name, key in used if key not in known)
+    assert unknown == [], f"not read by services/settings.py: {unknown}"
+
+
+def test_init_service_creates_exactly_the_settings_topics(services: dict[str, dict[str, Any]]) -> None:
+    init = services["kafka-init"]
+    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
+    created = re.findall(r"^\s*create\s+(\S+)\s*$", script, flags=re.MULTILINE)
+    assert created == Topics().all()
+    create_fn = script.split("}", 1)[0]
+    args = shlex.split(create_fn.replace("\\\n", " ").split("{", 1)[1])
+    assert args[args.index("--partitions") + 1] == str(KafkaSettings().partitions)
+    assert args[args.index("--replication-factor") + 1] == "1"
+    assert "--if-not-exists" in args
+    assert args[args.index("--bootstrap-server") + 1] == _internal_bootstrap(services["kafka"])
+
+
+def test_app_services_point_at_the_kafka_internal_listener(services: dict[str, dict[str, Any]]) -> None:
+    bootstrap = _internal_bootstrap(services["kafka"])
+    assert bootstrap == "kafka:19092"
+    for name in ("worker", "dispatcher", "simulator"):
+        env = _env(services[name])
+        assert env["CARDIOWATCH_BOOTSTRAP"] == bootstrap, name
+        assert KafkaSettings.from_env(env).bootstrap == bootstrap
+        assert KafkaSettings.from_env(env).partitions == KafkaSettings().partitions
+    # The kafka service really is reachable under that host name.
+    assert services["kafka"].get("hostname", "kafka") == bootstrap.split(":")[0]
+
+
+def test_metrics_ports_match_prometheus_and_settings_defaults(
+        services: dict[str, dict[str, Any]]) -> None:
+    prom = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]}
+    worker = WorkerSettings.from_env(_env(services["worker"]))
+    dispatcher = DispatcherSettings.from_env(_env(services["dispatcher"]))
+    assert targets == {f"worker:{worker.metrics_port}", f"dispatcher:{dispatcher.metrics_port}"}
+    # The compose values are the defaults, so a bare `cardiowatch worker` agrees too.
+    assert worker.metrics_port == WorkerSettings(kafka=KafkaSettings()).metrics_port == 9108
+    assert dispatcher.metrics_port == 9109
+    assert dispatcher.metrics_port == DispatcherSettings(
+        kafka=KafkaSettings(), routing_file=Path("x")).metrics_port
+    assert str(worker.metrics_port) in services["worker"]["expose"]
+    assert str(dispatcher.metrics_port) in services["dispatcher"]["expose"]
+    mount = services["prometheus"]["volumes"][0].split(":")
+    assert mount[0] == "./deploy/prometheus/prometheus.yml"
+
+
+def test_app_services_run_the_cli_from_the_project_image(
+        services: dict[str, dict[str, Any]]) -> None:
+    expected = {
+        "worker": ["cardiowatch", "worker"],
+        "dispatcher": ["cardiowatch", "dispatch"],
+        "simulator": ["cardiowatch", "simulate", "--patients", "20", "--synthetic"],
+        "receiver": ["cardiowatch", "receiver"],
+    }
+    for name, argv in expected.items():
+        svc = services[name]
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile", name
+        assert (REPO_ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        assert svc["command"][:len(argv)] == argv, name
+    for name in ("worker", "dispatcher", "simulator"):
+        assert services[name]["depends_on"]["kafka-init"]["condition"] == \
+            "service_completed_successfully"
+    routing = _env(services["dispatcher"])["CARDIOWATCH_ROUTING_FILE"]
+    assert routing.startswith("/app/")
+    assert (REPO_ROOT / routing.removeprefix("/app/")).is_file(), routing
+
+
+def test_kafka_image_matches_the_local_broker_pin(services: dict[str, dict[str, Any]]) -> None:
+    pom = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
+    assert services["kafka"]["image"] == f"apache/kafka:{version}"
+    assert services["kafka-init"]["image"] == f"apache/kafka:{version}"
+    env = _env(services["kafka"])
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+
+
+def test_dockerfile_installs_the_repo_with_the_lock() -> None:
+    text = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.MULTILINE)
+    assert re.search(r"pip install -c requirements\.lock \.", text)
+    assert "COPY pyproject.toml requirements.lock" in text
