@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics", "LATENCY_BUCKETS_S"]
+__all__ = ["WorkerMetrics", "LATENCY_BUCKETS_S", "DispatcherMetrics"]
 
 # Event-to-score latency is seconds-scale: chunks are ~1 s long and beats need the
 # samples after the R peak, so buckets span 50 ms .. 60 s.
@@ -66,3 +66,41 @@ class WorkerMetrics:
             "cardiowatch_stage_latency_seconds", "Wall time spent per batch in each stage.",
             ["stage"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
             registry=registry)
+
+
+class DispatcherMetrics:
+    """Metrics of the alert dispatcher (``cardiowatch dispatch``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.deliveries = Counter(
+            "cardiowatch_deliveries_total",
+            "Alert events finished by the dispatcher, by outcome "
+            "(delivered, failover_delivered, deadlettered, undecodable) and priority.",
+            ["outcome", "priority"], registry=registry)
+        self.delivery_latency = Histogram(
+            "cardiowatch_delivery_latency_seconds",
+            "Wall time from the alert being produced (produced_wall_ms) to a 2xx answer.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=registry)
+        self.retries = Counter(
+            "cardiowatch_delivery_retries_total",
+            "Delivery attempts after the first on the same endpoint.", registry=registry)
+        self.failovers = Counter(
+            "cardiowatch_delivery_failovers_total",
+            "Deliveries moved from an endpoint to the next one after it failed.", registry=registry)
+        self.open_alerts = Gauge(
+            "cardiowatch_open_alerts", "Alerts raised and not yet resolved, by priority.",
+            ["priority"], registry=registry)
+        self.unacknowledged = Gauge(
+            "cardiowatch_unacknowledged_alerts", "Open alerts nobody has acknowledged, by priority.",
+            ["priority"], registry=registry)
+        self.alerts_per_patient_day = Gauge(
+            "cardiowatch_alerts_per_patient_day",
+            "Alert burden: physiological alerts raised divided by patient-days observed, where "
+            "a patient's observed time is the event-time span from their first alert onset to "
+            "their latest alert detection, counted as at least one hour per patient.",
+            registry=registry)
+        self.in_flight = Gauge(
+            "cardiowatch_dispatch_in_flight_messages",
+            "Alert records consumed and not yet delivered or dead-lettered.", registry=registry)

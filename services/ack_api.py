@@ -1,0 +1,240 @@
+"""Delivery stage: acknowledgement HTTP API (aiohttp) run inside the dispatcher process.
+
+``POST /v1/alerts/{alert_id}/ack`` and ``/resolve`` with ``Authorization: Bearer <token>``
+(tokens from a YAML/JSON file mapping token to user) and an optional JSON body
+``{"note": "..."}``; ``GET /v1/alerts?open=true`` lists alerts; ``GET /healthz``.
+Answers 401 (no or bad token), 400 (malformed body), 404 (unknown alert), 409 (already
+resolved). A successful call hands an ack record (``alert_id, action, by, ts_ms,
+note``) to an :class:`AckSink`, which in the dispatcher produces it to the ``acks``
+topic and stops escalation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+from aiohttp import web
+
+from streaming.events import AlertEvent
+
+__all__ = [
+    "AckAction",
+    "AckRecord",
+    "AlertState",
+    "AlertBook",
+    "AckSink",
+    "TokenFileError",
+    "load_tokens",
+    "AckApi",
+]
+
+AckAction = Literal["ack", "resolve"]
+Status = Literal["open", "acknowledged", "resolved"]
+
+
+class TokenFileError(ValueError):
+    """The ack token file is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckRecord:
+    """One acknowledgement or resolution, as written to the ``acks`` topic."""
+
+    alert_id: str
+    action: AckAction
+    by: str
+    ts_ms: int
+    note: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"alert_id": self.alert_id, "action": self.action, "by": self.by,
+                           "ts_ms": self.ts_ms, "note": self.note}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> AckRecord:
+        d = json.loads(raw)
+        if not isinstance(d, dict) or d.get("action") not in ("ack", "resolve"):
+            raise ValueError(f"ack record must be an object with action ack|resolve, got {str(raw)[:80]!r}")
+        return cls(str(d["alert_id"]), d["action"], str(d["by"]), int(d["ts_ms"]), d.get("note"))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    alert_id: str
+    patient_id: str
+    condition: str
+    category: str
+    priority: str
+    status: Status
+    onset_ts_ms: int
+    escalation_level: int
+    acknowledged_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class AlertBook:
+    """What the ack API and the gauges need to know: each alert's latest status."""
+
+    def __init__(self) -> None:
+        self._alerts: dict[str, AlertState] = {}
+
+    def observe(self, ev: AlertEvent) -> None:
+        cur = self._alerts.get(ev.alert_id)
+        if ev.action in ("cleared", "resolved"):
+            status: Status = "resolved"
+        elif ev.action == "acknowledged":
+            status = "acknowledged" if cur is None or cur.status != "resolved" else "resolved"
+        else:
+            status = cur.status if cur is not None else "open"
+        self._alerts[ev.alert_id] = AlertState(
+            ev.alert_id, ev.patient_id, ev.condition, ev.category, ev.priority, status,
+            ev.onset_ts_ms, max(ev.escalation_level, cur.escalation_level if cur else 0),
+            cur.acknowledged_by if cur else None)
+
+    def apply(self, rec: AckRecord) -> None:
+        cur = self._alerts.get(rec.alert_id)
+        if cur is None or cur.status == "resolved":
+            return
+        self._alerts[rec.alert_id] = replace(
+            cur, status="resolved" if rec.action == "resolve" else "acknowledged",
+            acknowledged_by=cur.acknowledged_by or rec.by)
+
+    def get(self, alert_id: str) -> AlertState | None:
+        return self._alerts.get(alert_id)
+
+    def alerts(self, open_only: bool = False) -> list[AlertState]:
+        return [a for a in self._alerts.values() if not open_only or a.status != "resolved"]
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(open, unacknowledged) counts by priority."""
+        open_: dict[str, int] = {p: 0 for p in ("high", "medium", "low")}
+        unack = dict(open_)
+        for a in self._alerts.values():
+            if a.status != "resolved":
+                open_[a.priority] = open_.get(a.priority, 0) + 1
+            if a.status == "open":
+                unack[a.priority] = unack.get(a.priority, 0) + 1
+        return open_, unack
+
+
+class AckSink(Protocol):
+    async def publish(self, record: AckRecord) -> None:
+        """Make the ack durable (acks topic) and apply it (book, escalation tracker)."""
+        ...
+
+
+def load_tokens(path: Path | str) -> dict[str, str]:
+    """Read a YAML or JSON mapping ``token -> user``."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TokenFileError(f"ack tokens file {str(p)!r} cannot be read: {e}") from None
+    if not isinstance(raw, Mapping) or not raw:
+        raise TokenFileError(f"ack tokens file {str(p)!r} must be a non-empty mapping token -> user")
+    out: dict[str, str] = {}
+    for tok, user in raw.items():
+        if not isinstance(tok, str) or len(tok) < 16 or not isinstance(user, str) or not user:
+            raise TokenFileError(f"ack tokens file {str(p)!r}: entry for user {user!r} needs a "
+                                 "string token of at least 16 characters and a user name")
+        out[tok] = user
+    return out
+
+
+class AckApi:
+    """The aiohttp application; ``start()`` binds ``127.0.0.1:port`` (0 picks one)."""
+
+    def __init__(self, book: AlertBook, tokens: Mapping[str, str], sink: AckSink, *,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self._book, self._tokens, self._sink = book, dict(tokens), sink
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/alerts", self._list)
+        app.router.add_post("/v1/alerts/{alert_id}/ack", self._ack)
+        app.router.add_post("/v1/alerts/{alert_id}/resolve", self._resolve)
+        self.app = app
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        if self._port == 0:
+            self._port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _user(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        user = None
+        for known, name in self._tokens.items():  # compare every token: no early exit timing
+            if hmac.compare_digest(known.encode(), token.strip().encode()):
+                user = name
+        return user
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        if self._user(request) is None:
+            return _err(401, "missing or invalid bearer token")
+        open_only = request.query.get("open", "false").lower() in ("1", "true", "yes")
+        return web.json_response({"alerts": [a.to_dict() for a in self._book.alerts(open_only)]})
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        return await self._act(request, "ack")
+
+    async def _resolve(self, request: web.Request) -> web.Response:
+        return await self._act(request, "resolve")
+
+    async def _act(self, request: web.Request, action: AckAction) -> web.Response:
+        user = self._user(request)
+        if user is None:
+            return _err(401, "missing or invalid bearer token")
+        note: str | None = None
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _err(400, "body must be JSON")
+            if not isinstance(body, dict) or set(body) - {"note"}:
+                return _err(400, f"body must be an object with only 'note', got {str(raw[:80])!r}")
+            note = body.get("note")
+            if note is not None and (not isinstance(note, str) or len(note) > 2000):
+                return _err(400, "note must be a string of at most 2000 characters")
+        alert_id = request.match_info["alert_id"]
+        state = self._book.get(alert_id)
+        if state is None:
+            return _err(404, f"unknown alert {alert_id!r}")
+        if state.status == "resolved":
+            return _err(409, f"alert {alert_id!r} is already resolved")
+        rec = AckRecord(alert_id, action, user, int(time.time() * 1000), note)
+        await self._sink.publish(rec)
+        return web.json_response({"alert_id": alert_id, "action": action, "by": user,
+                                  "ts_ms": rec.ts_ms, "note": note})
+
+
+def _err(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,619 @@
+"""Delivery stage: the alert dispatcher: ``alerts`` topic to care-team webhooks.
+
+Guarantees
+----------
+* At-least-once: offsets are committed per partition only up to the lowest offset not
+  yet delivered or dead-lettered, so a killed dispatcher resumes without loss. A
+  redelivery carries the same ``webhook-id`` (``AlertEvent.event_id``).
+* Order per patient: one sequential queue per Kafka key (patient id); a failing
+  endpoint holds back only its own patients. Fetching pauses while more than
+  ``max_in_flight`` records are unfinished.
+* Retries with full-jitter exponential backoff, per-endpoint timeouts, then the failover
+  endpoint; when every route fails the event goes to ``alerts_deadletter`` and a
+  technical ``delivery_failure`` alert is produced to ``alerts``, routed to the ops
+  team. A failed ``delivery_failure`` alert is only dead-lettered (no loop).
+* Escalation: every alert is fed to an ``EscalationTracker``; due escalations are
+  produced to ``alerts`` (the audit log) and delivered from there to the route's
+  escalation contact for their level. Acks (``acks`` topic or the ack API) stop them.
+  On start the tracker is rebuilt from the ``alerts`` and ``acks`` topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry, start_http_server
+
+from services.ack_api import AckApi, AckRecord, AlertBook, load_tokens
+from services.payloads import render
+from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
+from services.settings import DispatcherSettings
+from services.signing import signature_headers
+from streaming.events import AlertEvent
+from streaming.metrics import DispatcherMetrics
+
+__all__ = [
+    "DELIVERY_FAILURE",
+    "DispatchOptions",
+    "DeliveryResult",
+    "OffsetBook",
+    "EscalationTrackerLike",
+    "deliver",
+    "delivery_failure_alert",
+    "is_delivery_failure",
+    "run_dispatcher",
+    "open_log_reader",
+    "log_behind",
+    "main",
+]
+
+log = logging.getLogger("cardiowatch.dispatcher")
+
+DELIVERY_FAILURE = "delivery_failure"
+Outcome = Literal["delivered", "failover_delivered", "deadlettered", "abandoned"]
+
+
+class EscalationTrackerLike(Protocol):
+    """The part of ``streaming.escalation.EscalationTracker`` the dispatcher uses."""
+
+    def observe(self, event: AlertEvent, now_ms: int) -> Any: ...
+    def acknowledge(self, alert_id: str, now_ms: int, by: str) -> AlertEvent | None: ...
+    def resolve(self, alert_id: str, now_ms: int, by: str) -> AlertEvent | None: ...
+    def due(self, now_ms: int) -> list[AlertEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    """Knobs of one dispatcher run (tests shrink them)."""
+
+    max_in_flight: int = 1000
+    commit_interval_s: float = 0.5
+    rebuild_timeout_s: float = 30.0
+    rebuild_max_records: int = 1_000_000
+    stop_grace_s: float = 10.0
+    serve_ack_api: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    outcome: Outcome
+    endpoint: str | None
+    attempts: int
+    reasons: tuple[str, ...] = ()
+
+
+class _Abandon(Exception):
+    """Stopping: leave the event undelivered and uncommitted; the next run retries it."""
+
+
+def is_delivery_failure(ev: AlertEvent) -> bool:
+    return ev.condition == DELIVERY_FAILURE and bool(ev.details.get(DELIVERY_FAILURE))
+
+
+def delivery_failure_alert(ev: AlertEvent, reasons: tuple[str, ...], now_ms: int) -> AlertEvent:
+    """The technical alert raised when ``ev`` could not be delivered anywhere."""
+    return AlertEvent(
+        alert_id=f"{DELIVERY_FAILURE}:{ev.event_id}", revision=1, action="raised",
+        patient_id=ev.patient_id, device_id=ev.device_id, condition=DELIVERY_FAILURE,
+        category="technical", priority="high", onset_ts_ms=now_ms, detected_ts_ms=now_ms,
+        rule="dispatcher.all_routes_failed", produced_wall_ms=now_ms,
+        details={DELIVERY_FAILURE: True, "failed_event_id": ev.event_id,
+                 "failed_alert_id": ev.alert_id, "failed_priority": ev.priority,
+                 "reasons": list(reasons)})
+
+
+def _endpoints_for(ev: AlertEvent, routing: RoutingConfig) -> tuple[Route, tuple[Endpoint, ...]]:
+    if is_delivery_failure(ev):
+        route = routing.ops_route()
+        return route, route.endpoints()
+    route = routing.route_for(ev.patient_id, route_key_for(ev.category, ev.priority))
+    contact = route.escalation_endpoint(ev.escalation_level)
+    if contact is not None:
+        return route, (contact,) + route.endpoints()  # then the usual team, never nobody
+    return route, route.endpoints()
+
+
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+async def _try_endpoint(client: httpx.AsyncClient, ep: Endpoint, retry: RetryPolicy, ev: AlertEvent,
+                        receiver: str, metrics: DispatcherMetrics, stopping: asyncio.Event,
+                        rng: random.Random) -> tuple[bool, int, list[str]]:
+    body, ctype = render(ev, ep.format, receiver=receiver)
+    started = time.monotonic()
+    reasons: list[str] = []
+    attempt = 0
+    for attempt in range(1, retry.max_attempts + 1):
+        if attempt > 1:
+            metrics.retries.inc()
+        headers = signature_headers(ep.secret, ev.event_id, int(time.time()), body)
+        headers.update({"content-type": ctype, "user-agent": "cardiowatch-dispatcher/0.1"})
+        retryable = True
+        try:
+            resp = await client.post(ep.url, content=body, headers=headers, timeout=ep.timeout_s)
+            if 200 <= resp.status_code < 300:
+                return True, attempt, reasons
+            reasons.append(f"{ep.name} attempt {attempt}: HTTP {resp.status_code}")
+            retryable = resp.status_code >= 500 or resp.status_code in _RETRYABLE_4XX
+        except httpx.TimeoutException:
+            reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
+        except httpx.HTTPError as e:
+            reasons.append(f"{ep.name} attempt {attempt}: {type(e).__name__}: {e}")
+        if not retryable or attempt == retry.max_attempts:
+            break
+        sleep_s = rng.uniform(0.0, retry.backoff_cap_s(attempt))  # full jitter
+        if time.monotonic() - started + sleep_s > retry.total_budget_s:
+            reasons.append(f"{ep.name}: retry budget {retry.total_budget_s} s spent")
+            break
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=sleep_s)
+        if stopping.is_set():
+            raise _Abandon()
+    return False, attempt, reasons
+
+
+async def deliver(ev: AlertEvent, routing: RoutingConfig, client: httpx.AsyncClient,
+                  metrics: DispatcherMetrics, stopping: asyncio.Event | None = None,
+                  rng: random.Random | None = None) -> DeliveryResult:
+    """Deliver one event along its route: retries, then failover.
+
+    Raises ``_Abandon`` (internal) when ``stopping`` is set during a backoff sleep.
+    """
+    stopping = stopping or asyncio.Event()
+    rng = rng or random.Random()
+    route, endpoints = _endpoints_for(ev, routing)
+    team = routing.ops_team if is_delivery_failure(ev) else routing.team_for(ev.patient_id).name
+    reasons: list[str] = []
+    attempts = 0
+    for i, ep in enumerate(endpoints):
+        if i > 0:
+            metrics.failovers.inc()
+        ok, n, why = await _try_endpoint(client, ep, route.retry, ev, team, metrics, stopping, rng)
+        attempts += n
+        reasons += why
+        if ok:
+            return DeliveryResult("delivered" if i == 0 else "failover_delivered", ep.name, attempts,
+                                  tuple(reasons))
+    return DeliveryResult("deadlettered", None, attempts, tuple(reasons))
+
+
+class OffsetBook:
+    """Per-partition completion tracking: commit only below the lowest unfinished offset."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}  # one past the highest offset seen
+        self._committed: dict[TopicPartition, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(s) for s in self._pending.values())
+
+    def add(self, tp: TopicPartition, offset: int) -> None:
+        self._pending.setdefault(tp, set()).add(offset)
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        pending = self._pending.get(tp)
+        if pending is not None:
+            pending.discard(offset)
+
+    def drop(self, tp: TopicPartition) -> None:
+        """Forget a revoked partition; completions arriving later are ignored."""
+        self._pending.pop(tp, None)
+        self._next.pop(tp, None)
+        self._committed.pop(tp, None)
+
+    def commit_points(self) -> dict[TopicPartition, int]:
+        """Offsets to commit (next record to read) that moved since the last commit."""
+        out: dict[TopicPartition, int] = {}
+        for tp, nxt in self._next.items():
+            pending = self._pending.get(tp)
+            point = min(pending) if pending else nxt
+            if point > self._committed.get(tp, -1):
+                out[tp] = point
+        return out
+
+    def mark_committed(self, points: dict[TopicPartition, int]) -> None:
+        for tp, off in points.items():
+            if tp in self._next:
+                self._committed[tp] = off
+
+
+@dataclass
+class _Item:
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ts_ms: int  # record timestamp: when the alert was appended to the log
+
+
+@dataclass
+class _State:
+    settings: DispatcherSettings
+    routing: RoutingConfig
+    client: httpx.AsyncClient
+    producer: AIOKafkaProducer
+    tracker: EscalationTrackerLike
+    book: AlertBook
+    metrics: DispatcherMetrics
+    stopping: asyncio.Event
+    offsets: OffsetBook = field(default_factory=OffsetBook)
+    queues: dict[bytes, asyncio.Queue[_Item]] = field(default_factory=dict)
+    workers: dict[bytes, asyncio.Task[None]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    patient_span_ms: dict[str, tuple[int, int]] = field(default_factory=dict)
+    raised: int = 0
+
+    @property
+    def topics(self) -> Any:
+        return self.settings.kafka.topics
+
+    def observe(self, ev: AlertEvent, now_ms: int) -> None:
+        self.book.observe(ev)
+        if not is_delivery_failure(ev):
+            self.tracker.observe(ev, now_ms)
+        if ev.category == "physiological":
+            lo, hi = self.patient_span_ms.get(ev.patient_id, (ev.onset_ts_ms, ev.detected_ts_ms))
+            self.patient_span_ms[ev.patient_id] = (min(lo, ev.onset_ts_ms), max(hi, ev.detected_ts_ms))
+            if ev.action == "raised":
+                self.raised += 1
+
+    def apply_ack(self, rec: AckRecord) -> AlertEvent | None:
+        self.book.apply(rec)
+        fn = self.tracker.acknowledge if rec.action == "ack" else self.tracker.resolve
+        return fn(rec.alert_id, rec.ts_ms, rec.by)
+
+    def refresh_gauges(self) -> None:
+        open_, unack = self.book.counts()
+        for p, n in open_.items():
+            self.metrics.open_alerts.labels(priority=p).set(n)
+        for p, n in unack.items():
+            self.metrics.unacknowledged.labels(priority=p).set(n)
+        hour_ms = 3_600_000
+        observed_ms = sum(max(hour_ms, hi - lo) for lo, hi in self.patient_span_ms.values())
+        if observed_ms:
+            self.metrics.alerts_per_patient_day.set(self.raised / (observed_ms / 86_400_000))
+        self.metrics.in_flight.set(self.offsets.in_flight)
+
+
+async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
+    await st.producer.send_and_wait(topic, value=value, key=key.encode())
+
+
+async def _process(st: _State, item: _Item) -> None:
+    try:
+        ev = AlertEvent.from_json(item.value or b"")
+    except (ValueError, TypeError, KeyError) as e:
+        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"),
+                    json.dumps({"reason": f"undecodable alert: {e}", "raw": (item.value or b"").decode(
+                        errors="replace"), "offset": item.offset, "partition": item.tp.partition}).encode())
+        st.metrics.deliveries.labels(outcome="undecodable", priority="unknown").inc()
+        return
+    result = await deliver(ev, st.routing, st.client, st.metrics, st.stopping, st.rng)
+    now_ms = int(time.time() * 1000)
+    if result.outcome == "deadlettered":
+        log.warning("all routes failed for %s: %s", ev.event_id, "; ".join(result.reasons[-4:]))
+        await _send(st, st.topics.alerts_deadletter, ev.patient_id, json.dumps(
+            {"reason": "all_routes_failed", "reasons": list(result.reasons), "failed_wall_ms": now_ms,
+             "event": ev.to_dict()}, separators=(",", ":")).encode())
+        if not is_delivery_failure(ev):  # a failed failure alert is only dead-lettered: no loop
+            fail = delivery_failure_alert(ev, result.reasons[-8:], now_ms)
+            await _send(st, st.topics.alerts, fail.patient_id, fail.to_json())
+    elif ev.produced_wall_ms is not None:
+        st.metrics.delivery_latency.observe(max(0.0, now_ms - ev.produced_wall_ms) / 1000.0)
+    st.metrics.deliveries.labels(outcome=result.outcome, priority=ev.priority).inc()
+    # escalation clocks run from when the alert entered the log, live and on replay alike
+    st.observe(ev, item.ts_ms)
+
+
+async def _worker(st: _State, key: bytes) -> None:
+    q = st.queues[key]
+    try:
+        while not q.empty() and not st.stopping.is_set():
+            item = q.get_nowait()
+            try:
+                await _process(st, item)
+            except _Abandon:
+                return
+            except Exception:  # never lose the queue: leave the offset uncommitted, log loudly
+                log.exception("unexpected error on %s offset %d; will retry after restart",
+                              item.tp, item.offset)
+                return
+            st.offsets.done(item.tp, item.offset)
+    finally:
+        if st.workers.get(key) is asyncio.current_task():
+            del st.workers[key]
+            if q.empty() or st.stopping.is_set():
+                st.queues.pop(key, None)
+
+
+def _enqueue(st: _State, item: _Item) -> None:
+    key = item.key or b""
+    q = st.queues.get(key)
+    if q is None:
+        q = st.queues[key] = asyncio.Queue()
+    q.put_nowait(item)
+    if key not in st.workers:
+        st.workers[key] = asyncio.create_task(_worker(st, key), name=f"deliver:{key[:32]!r}")
+
+
+async def open_log_reader(bootstrap: str, topics: list[str],
+                          timeout_s: float = 30.0) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A group-less consumer assigned every partition of ``topics``, at the beginning."""
+    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                         enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    deadline = time.monotonic() + timeout_s
+    # without a group the subscription assigns every partition once metadata has arrived
+    while {tp.topic for tp in c.assignment()} != set(topics):
+        if time.monotonic() > deadline:
+            await c.stop()
+            raise TimeoutError(f"no partitions for topics {topics} after {timeout_s} s")
+        await asyncio.sleep(0.05)
+    tps = sorted(c.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    await c.seek_to_beginning(*tps)
+    return c, tps
+
+
+async def log_behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    """Whether any partition's position is still before ``end``."""
+    for tp, off in end.items():
+        if await c.position(tp) < off:
+            return True
+    return False
+
+
+async def _rebuild(st: _State, bootstrap: str, opts: DispatchOptions) -> AIOKafkaConsumer:
+    """Replay ``alerts`` and ``acks`` into the tracker; return a consumer tailing ``acks``."""
+    c, tps = await open_log_reader(bootstrap, [st.topics.alerts, st.topics.acks], opts.rebuild_timeout_s)
+    end = await c.end_offsets(tps)
+    records: list[Any] = []
+    deadline = time.monotonic() + opts.rebuild_timeout_s
+    while (await log_behind(c, end) and time.monotonic() < deadline
+           and len(records) < opts.rebuild_max_records):
+        for tp, recs in (await c.getmany(timeout_ms=200, max_records=5000)).items():
+            records += [(r.timestamp, tp.topic, r) for r in recs if r.offset < end[tp]]
+    records.sort(key=lambda x: x[0])
+    n_alerts = n_acks = 0
+    for _, topic, r in records:
+        try:
+            if topic == st.topics.alerts:
+                ev = AlertEvent.from_json(r.value)
+                st.observe(ev, r.timestamp)
+                n_alerts += 1
+            else:
+                st.apply_ack(AckRecord.from_json(r.value))
+                n_acks += 1
+        except (ValueError, TypeError, KeyError):
+            continue
+    log.info("rebuilt escalation state from %d alerts and %d acks", n_alerts, n_acks)
+    ack_tps = [tp for tp in tps if tp.topic == st.topics.acks]
+    c.unsubscribe()
+    c.assign(ack_tps)
+    for tp in ack_tps:
+        c.seek(tp, end[tp])
+    return c
+
+
+async def _tail_acks(st: _State, c: AIOKafkaConsumer) -> None:
+    while not st.stopping.is_set():
+        for recs in (await c.getmany(timeout_ms=200)).values():
+            for r in recs:
+                try:
+                    rec = AckRecord.from_json(r.value)
+                except (ValueError, TypeError, KeyError):
+                    continue
+                st.apply_ack(rec)
+
+
+async def _escalate(st: _State, poll_s: float) -> None:
+    while not st.stopping.is_set():
+        now_ms = int(time.time() * 1000)
+        for ev in st.tracker.due(now_ms):
+            ev = AlertEvent.from_dict({**ev.to_dict(), "produced_wall_ms": now_ms})
+            await _send(st, st.topics.alerts, ev.patient_id, ev.to_json())
+        st.refresh_gauges()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(st.stopping.wait(), timeout=poll_s)
+
+
+class _KafkaAckSink:
+    def __init__(self, st: _State) -> None:
+        self._st = st
+
+    async def publish(self, record: AckRecord) -> None:
+        await _send(self._st, self._st.topics.acks, record.alert_id, record.to_json())
+        ev = self._st.apply_ack(record)
+        if ev is not None:  # the acknowledgement itself goes to the audit log (and the team)
+            await _send(self._st, self._st.topics.alerts, ev.patient_id, ev.to_json())
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, st: _State, consumer: AIOKafkaConsumer) -> None:
+        self._st, self._c = st, consumer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        points = {tp: o for tp, o in self._st.offsets.commit_points().items() if tp in revoked}
+        if points:
+            with contextlib.suppress(Exception):
+                await self._c.commit(points)
+        for tp in revoked:
+            self._st.offsets.drop(tp)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:
+    from streaming.escalation import EscalationConfig, EscalationTracker
+    return EscalationTracker(EscalationConfig(
+        escalate_after_s=dict(routing.escalation.escalate_after_s),
+        max_level=routing.escalation.max_level))
+
+
+async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *,
+                         client: httpx.AsyncClient | None = None,
+                         stop: asyncio.Event | None = None,
+                         metrics: DispatcherMetrics | None = None,
+                         tracker: EscalationTrackerLike | None = None,
+                         options: DispatchOptions = DispatchOptions(),
+                         tokens: dict[str, str] | None = None,
+                         on_ready: Callable[[AckApi | None], None] | None = None) -> None:
+    """Consume ``alerts`` and deliver them until ``stop`` is set; then drain and commit.
+
+    Parameters
+    ----------
+    settings : DispatcherSettings
+        Kafka bootstrap, topics, group id, metrics and ack ports, ack tokens file.
+    routing : RoutingConfig
+        Care-team routes and the escalation policy.
+    client : httpx.AsyncClient, optional
+        Injected HTTP client (tests); default one without a global connection cap so a
+        hung endpoint cannot starve the pool for healthy ones.
+    stop : asyncio.Event, optional
+        Set to stop gracefully (SIGTERM/SIGINT do it in :func:`main`).
+    metrics : DispatcherMetrics, optional
+        Built on a fresh registry when not given.
+    tracker : EscalationTrackerLike, optional
+        Default: ``streaming.escalation.EscalationTracker`` from ``routing.escalation``.
+    options : DispatchOptions
+        Bounds and intervals.
+    tokens : dict, optional
+        Ack API ``token -> user``; default read from ``settings.ack_tokens_file``.
+    on_ready : callable, optional
+        Called with the started ack API (or None) once consuming begins.
+    """
+    stop = stop or asyncio.Event()
+    metrics = metrics or DispatcherMetrics(CollectorRegistry())
+    own_client = client is None
+    if client is None:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+    bootstrap = settings.kafka.bootstrap
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=2)
+    await producer.start()
+    st = _State(settings, routing, client, producer, tracker or _default_tracker(routing), AlertBook(),
+                metrics, asyncio.Event())
+    tasks: list[asyncio.Task[None]] = []
+    api: AckApi | None = None
+    consumer: AIOKafkaConsumer | None = None
+    acks_consumer: AIOKafkaConsumer | None = None
+    try:
+        acks_consumer = await _rebuild(st, bootstrap, options)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=500)
+        consumer.subscribe([st.topics.alerts], listener=_Rebalance(st, consumer))
+        await consumer.start()
+        if options.serve_ack_api:
+            if tokens is None:
+                tokens = load_tokens(settings.ack_tokens_file) if settings.ack_tokens_file else {}
+            api = AckApi(st.book, tokens, _KafkaAckSink(st), port=settings.ack_port)
+            await api.start()
+        tasks.append(asyncio.create_task(_tail_acks(st, acks_consumer), name="acks"))
+        tasks.append(asyncio.create_task(_escalate(st, routing.escalation.poll_s), name="escalate"))
+        if on_ready is not None:
+            on_ready(api)
+        await _consume(st, consumer, stop, options)
+    finally:
+        st.stopping.set()
+        workers = list(st.workers.values())
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=options.stop_grace_s)
+            for t in pending:
+                t.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, *st.workers.values(), return_exceptions=True)
+        if consumer is not None:
+            await _commit(st, consumer)
+            await consumer.stop()
+        if acks_consumer is not None:
+            await acks_consumer.stop()
+        if api is not None:
+            await api.stop()
+        await producer.stop()
+        if own_client:
+            await client.aclose()
+
+
+async def _commit(st: _State, consumer: AIOKafkaConsumer) -> None:
+    points = st.offsets.commit_points()
+    if not points:
+        return
+    try:
+        await consumer.commit(points)
+        st.offsets.mark_committed(points)
+    except Exception as e:  # rebalance in progress etc.: the next tick tries again
+        log.warning("commit failed (%s); will retry", e)
+
+
+async def _consume(st: _State, consumer: AIOKafkaConsumer, stop: asyncio.Event,
+                   opts: DispatchOptions) -> None:
+    paused = False
+    last_commit = time.monotonic()
+    resume_below = max(1, opts.max_in_flight // 2)
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=100, max_records=500)
+        for tp, recs in batches.items():
+            if tp not in consumer.assignment():
+                continue
+            for r in recs:
+                st.offsets.add(tp, r.offset)
+                _enqueue(st, _Item(tp, r.offset, r.key, r.value, r.timestamp))
+        inflight = st.offsets.in_flight
+        if not paused and inflight >= opts.max_in_flight:
+            consumer.pause(*consumer.assignment())
+            paused = True
+        elif paused and inflight <= resume_below:
+            consumer.resume(*consumer.assignment())
+            paused = False
+        if time.monotonic() - last_commit >= opts.commit_interval_s:
+            await _commit(st, consumer)
+            last_commit = time.monotonic()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cardiowatch dispatch``: settings from ``CARDIOWATCH_*``; stops on SIGTERM/SIGINT."""
+    p = argparse.ArgumentParser(prog="cardiowatch dispatch", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = DispatcherSettings.from_env()
+    routing = load_routing(settings.routing_file)
+    registry = CollectorRegistry()
+    start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(api: AckApi | None) -> None:
+            print(f"dispatcher ready ack_api={api.url if api else None}", flush=True)
+
+        await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
+                             on_ready=ready)
+
+    asyncio.run(_run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""Dispatcher: at-least-once delivery, per-patient order, retries/failover, dead-letter,
+escalation, SIGKILL restart; against the real local Kafka broker and real aiohttp receivers.
+
+The first tests (OffsetBook, ``deliver`` over ``httpx.MockTransport``) need no broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from services.dispatcher import OffsetBook, deliver, log_behind, open_log_reader, run_dispatcher
+from services.receiver import WebhookReceiver
+from services.routing import RoutingConfig, parse_routing
+from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
+from services.signing import verify
+from streaming.events import AlertEvent
+from streaming.metrics import DispatcherMetrics
+
+SECRET = "whsec_" + base64.b64encode(b"integration-secret-0123456789").decode()
+FAST_RETRY = {"max_attempts": 3, "base_backoff_s": 0.05, "max_backoff_s": 0.2, "total_budget_s": 5}
+
+
+def _alert(patient: str, seq: int, priority: str = "high", **kw: Any) -> AlertEvent:
+    onset = 1_700_000_000_000 + seq * 1000
+    base: dict[str, Any] = dict(
+        alert_id=f"{patient}:vt:{onset}", revision=1, action="raised", patient_id=patient,
+        device_id=f"dev-{patient}", condition="ventricular_tachycardia", category="physiological",
+        priority=priority, onset_ts_ms=onset, detected_ts_ms=onset + 500, rule="test",
+        score=0.9, threshold=0.5, model_version="t/1", signal_quality=1.0,
+        produced_wall_ms=int(time.time() * 1000), details={"seq": seq})
+    base.update(kw)
+    return AlertEvent(**base)
+
+
+def _ep(url: str, timeout_s: float = 1.0, **kw: Any) -> dict[str, Any]:
+    return {"url": url, "secret": SECRET, "timeout_s": timeout_s, **kw}
+
+
+# ----------------------------------------------------------------- pure parts, no broker
+
+def test_offset_book_commits_below_lowest_unfinished() -> None:
+    tp = TopicPartition("a", 0)
+    b = OffsetBook()
+    for o in range(5):
+        b.add(tp, o)
+    b.done(tp, 0)
+    b.done(tp, 2)
+    b.done(tp, 3)
+    assert b.commit_points() == {tp: 1} and b.in_flight == 2
+    b.mark_committed({tp: 1})
+    assert b.commit_points() == {}
+    b.done(tp, 1)
+    b.done(tp, 4)
+    assert b.commit_points() == {tp: 5}
+    b.drop(tp)
+    b.done(tp, 7)  # late completion of a revoked partition is ignored
+    assert b.commit_points() == {}
+
+
+def _mock_routing(fast: dict[str, Any] | None = None) -> RoutingConfig:
+    return parse_routing({
+        "default_team": "t", "teams": {"t": {"retry": fast or FAST_RETRY, "routes": {"default": {
+            "primary": _ep("http://primary.test/h"), "failover": _ep("http://failover.test/h", format="fhir"),
+            "escalation": [_ep("http://level1.test/h")]}}}}})
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_deliver_retries_then_fails_over_with_same_webhook_id() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        wid = verify(SECRET, req.content, dict(req.headers), now_s=time.time())
+        seen.append((req.url.host, wid))
+        if req.url.host == "primary.test":
+            return httpx.Response(503)
+        return httpx.Response(200)
+
+    m = DispatcherMetrics(CollectorRegistry())
+    ev = _alert("p1", 1)
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await deliver(ev, _mock_routing(), c, m, rng=random.Random(1))
+
+    res = _run(go())
+    assert res.outcome == "failover_delivered" and res.attempts == 4
+    assert [h for h, _ in seen] == ["primary.test"] * 3 + ["failover.test"]
+    assert {w for _, w in seen} == {ev.event_id}
+    assert m.registry.get_sample_value("cardiowatch_delivery_retries_total") == 2
+    assert m.registry.get_sample_value("cardiowatch_delivery_failovers_total") == 1
+
+
+def test_deliver_4xx_is_not_retried_and_escalation_goes_to_level_contact() -> None:
+    hosts: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        hosts.append(req.url.host)
+        return httpx.Response(400 if req.url.host == "level1.test" else 200)
+
+    ev = _alert("p1", 1, action="escalated", escalation_level=1)
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await deliver(ev, _mock_routing(), c, DispatcherMetrics(CollectorRegistry()))
+
+    res = _run(go())
+    assert hosts == ["level1.test", "primary.test"]  # 400: no retry, next contact
+    assert res.outcome == "failover_delivered"
+
+
+def test_deliver_gives_up_within_budget() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=req)
+
+    retry = {"max_attempts": 50, "base_backoff_s": 0.2, "max_backoff_s": 0.2, "total_budget_s": 0.5}
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await deliver(_alert("p1", 1), _mock_routing(retry), c, DispatcherMetrics(CollectorRegistry()))
+
+    t0 = time.monotonic()
+    res = _run(go())
+    assert res.outcome == "deadlettered" and time.monotonic() - t0 < 2.0
+    assert any("budget" in r for r in res.reasons) and res.attempts < 20
+
+
+# ----------------------------------------------------------------- with the real broker
+
+async def _produce(bootstrap: str, topic: str, events: list[AlertEvent]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await p.start()
+    try:
+        for ev in events:
+            ev = AlertEvent.from_dict({**ev.to_dict(), "produced_wall_ms": int(time.time() * 1000)})
+            await p.send_and_wait(topic, ev.to_json(), key=ev.patient_id.encode())
+    finally:
+        await p.stop()
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    c, tps = await open_log_reader(bootstrap, [topic])
+    try:
+        end = await c.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        while await log_behind(c, end):
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                out += [json.loads(r.value) for r in recs]
+        return out
+    finally:
+        await c.stop()
+
+
+async def _until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class _Dispatcher:
+    """run_dispatcher as a task in the test's loop."""
+
+    def __init__(self, bootstrap: str, topics: Topics, routing: RoutingConfig, **kw: Any) -> None:
+        self.settings = DispatcherSettings(KafkaSettings(bootstrap=bootstrap, topics=topics),
+                                           routing_file=Path("unused.yaml"),
+                                           group_id=f"g-{topics.alerts}", ack_port=0)
+        self.routing, self.kw = routing, kw
+        self.stop = asyncio.Event()
+        self.metrics = DispatcherMetrics(CollectorRegistry())
+        self.ready = asyncio.Event()
+        self.api: Any = None
+
+    async def __aenter__(self) -> _Dispatcher:
+        def on_ready(api: Any) -> None:
+            self.api = api
+            self.ready.set()
+        self.task = asyncio.create_task(run_dispatcher(
+            self.settings, self.routing, stop=self.stop, metrics=self.metrics, on_ready=on_ready,
+            **self.kw))
+        done, _ = await asyncio.wait([self.task, asyncio.create_task(self.ready.wait())],
+                                     timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            self.task.result()
+        assert self.ready.is_set(), "dispatcher did not start"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+def _in_order(rec: WebhookReceiver) -> dict[str, list[int]]:
+    per: dict[str, list[int]] = {}
+    for a in rec.received:
+        per.setdefault(a.body["patient_id"], []).append(a.body["details"]["seq"])
+    return per
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["500", "hang", "close"])
+def test_failing_primary_retries_then_fails_over_without_blocking_healthy(
+        kafka_broker: Any, make_topics: Callable[..., Topics], mode: str) -> None:
+    topics = make_topics(4)
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as bad, WebhookReceiver(SECRET) as backup, \
+                WebhookReceiver(SECRET) as healthy:
+            await bad.set_mode(mode)  # type: ignore[arg-type]
+            routing = parse_routing({"default_team": "well", "teams": {
+                "sick": {"retry": FAST_RETRY, "routes": {"default": {
+                    "primary": _ep(bad.url, timeout_s=0.5), "failover": _ep(backup.url)}}},
+                "well": {"retry": FAST_RETRY, "routes": {"default": {"primary": _ep(healthy.url)}}}},
+                "patients": {"sick-1": "sick", "sick-2": "sick"}})
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d:
+                sick = [_alert(p, i) for i in range(3) for p in ("sick-1", "sick-2")]
+                well = [_alert(f"well-{j}", i) for i in range(3) for j in range(5)]
+                t0 = time.monotonic()
+                await _produce(kafka_broker.bootstrap, topics.alerts, sick + well)
+                await _until(lambda: len(healthy.received) == 15, 10, "healthy deliveries")
+                healthy_done_s = time.monotonic() - t0
+                await _until(lambda: len(backup.received) == 6, 30, "failover deliveries")
+                lat = [a.received_wall_ms - a.body["produced_wall_ms"] for a in healthy.received]
+                # the sick patients need >= 3 attempts x (timeout or error) before failover;
+                # the healthy team is served meanwhile
+                print(f"mode={mode} healthy p50={sorted(lat)[len(lat)//2]} ms max={max(lat)} ms; "
+                      f"all healthy after {healthy_done_s:.2f} s; failover after "
+                      f"{time.monotonic() - t0:.2f} s")
+                assert max(lat) < 1500, lat
+                assert _in_order(backup) == {"sick-1": [0, 1, 2], "sick-2": [0, 1, 2]}
+                assert all(v == [0, 1, 2] for v in _in_order(healthy).values())
+                assert bad.requests >= 3 and not bad.received
+                m = d.metrics.registry
+                # the receiver records before it answers: let the last answers reach the dispatcher
+                await _until(lambda: m.get_sample_value("cardiowatch_deliveries_total", {
+                    "outcome": "failover_delivered", "priority": "high"}) == 6, 5, "outcome metrics")
+                assert m.get_sample_value("cardiowatch_delivery_failovers_total") == 6
+            await bad.set_mode("ok")
+
+    _run(go())
+
+
+@pytest.mark.integration
+def test_all_routes_failing_dead_letters_and_raises_one_delivery_failure(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    topics = make_topics(2)
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET, mode="down") as primary, \
+                WebhookReceiver(SECRET, mode="500") as failover, WebhookReceiver(SECRET) as ops:
+            routing = parse_routing({"default_team": "c", "ops_team": "ops", "teams": {
+                "c": {"retry": FAST_RETRY, "routes": {"default": {
+                    "primary": _ep(primary.url), "failover": _ep(failover.url)}}},
+                "ops": {"retry": FAST_RETRY, "routes": {"technical": {"primary": _ep(ops.url, format="alertmanager")},
+                                                         "default": {"primary": _ep(ops.url)}}}}})
+            ev = _alert("p9", 1)
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing):
+                await _produce(kafka_broker.bootstrap, topics.alerts, [ev])
+                await _until(lambda: len(ops.received) == 1, 20, "ops alert")
+                body = ops.received[0].body
+                assert body["version"] == "4"
+                assert body["alerts"][0]["labels"]["alertname"] == "delivery_failure"
+                dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
+                assert [d["event"]["event_id"] for d in dl] == [ev.event_id]
+                assert any("HTTP 500" in r for r in dl[0]["reasons"])
+                # now ops is down too: the failure alert is dead-lettered, never re-raised
+                await ops.set_mode("down")
+                ev2 = _alert("p9", 2)
+                await _produce(kafka_broker.bootstrap, topics.alerts, [ev2])
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
+                    if len(dl) >= 3:
+                        break
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(1.0)
+                alerts = await _read_all(kafka_broker.bootstrap, topics.alerts)
+                dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
+            failures = [a for a in alerts if a["condition"] == "delivery_failure"]
+            assert len(failures) == 2  # one per original alert, none for the failed failure alert
+            assert [d["event"]["condition"] for d in dl] == [
+                "ventricular_tachycardia", "ventricular_tachycardia", "delivery_failure"]
+
+    _run(go())
+
+
+@pytest.mark.integration
+def test_unacknowledged_high_alert_escalates_on_time_acknowledged_does_not(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    topics = make_topics(2)
+    token = "tok-" + "x" * 20
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as team, WebhookReceiver(SECRET) as nurse:
+            routing = parse_routing({
+                "default_team": "c",
+                "escalation": {"escalate_after_s": {"high": 1.0}, "max_level": 1, "poll_s": 0.05},
+                "teams": {"c": {"retry": FAST_RETRY, "routes": {"default": {
+                    "primary": _ep(team.url), "escalation": [_ep(nurse.url)]}}}}})
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing,
+                                   tokens={token: "dr.ack"}) as d:
+                left, acked = _alert("p-left", 1), _alert("p-acked", 1)
+                await _produce(kafka_broker.bootstrap, topics.alerts, [left, acked])
+                await _until(lambda: len(team.received) == 2, 10, "first notifications")
+                async with httpx.AsyncClient() as c:
+                    r = await c.post(f"{d.api.url}/v1/alerts/{acked.alert_id}/ack",
+                                     headers={"Authorization": f"Bearer {token}"}, json={"note": "on it"})
+                    assert r.status_code == 200, r.text
+                t_raised = next(a.received_wall_ms for a in team.received if a.body["patient_id"] == "p-left")
+                await _until(lambda: len(nurse.received) >= 1, 10, "escalation")
+                esc = nurse.received[0]
+                assert esc.body["patient_id"] == "p-left" and esc.body["action"] == "escalated"
+                assert esc.body["escalation_level"] == 1
+                delay_s = (esc.received_wall_ms - t_raised) / 1000
+                print(f"escalation arrived {delay_s:.2f} s after the first notification (after_s=1)")
+                assert 0.5 <= delay_s <= 3.0
+                await asyncio.sleep(2.0)
+                assert [a.body["patient_id"] for a in nurse.received] == ["p-left"]  # max_level 1
+                acks = await _read_all(kafka_broker.bootstrap, topics.acks)
+                assert acks[0]["alert_id"] == acked.alert_id and acks[0]["by"] == "dr.ack"
+                # the acknowledgement is logged and told to the team
+                await _until(lambda: any(a.body["action"] == "acknowledged" for a in team.received),
+                             5, "acknowledged notice")
+
+    _run(go())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_receiver_down_60s_then_back_gets_everything_in_order(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    topics = make_topics(4)
+    retry = {"max_attempts": 100, "base_backoff_s": 0.25, "max_backoff_s": 2.0, "total_budget_s": 120}
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET, mode="down") as rec:
+            routing = parse_routing({"default_team": "c", "teams": {"c": {"retry": retry, "routes": {
+                "default": {"primary": _ep(rec.url)}}}}})
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d:
+                events = [_alert(f"p{j}", i) for i in range(10) for j in range(6)]
+                await _produce(kafka_broker.bootstrap, topics.alerts, events)
+                await asyncio.sleep(60)
+                assert not rec.received
+                await rec.set_mode("ok")
+                await _until(lambda: len(rec.received) == 60, 30, "all 60 alerts")
+                assert _in_order(rec) == {f"p{j}": list(range(10)) for j in range(6)}
+                assert {a.webhook_id for a in rec.received} == {e.event_id for e in events}
+                for dup in rec.duplicates:
+                    assert dup.webhook_id in {e.event_id for e in events}
+                assert d.metrics.registry.get_sample_value("cardiowatch_delivery_retries_total") > 6
+
+    _run(go())
+
+
+def _write_routing(tmp_path: Path, url: str) -> Path:
+    p = tmp_path / "routing.yaml"
+    p.write_text(yaml.safe_dump({"default_team": "c", "teams": {"c": {
+        "retry": {"max_attempts": 20, "base_backoff_s": 0.05, "max_backoff_s": 0.5, "total_budget_s": 60},
+        "routes": {"default": {"primary": _ep(url)}}}}}))
+    return p
+
+
+@pytest.mark.integration
+def test_sigkill_mid_delivery_then_restart_loses_nothing(
+        kafka_broker: Any, make_topics: Callable[..., Topics], tmp_path: Path) -> None:
+    topics = make_topics(4)
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as rec:
+            env = {**os.environ, "CARDIOWATCH_BOOTSTRAP": kafka_broker.bootstrap,
+                   "CARDIOWATCH_ROUTING_FILE": str(_write_routing(tmp_path, rec.url)),
+                   "CARDIOWATCH_DISPATCHER_GROUP": f"g-{topics.alerts}",
+                   "CARDIOWATCH_DISPATCHER_METRICS_PORT": "0", "CARDIOWATCH_ACK_PORT": "0",
+                   "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
+                   "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "PYTHONPATH": str(REPO_ROOT)}
+
+            def spawn() -> subprocess.Popen[bytes]:
+                return subprocess.Popen([sys.executable, "-m", "services.dispatcher", "--log-level", "WARNING"],
+                                        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL)
+
+            events = [_alert(f"p{j}", i) for i in range(40) for j in range(8)]
+            await _produce(kafka_broker.bootstrap, topics.alerts, events)
+            # slow the receiver so the kill lands mid-stream: every other request fails
+            await rec.set_mode("500")
+            proc = spawn()
+            try:
+                await _until(lambda: rec.requests > 40, 60, "dispatcher under way")
+                await rec.set_mode("ok")
+                await _until(lambda: len(rec.received) >= 60, 30, "some deliveries")
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                got_before = len(rec.received)
+                assert got_before < len(events), "killed too late to test anything"
+                proc = spawn()
+                await _until(lambda: len(rec.received) == len(events), 60, "all deliveries after restart")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            print(f"killed after {got_before}/{len(events)} unique deliveries; "
+                  f"{len(rec.duplicates)} duplicates after restart")
+            assert _in_order(rec) == {f"p{j}": list(range(40)) for j in range(8)}
+            assert {a.webhook_id for a in rec.received} == {e.event_id for e in events}
+
+    _run(go())
