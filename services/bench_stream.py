@@ -60,6 +60,75 @@ def model_ceiling(model_dir: Path, runtime: str, seconds: float = 5.0, batch: in
     return n / (time.perf_counter() - t0)
 
 
+class _Template:
+    """Pre-encoded chunks of one synthetic patient, so the load generator costs little
+    CPU next to the worker it measures (both share this machine's cores)."""
+
+    def __init__(self, seed: int, seconds: int) -> None:
+        from models.synthetic import SyntheticPatient
+
+        src = SyntheticPatient(f"template-{seed}", 250, hr_bpm=60 + seed % 30, seed=seed)
+        w = Wearable("t", "t", src, 0)
+        self.samples: list[str] = []
+        self.hr: list[tuple[float, list[float]] | None] = []
+        for _ in range(seconds):
+            e, h = w.step()
+            d = json.loads(e)
+            self.samples.append(json.dumps(d["samples"], separators=(",", ":")))
+            hd = json.loads(h) if h else None
+            self.hr.append((hd["hr_bpm"], hd["rr_ms"]) if hd else None)
+
+
+class _FastWearable:
+    """A wearable replaying a template in a loop with its own id, sequence and clock."""
+
+    def __init__(self, patient_id: str, template: _Template, start_ts_ms: int, offset: int) -> None:
+        self.patient_id = patient_id
+        self.t = template
+        self.start_ts_ms = start_ts_ms
+        self.seq = 0
+        self.offset = offset
+
+    def step(self) -> tuple[bytes, bytes | None]:
+        i = (self.seq + self.offset) % len(self.t.samples)
+        ts = self.start_ts_ms + self.seq * 1000
+        pid = self.patient_id
+        ecg = (f'{{"schema":"cardiowatch.ecg/1","patient_id":"{pid}","device_id":"dev-{pid}",'
+               f'"seq":{self.seq},"ts_ms":{ts},"sample_rate_hz":250,"leads":["MLII"],'
+               f'"units":"mV","samples":{self.t.samples[i]}}}').encode()
+        hr = None
+        if self.t.hr[i] is not None:
+            bpm, rr = self.t.hr[i]
+            hr = (f'{{"schema":"cardiowatch.hr/1","patient_id":"{pid}","device_id":"dev-{pid}",'
+                  f'"seq":{self.seq},"ts_ms":{ts},"hr_bpm":{bpm},"rr_ms":{json.dumps(rr)}}}').encode()
+        self.seq += 1
+        return ecg, hr
+
+
+def _histogram_quantile(port: int, name: str, q: float) -> float | None:
+    """Quantile of a Prometheus histogram by linear interpolation inside its bucket."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets = []
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            if s.name == name + "_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    lo_le, lo_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= target:
+            if le == float("inf"):
+                return lo_le
+            return lo_le + (le - lo_le) * ((target - lo_c) / (c - lo_c) if c > lo_c else 1.0)
+        lo_le, lo_c = le, c
+    return None
+
+
 def _scrape(port: int) -> dict[str, float]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
@@ -94,6 +163,10 @@ class _ScoreReader(threading.Thread):
                 if self.stop_flag:
                     break
         self.consumer.close()
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | None,
@@ -133,10 +206,11 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         time.sleep(3.0)
         reader = _ScoreReader(bootstrap, Topics().scores)
         reader.start()
-        from models.synthetic import SyntheticPatient
-
+        templates = [_Template(seed, 300) for seed in range(min(patients, 20))]
         start_ms = int(time.time() * 1000)
-        wearables = [Wearable(pid, f"dev-{i}", SyntheticPatient(pid, 250, hr_bpm=60 + i % 30), start_ms)
+        # Each patient replays one of 20 five-minute synthetic templates from its own
+        # starting point (so the load is not synchronised across patients).
+        wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms, (i * 37) % 300)
                      for i, pid in enumerate(patient_ids(patients))]
         sim = Simulation(wearables, make_producer(bootstrap), Topics().ecg, Topics().hr)
         total_s = warmup_s + seconds
@@ -174,6 +248,12 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
                 "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
                 "p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
                 "n": int(lat.size),
+            },
+            # From a chunk's last sample to its outputs being in Kafka (whole run,
+            # from the worker's histogram; bucket-interpolated).
+            "chunk_to_output_latency_s": {
+                "p50": _round(_histogram_quantile(wport, "cardiowatch_chunk_to_output_latency_seconds", 0.5)),
+                "p99": _round(_histogram_quantile(wport, "cardiowatch_chunk_to_output_latency_seconds", 0.99)),
             },
             "consumer_lag_messages": {"start": lags[0][1] if lags else None,
                                       "end": lags[-1][1] if lags else None,

@@ -67,19 +67,41 @@ class AppConfig:
     tick_interval_s: float = 5.0
 
 
-class _LazyStates(Mapping[str, S], Generic[S]):
-    """Patient states read from a table on first use and decoded once."""
+class _DecodedCache(Generic[S]):
+    """Decoded patient states, valid while the table still holds the very bytes object
+    they were decoded from (identity, not equality: any other write, a recovery or a
+    rebalance makes a new object and forces a fresh decode). The core never mutates
+    the states it is given, so handing the same object to the next batch is safe."""
 
-    def __init__(self, table: Any, decode: Any) -> None:
-        self._table, self._decode, self._cache = table, decode, {}
+    def __init__(self, decode: Any) -> None:
+        self.decode = decode
+        self._entries: dict[str, tuple[bytes, S]] = {}
+
+    def get(self, pid: str, raw: bytes) -> S:
+        hit = self._entries.get(pid)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        state = self.decode(raw)
+        self._entries[pid] = (raw, state)
+        return state
+
+    def put(self, pid: str, raw: bytes, state: S) -> None:
+        self._entries[pid] = (raw, state)
+
+
+class _LazyStates(Mapping[str, S], Generic[S]):
+    """Patient states read from a table on first use, through the decoded cache."""
+
+    def __init__(self, table: Any, cache: _DecodedCache[S]) -> None:
+        self._table, self._cache, self._seen = table, cache, {}
 
     def __getitem__(self, pid: str) -> S:
-        if pid not in self._cache:
+        if pid not in self._seen:
             raw = self._table.get(pid.encode())
             if raw is None:
                 raise KeyError(pid)
-            self._cache[pid] = self._decode(raw)
-        return self._cache[pid]
+            self._seen[pid] = self._cache.get(pid, raw)
+        return self._seen[pid]
 
     def get(self, pid: str, default: Any = None) -> Any:  # type: ignore[override]
         try:
@@ -88,10 +110,10 @@ class _LazyStates(Mapping[str, S], Generic[S]):
             return default
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._cache)
+        return iter(self._seen)
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._seen)
 
 
 def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: WorkerMetrics) -> faust.App:
@@ -131,11 +153,15 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
     # batch's read-modify-write from interleaving with a tick's.
     ecg_lock, hr_lock = asyncio.Lock(), asyncio.Lock()
 
-    def decode_ecg_state(b: bytes) -> ECGPatientState:
-        return ECGPatientState.from_bytes(b, ecg.policy)
+    ecg_cache: _DecodedCache[ECGPatientState] = _DecodedCache(
+        lambda b: ECGPatientState.from_bytes(b, ecg.policy))
+    hr_cache: _DecodedCache[HRPatientState] = _DecodedCache(
+        lambda b: HRPatientState.from_bytes(b, hr.policy))
 
-    def decode_hr_state(b: bytes) -> HRPatientState:
-        return HRPatientState.from_bytes(b, hr.policy)
+    def store(table: Any, cache: _DecodedCache[Any], pid: str, st: Any, policy: Any) -> None:
+        raw = st.to_bytes(policy)
+        table[pid.encode()] = raw
+        cache.put(pid, raw, st)
 
     async def send_all(dead: list[DeadLetter], alerts: list[Any], scores: list[Any]) -> None:
         futs = []
@@ -161,7 +187,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             metrics.messages_in.labels("ecg").inc(len(msgs))
             async with ecg_lock:
                 t = time.perf_counter()
-                res = ecg.process(msgs, _LazyStates(ecg_table, decode_ecg_state))
+                res = ecg.process(msgs, _LazyStates(ecg_table, ecg_cache))
                 metrics.stage_latency.labels("ecg_core").observe(time.perf_counter() - t)
                 for n in res.model_batch_sizes:
                     metrics.batch_size.observe(n)
@@ -173,11 +199,13 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                 now = time.time()
                 for s in res.scored:
                     metrics.event_to_score.observe(max(0.0, now - s.r_ts_ms / 1000.0))
+                for q in res.quality:
+                    metrics.chunk_to_output.observe(max(0.0, now - (q.ts_ms + q.duration_ms) / 1000.0))
                 metrics.beats_scored.inc(len(res.scored))
                 metrics.gaps.labels("ecg").inc(res.gaps)
                 metrics.redelivered.labels("ecg").inc(res.redelivered)
                 for pid, st in res.states.items():
-                    ecg_table[pid.encode()] = st.to_bytes(ecg.policy)
+                    store(ecg_table, ecg_cache, pid, st, ecg.policy)
 
     @app.agent(hr_topic)
     async def hr_agent(stream: faust.StreamT) -> None:
@@ -186,13 +214,13 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                               e.message.offset) for e in events]
             metrics.messages_in.labels("hr").inc(len(msgs))
             async with hr_lock:
-                res = hr.process(msgs, _LazyStates(hr_table, decode_hr_state))
+                res = hr.process(msgs, _LazyStates(hr_table, hr_cache))
                 await send_all(res.dead, res.alerts, [])
                 metrics.hr_scored.inc(res.windows_scored)
                 metrics.gaps.labels("hr").inc(res.gaps)
                 metrics.redelivered.labels("hr").inc(res.redelivered)
                 for pid, st in res.states.items():
-                    hr_table[pid.encode()] = st.to_bytes(hr.policy)
+                    store(hr_table, hr_cache, pid, st, hr.policy)
 
     @app.timer(interval=cfg.tick_interval_s)
     async def tick() -> None:
@@ -202,13 +230,13 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             for key, raw_state in list(ecg_table.items()):
                 if raw_state is None:
                     continue
-                ev, st = ecg.tick(decode_ecg_state(raw_state), now_ms)
-                if ev:
-                    alerts.extend(ev)
-                    changed[key] = st
+                ev, st = ecg.tick(ecg_cache.get(key.decode(), raw_state), now_ms)
+                alerts.extend(ev)
+                # Stored even without alerts: the no-data clock lives in the state.
+                changed[key.decode()] = st
             await send_all([], alerts, [])
-            for key, st in changed.items():
-                ecg_table[key] = st.to_bytes(ecg.policy)
+            for pid, st in changed.items():
+                store(ecg_table, ecg_cache, pid, st, ecg.policy)
         await _update_lag()
 
     async def _update_lag() -> None:

@@ -56,6 +56,12 @@ class WorkerMetrics:
             "cardiowatch_event_to_alert_latency_seconds",
             "Wall time from an alert's onset (event time) to the alert being produced.",
             buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.chunk_to_output = Histogram(
+            "cardiowatch_chunk_to_output_latency_seconds",
+            "Wall time from the end of an ECG chunk (event time of its last sample) to its "
+            "beats' scores and alerts being delivered to Kafka: the streaming overhead, "
+            "without the beat window's wait for later samples.",
+            buckets=LATENCY_BUCKETS_S, registry=registry)
         self.alerts = Counter(
             "cardiowatch_alerts_total", "Alert events produced, by priority and action.",
             ["priority", "action"], registry=registry)

@@ -160,9 +160,9 @@ class ECGPatientState:
             "last_offset": self.pos.last_offset, "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
             "gaps": self.gaps, "beats_scored": self.beats_scored,
-            "policy": None if self.policy is None else self.policy.to_dict(),
         }
         blobs = {
+            "policy": b"" if self.policy is None else self.policy.to_json(),
             "front": b"" if self.front is None else self.front.to_bytes(),
             "calibration": self.calibration.to_bytes(),
             "strip": self.strip.astype(np.float32).tobytes(),
@@ -172,7 +172,7 @@ class ECGPatientState:
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> ECGPatientState:
         h, b = _unpack(raw)
-        pstate = None if h["policy"] is None else PatientPolicyState.from_dict(h["policy"])
+        pstate = PatientPolicyState.from_json(b["policy"]) if b["policy"] else None
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
             pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
@@ -309,12 +309,24 @@ class ECGPipeline:
     def _score_and_decide(self, pending: list[tuple[ECGPatientState, QualityObservation | None, list[Any]]]
                           ) -> tuple[list[ScoredBeat], list[AlertEvent], list[int], float]:
         """One model call for every beat of every patient, then calibration and policy."""
+        # Pass 1: which normaliser each chunk's beats get. A patient's calibration moves
+        # chunk by chunk; its normaliser phase needs no scores, so replaying it here makes
+        # the result independent of how chunks were grouped into batches.
+        feats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         inputs, owners = [], []
+        shadow: dict[str, Any] = {}
+        warm = self.spec.rate_hz * WARMUP_S
         for i, (st, _q, beats) in enumerate(pending):
-            if beats:
-                wf, rr = beat_features(beats)
-                inputs.append(make_model_input(wf, rr, st.calibration.normaliser(self.normaliser)))
-                owners.append(i)
+            if not beats:
+                continue
+            wf, rr = beat_features(beats)
+            quality_b = np.array([0.0 if b.r_index < warm else b.quality for b in beats])
+            feats[i] = (wf, rr, quality_b)
+            cal = shadow.get(st.patient_id, st.calibration)
+            inputs.append(make_model_input(wf, rr, cal.normaliser(self.normaliser)))
+            owners.append(i)
+            if not cal.calibrated:
+                shadow[st.patient_id] = cal.update(wf, np.zeros(len(beats)), quality_b, rr)
         scores_by_item: dict[int, np.ndarray] = {}
         model_seconds, sizes = 0.0, []
         if inputs:
@@ -338,9 +350,7 @@ class ECGPipeline:
             if not beats:
                 continue
             sc = scores_by_item[i]
-            wf, rr = beat_features(beats)
-            warm = self.spec.rate_hz * WARMUP_S
-            quality_b = np.array([0.0 if b.r_index < warm else b.quality for b in beats])
+            wf, rr, quality_b = feats[i]
             cal = st.calibration
             # Until the patient is calibrated, flag only what the highest threshold the
             # calibration could still choose (global x cap) would flag: an unusual but
@@ -457,17 +467,16 @@ class HRPatientState:
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         header = {"v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
                   "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
-                  "last_offset": self.pos.last_offset, "rr_ms": self.rr_ms, "new_rr": self.new_rr,
-                  "policy": None if self.policy is None else self.policy.to_dict()}
-        return _pack(header, {})
+                  "last_offset": self.pos.last_offset, "rr_ms": self.rr_ms, "new_rr": self.new_rr}
+        return _pack(header, {"policy": b"" if self.policy is None else self.policy.to_json()})
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
-        h, _ = _unpack(raw)
+        h, b = _unpack(raw)
         return cls(h["patient_id"], h["device_id"],
                    _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
                    list(h["rr_ms"]), h["new_rr"],
-                   None if h["policy"] is None else PatientPolicyState.from_dict(h["policy"]))
+                   PatientPolicyState.from_json(b["policy"]) if b["policy"] else None)
 
 
 @dataclass(frozen=True, slots=True)

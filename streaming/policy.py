@@ -50,6 +50,7 @@ after a crash produces the same ids.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -351,6 +352,26 @@ class PatientPolicyState:
         d = asdict(self)
         d["version"] = STATE_VERSION
         return d
+
+    def to_json(self) -> bytes:
+        """Compact JSON of :meth:`to_dict`, without its deep copy (hot path: the worker
+        writes every changed state to its changelog)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["version"] = STATE_VERSION
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> PatientPolicyState:
+        """Inverse of :meth:`to_json`; the freshly parsed objects need no copy."""
+        d = json.loads(raw)
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"policy state version must be {STATE_VERSION}, got {d.get('version')!r}")
+        names = {f.name for f in fields(cls)}
+        missing = names - d.keys()
+        if missing:
+            raise ValueError(f"policy state is missing keys {sorted(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PatientPolicyState:

@@ -34,6 +34,19 @@ def records(tmp_path_factory):
     return folder
 
 
+def test_evaluate_heart_rate_stream_reports_hr_alerts(tmp_path):
+    from services.evaluate import evaluate
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    write_record(folder, "t201", 250, [Event("tachy", 30, 120, {"hr_bpm": 150})], seed=201)
+    rep = evaluate(folder, tmp_path / "r.json", tmp_path / "s", DEFAULT_MODEL_DIR, "both", None)
+    alerts = rep["records"]["t201"]["alerts"]
+    tachy = [a for a in alerts if a["condition"] == "tachycardia"]
+    assert tachy and tachy[0]["stream"] == "hr"
+    assert 30 <= tachy[0]["raised_s"] <= 30 + 5 + 30 + 10  # ramp, sustain 30 s, pipeline lag
+
+
 def test_evaluate_writes_report_scores_and_plots(records, tmp_path):
     from services.evaluate import EVALUATION_SCHEMA, evaluate
 

@@ -1,0 +1,186 @@
+"""The ECG and heart-rate stream cores, called directly (no Kafka, no Faust).
+
+They run the shipped model bundle through the TFLite runtime (no TensorFlow start-up).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.synthetic import Event, SyntheticPatient
+from streaming.pipeline import ECGPatientState, HRPatientState, InMessage
+from streaming.schemas import encode_ecg, encode_hr
+
+from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_policy, load_ecg_bundle
+from services.settings import DEFAULT_HR_MODEL_DIR, DEFAULT_MODEL_DIR
+from services.simulator import Wearable
+
+T0 = 1_767_225_600_000
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_ecg_bundle(DEFAULT_MODEL_DIR, "tflite")
+
+
+@pytest.fixture
+def pipe(bundle):
+    return build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+
+
+def chunks(pid: str, seconds: int, events=(), seed: int | None = None):
+    w = Wearable(pid, f"dev-{pid}", SyntheticPatient(pid, 250, events=events, seed=seed), T0)
+    out = []
+    for _ in range(seconds):
+        e, h = w.step()
+        out.append((e, h))
+    return out
+
+
+def run(pipe, msgs, batch: int, states=None):
+    states = dict(states or {})
+    scored, alerts, dead = [], [], []
+    for i in range(0, len(msgs), batch):
+        r = pipe.process(msgs[i:i + batch], states)
+        states.update(r.states)
+        scored += r.scored
+        alerts += r.alerts
+        dead += r.dead
+    return scored, alerts, dead, states
+
+
+def as_msgs(pid: str, raw: list[bytes], start_offset: int = 0):
+    return [InMessage(pid.encode(), v, 0, start_offset + i) for i, v in enumerate(raw)]
+
+
+def test_batching_does_not_change_beats_scores_or_alerts(pipe, bundle):
+    a = [e for e, _ in chunks("p-a", 90, [Event("vrun", 50, 5)])]
+    b = [e for e, _ in chunks("p-b", 90)]
+    msgs = [m for pair in zip(as_msgs("p-a", a), as_msgs("p-b", b)) for m in pair]
+    s1, al1, _, _ = run(pipe, msgs, batch=1)
+    pipe2 = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    s2, al2, _, _ = run(pipe2, msgs, batch=64)
+    assert [s.beat_id for s in s1] == [s.beat_id for s in s2]
+    np.testing.assert_allclose([s.score for s in s1], [s.score for s in s2], rtol=1e-5)
+    assert [a.event_id for a in al1] == [a.event_id for a in al2]
+    assert any(a.condition == "ventricular_run" and a.patient_id == "p-a" for a in al1)
+
+
+def test_state_round_trip_through_bytes_gives_identical_continuation(pipe):
+    raw = [e for e, _ in chunks("p-1", 80)]
+    msgs = as_msgs("p-1", raw)
+    _, _, _, st = run(pipe, msgs[:40], batch=8)
+    blob = st["p-1"].to_bytes(pipe.policy)
+    restored = ECGPatientState.from_bytes(blob, pipe.policy)
+    assert restored.to_bytes(pipe.policy) == blob
+    s_a, _, _, _ = run(pipe, msgs[40:], batch=8, states=st)
+    s_b, _, _, _ = run(pipe, msgs[40:], batch=8, states={"p-1": restored})
+    assert [(s.beat_id, s.score) for s in s_a] == [(s.beat_id, s.score) for s in s_b]
+    assert len(blob) < 32_000
+
+
+def test_redelivered_offsets_are_skipped_not_dead_lettered(pipe):
+    msgs = as_msgs("p-1", [e for e, _ in chunks("p-1", 20)])
+    _, _, _, st = run(pipe, msgs, batch=5)
+    r = pipe.process(msgs[10:], st)  # the same records again, as after a crash
+    assert r.redelivered == 10 and not r.dead and not r.scored
+
+
+def test_duplicate_and_out_of_order_chunks_go_to_dead_letter_with_reason(pipe):
+    raw = [e for e, _ in chunks("p-1", 12)]
+    msgs = as_msgs("p-1", raw[:6])
+    dup = InMessage(b"p-1", raw[5], 0, 6)  # seq 5 again at a new offset
+    old = json.loads(raw[6])
+    old["ts_ms"] -= 5000  # seq moves on but time goes back
+    back = InMessage(b"p-1", json.dumps(old).encode(), 0, 7)
+    _, _, dead, st = run(pipe, msgs + [dup, back], batch=3)
+    assert [(d.reason, d.offset) for d in dead] == [("duplicate_seq", 6), ("out_of_order_ts", 7)]
+    assert "seq 5" in dead[0].detail and dead[0].raw == raw[5]
+    assert st["p-1"].pos.last_seq == 5
+
+
+def test_gap_starts_a_new_segment_and_is_counted(pipe):
+    raw = [e for e, _ in chunks("p-1", 40)]
+    kept = raw[:15] + raw[20:]  # five chunks lost in transit
+    msgs = as_msgs("p-1", kept)
+    scored, _, dead, st = run(pipe, msgs, batch=4)
+    assert not dead
+    assert st["p-1"].gaps == 1
+    gap_ms = (T0 + 15_000, T0 + 20_000)
+    # no beat is invented inside the gap, and beats resume after it
+    assert not [s for s in scored if gap_ms[0] + 500 < s.r_ts_ms < gap_ms[1]]
+    assert [s for s in scored if s.r_ts_ms > gap_ms[1] + 5000]
+
+
+def test_a_bug_in_one_message_does_not_stop_the_batch(pipe, monkeypatch):
+    raw = [e for e, _ in chunks("p-1", 6)] + [e for e, _ in chunks("p-2", 6)]
+    msgs = as_msgs("p-1", raw[:6]) + as_msgs("p-2", raw[6:])
+    real = pipe.front_end(250.0).process
+    calls = {"n": 0}
+
+    def flaky(state, x):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(state, x)
+
+    monkeypatch.setattr(pipe.front_end(250.0), "process", flaky)
+    r = pipe.process(msgs, {})
+    assert [(d.reason, d.offset) for d in r.dead] == [("processing_error", 2)]
+    assert "RuntimeError: boom" in r.dead[0].detail
+    assert r.valid == 11
+
+
+def test_pause_raises_high_alert_within_seconds(pipe):
+    msgs = as_msgs("p-1", [e for e, _ in chunks("p-1", 60, [Event("pause", 30, 6)])])
+    _, alerts, _, _ = run(pipe, msgs, batch=1)
+    pauses = [a for a in alerts if a.condition == "pause" and a.action == "raised"]
+    assert len(pauses) == 1 and pauses[0].priority == "high"
+    assert pauses[0].strip and len(pauses[0].strip["samples_mv"]) > 100
+    assert T0 + 30_000 <= pauses[0].detected_ts_ms <= T0 + 36_000
+
+
+def test_normal_patient_pages_nobody(pipe):
+    msgs = as_msgs("p-0005", [e for e, _ in chunks("p-0005", 300)])
+    _, alerts, _, _ = run(pipe, msgs, batch=16)
+    assert [a for a in alerts if a.category == "physiological"] == []
+
+
+def test_hr_pipeline_scores_windows_and_raises_tachycardia():
+    hr = build_hr_pipeline(DEFAULT_HR_MODEL_DIR, build_policy(None), runtime="tflite",
+                           clock_ms=lambda: T0)
+    pairs = chunks("p-1", 150, [Event("tachy", 30, 100, {"hr_bpm": 150})])
+    msgs = [InMessage(b"p-1", h, 0, i) for i, (_, h) in enumerate(pairs) if h is not None]
+    states: dict = {}
+    alerts, scored = [], 0
+    for i in range(0, len(msgs), 10):
+        r = hr.process(msgs[i:i + 10], states)
+        states.update(r.states)
+        alerts += r.alerts
+        scored += r.windows_scored
+    assert scored > 5
+    tachy = [a for a in alerts if a.condition == "tachycardia" and a.action == "raised"]
+    assert tachy and tachy[0].priority == "medium"
+    blob = states["p-1"].to_bytes(hr.policy)
+    assert HRPatientState.from_bytes(blob, hr.policy).to_bytes(hr.policy) == blob
+
+
+def test_hr_bad_messages_are_dead_lettered():
+    hr = build_hr_pipeline(None, build_policy(None), clock_ms=lambda: T0)
+    good = encode_hr("p-1", "d", 0, T0, 70, [850])
+    bad = encode_hr("p-1", "d", 1, T0 + 1000, 70, [850]).replace(b'"hr_bpm":70.0', b'"hr_bpm":900')
+    r = hr.process([InMessage(b"p-1", good, 0, 0), InMessage(b"p-1", bad, 0, 1),
+                    InMessage(b"p-1", b"\xff\xfe", 0, 2)], {})
+    assert [d.reason for d in r.dead] == ["bad_hr", "malformed_json"]
+    assert r.valid == 1
+
+
+def test_ecg_schema_violation_is_dead_lettered(pipe):
+    bad = encode_ecg("p-1", "d", 0, T0, 250, np.zeros((1, 250))).replace(b'"sample_rate_hz":250', b'"sample_rate_hz":9')
+    r = pipe.process([InMessage(b"p-1", bad, 3, 17)], {})
+    assert [(d.reason, d.partition, d.offset) for d in r.dead] == [("bad_sample_rate", 3, 17)]
+    doc = json.loads(r.dead[0].to_json())
+    assert doc["schema"] == "cardiowatch.deadletter/1" and doc["reason"] == "bad_sample_rate"
