@@ -29,10 +29,11 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import aiohttp
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
@@ -49,6 +50,11 @@ __all__ = [
     "DELIVERY_FAILURE",
     "DispatchOptions",
     "DeliveryResult",
+    "DeliveryTimeout",
+    "DeliveryTransportError",
+    "WebhookPoster",
+    "HttpxPoster",
+    "AiohttpPoster",
     "OffsetBook",
     "EscalationTrackerLike",
     "deliver",
@@ -99,6 +105,90 @@ class _Abandon(Exception):
     """Stopping: leave the event undelivered and uncommitted; the next run retries it."""
 
 
+class DeliveryTransportError(Exception):
+    """The request got no HTTP response (refused, reset, closed without an answer)."""
+
+
+class DeliveryTimeout(DeliveryTransportError):
+    """No complete response within the endpoint's ``timeout_s``."""
+
+
+class WebhookPoster(Protocol):
+    """Sends one signed webhook; the dispatcher's only view of HTTP.
+
+    Returns the HTTP status code; raises :class:`DeliveryTimeout` or
+    :class:`DeliveryTransportError` when no response arrived.
+    """
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> int: ...
+
+
+class HttpxPoster:
+    """:class:`WebhookPoster` over an injected ``httpx.AsyncClient`` (tests: ``MockTransport``).
+
+    httpx's connection pool scans every pooled connection on each request, which costs
+    several milliseconds per delivery at a few dozen concurrent patients; the default
+    transport of :func:`run_dispatcher` is therefore :class:`AiohttpPoster`.
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> int:
+        try:
+            resp = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
+        except httpx.TimeoutException as e:
+            raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
+        except httpx.HTTPError as e:
+            raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
+        return resp.status_code
+
+
+class AiohttpPoster:
+    """:class:`WebhookPoster` over one shared ``aiohttp.ClientSession`` (keep-alive pool).
+
+    The pool has no total or per-host connection cap, so requests hung on one endpoint
+    can never make deliveries to another wait for a connection. ``timeout_s`` bounds the
+    whole request (connect, send, response). Redirects are not followed (a 3xx is a
+    non-retryable failure, as with httpx's default).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+        self._own = session is None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: a session must be made inside a loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> int:
+        try:
+            async with self.session.post(url, data=body, headers=dict(headers), allow_redirects=False,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                await resp.read()  # drain so the connection goes back to the pool
+                return resp.status
+        except asyncio.TimeoutError as e:
+            raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
+        except aiohttp.ClientError as e:
+            raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
+
+    async def aclose(self) -> None:
+        if self._own and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _as_poster(client: httpx.AsyncClient | WebhookPoster) -> WebhookPoster:
+    return HttpxPoster(client) if isinstance(client, httpx.AsyncClient) else client
+
+
 def is_delivery_failure(ev: AlertEvent) -> bool:
     return ev.condition == DELIVERY_FAILURE and bool(ev.details.get(DELIVERY_FAILURE))
 
@@ -129,7 +219,7 @@ def _endpoints_for(ev: AlertEvent, routing: RoutingConfig) -> tuple[Route, tuple
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
-async def _try_endpoint(client: httpx.AsyncClient, ep: Endpoint, retry: RetryPolicy, ev: AlertEvent,
+async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy, ev: AlertEvent,
                         receiver: str, metrics: DispatcherMetrics, stopping: asyncio.Event,
                         rng: random.Random) -> tuple[bool, int, list[str]]:
     body, ctype = render(ev, ep.format, receiver=receiver)
@@ -143,15 +233,15 @@ async def _try_endpoint(client: httpx.AsyncClient, ep: Endpoint, retry: RetryPol
         headers.update({"content-type": ctype, "user-agent": "cardiowatch-dispatcher/0.1"})
         retryable = True
         try:
-            resp = await client.post(ep.url, content=body, headers=headers, timeout=ep.timeout_s)
-            if 200 <= resp.status_code < 300:
+            status = await client.post(ep.url, body, headers, ep.timeout_s)
+            if 200 <= status < 300:
                 return True, attempt, reasons
-            reasons.append(f"{ep.name} attempt {attempt}: HTTP {resp.status_code}")
-            retryable = resp.status_code >= 500 or resp.status_code in _RETRYABLE_4XX
-        except httpx.TimeoutException:
+            reasons.append(f"{ep.name} attempt {attempt}: HTTP {status}")
+            retryable = status >= 500 or status in _RETRYABLE_4XX
+        except DeliveryTimeout:
             reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
-        except httpx.HTTPError as e:
-            reasons.append(f"{ep.name} attempt {attempt}: {type(e).__name__}: {e}")
+        except DeliveryTransportError as e:
+            reasons.append(f"{ep.name} attempt {attempt}: {e}")
         if not retryable or attempt == retry.max_attempts:
             break
         sleep_s = rng.uniform(0.0, retry.backoff_cap_s(attempt))  # full jitter
@@ -165,13 +255,17 @@ async def _try_endpoint(client: httpx.AsyncClient, ep: Endpoint, retry: RetryPol
     return False, attempt, reasons
 
 
-async def deliver(ev: AlertEvent, routing: RoutingConfig, client: httpx.AsyncClient,
-                  metrics: DispatcherMetrics, stopping: asyncio.Event | None = None,
+async def deliver(ev: AlertEvent, routing: RoutingConfig,
+                  client: httpx.AsyncClient | WebhookPoster, metrics: DispatcherMetrics,
+                  stopping: asyncio.Event | None = None,
                   rng: random.Random | None = None) -> DeliveryResult:
     """Deliver one event along its route: retries, then failover.
 
-    Raises ``_Abandon`` (internal) when ``stopping`` is set during a backoff sleep.
+    ``client`` is an ``httpx.AsyncClient`` (wrapped in :class:`HttpxPoster`) or any
+    :class:`WebhookPoster`. Raises ``_Abandon`` (internal) when ``stopping`` is set
+    during a backoff sleep.
     """
+    client = _as_poster(client)
     stopping = stopping or asyncio.Event()
     rng = rng or random.Random()
     route, endpoints = _endpoints_for(ev, routing)
@@ -246,7 +340,7 @@ class _Item:
 class _State:
     settings: DispatcherSettings
     routing: RoutingConfig
-    client: httpx.AsyncClient
+    client: WebhookPoster
     producer: AIOKafkaProducer
     tracker: EscalationTrackerLike
     book: AlertBook
@@ -467,7 +561,7 @@ def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:
 
 
 async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *,
-                         client: httpx.AsyncClient | None = None,
+                         client: httpx.AsyncClient | WebhookPoster | None = None,
                          stop: asyncio.Event | None = None,
                          metrics: DispatcherMetrics | None = None,
                          tracker: EscalationTrackerLike | None = None,
@@ -482,9 +576,9 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         Kafka bootstrap, topics, group id, metrics and ack ports, ack tokens file.
     routing : RoutingConfig
         Care-team routes and the escalation policy.
-    client : httpx.AsyncClient, optional
-        Injected HTTP client (tests); default one without a global connection cap so a
-        hung endpoint cannot starve the pool for healthy ones.
+    client : httpx.AsyncClient or WebhookPoster, optional
+        Injected HTTP client (tests); default an :class:`AiohttpPoster` (one keep-alive
+        pool without a connection cap, so a hung endpoint cannot starve healthy ones).
     stop : asyncio.Event, optional
         Set to stop gracefully (SIGTERM/SIGINT do it in :func:`main`).
     metrics : DispatcherMetrics, optional
@@ -500,14 +594,13 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     """
     stop = stop or asyncio.Event()
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
-    own_client = client is None
-    if client is None:
-        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+    own_poster = AiohttpPoster() if client is None else None
+    poster: WebhookPoster = own_poster if own_poster is not None else _as_poster(client)  # type: ignore[arg-type]
     bootstrap = settings.kafka.bootstrap
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 linger_ms=2)
     await producer.start()
-    st = _State(settings, routing, client, producer, tracker or _default_tracker(routing), AlertBook(),
+    st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
                 metrics, asyncio.Event())
     tasks: list[asyncio.Task[None]] = []
     api: AckApi | None = None
@@ -548,8 +641,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         if api is not None:
             await api.stop()
         await producer.stop()
-        if own_client:
-            await client.aclose()
+        if own_poster is not None:
+            await own_poster.aclose()
 
 
 async def _commit(st: _State, consumer: AIOKafkaConsumer) -> None:
