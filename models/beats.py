@@ -314,7 +314,7 @@ class StreamingBeatSegmenter:
                 break
             lo = r - spec.pre - start
             wave = w[lo : lo + spec.length]
-            wave = (wave - np.median(wave)).astype(np.float32)
+            wave = (wave - _median(wave)).astype(np.float32)
             q = filtered_quality(w[max(0, r - self._qwin - start) : r + spec.post - start], fs).quality
             rr_prev = (r - last_r) / fs if last_r >= 0 else None
             rr_mean = _normalish_mean(ring)
@@ -325,12 +325,23 @@ class StreamingBeatSegmenter:
         return out, last_r, ring
 
 
+def _median(a: np.ndarray) -> np.floating:
+    """``np.median`` of a short 1-D array by one partial sort (same value and dtype)."""
+    n = a.shape[0]
+    h = n // 2
+    if n % 2:
+        return np.partition(a, h)[h]
+    p = np.partition(a, (h - 1, h))
+    return np.add.reduce(p[h - 1 : h + 1]) / 2
+
+
 def _normalish_mean(ring: np.ndarray) -> float | None:
-    if ring.shape[0] == 0:
+    n = ring.shape[0]
+    if n == 0:
         return None
-    med = float(np.median(ring))
+    med = float(_median(ring))
     ok = ring[np.abs(ring - med) <= 0.2 * med]
-    return float(ok.mean()) if ok.shape[0] else med
+    return float(np.add.reduce(ok) / ok.shape[0]) if ok.shape[0] else med
 
 
 def segment_record(y: np.ndarray, spec: BeatSpec = BeatSpec(), history_s: float = 6.0) -> list[Beat]:

@@ -9,6 +9,7 @@ and wide, fast QRS complexes do not.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,21 +73,25 @@ def filtered_quality(y_filtered: np.ndarray, fs: float) -> SignalQuality:
         raise ValueError(f"y_filtered must be 1-D, got shape {y.shape}")
     if not np.isfinite(fs) or fs <= 0:
         raise ValueError(f"fs must be > 0, got {fs}")
-    if y.shape[0] < max(int(_MIN_WINDOW_S * fs), 4):
+    n = y.shape[0]
+    if n < max(int(_MIN_WINDOW_S * fs), 4):
         return SignalQuality(0.5, False, False, "short")
-    ptp = float(y.max() - y.min())
+    # ufunc reductions directly: same numbers as y.max(), y.mean(), np.diff, without
+    # their per-call overhead (this runs per beat and per chunk in the stream worker).
+    ptp = float(np.maximum.reduce(y) - np.minimum.reduce(y))
     if ptp < FLAT_PTP_MV:
         return SignalQuality(0.0, True, False, "flat")
     if ptp > _MAX_PTP_MV:
         return SignalQuality(0.0, False, True, "amplitude")
-    m = y - y.mean()
+    m = y - np.add.reduce(y) / n
     power = float(np.dot(m, m))
-    d = np.diff(y)
+    d = y[1:] - y[:-1]
     # Difference power scales with fs^-2 for band-limited content: normalise to 125 Hz.
-    hf = float(np.dot(d, d)) / max(power, 1e-12) * (fs / 125.0) ** 2
+    d_power = float(np.dot(d, d))
+    hf = d_power / max(power, 1e-12) * (fs / 125.0) ** 2
     q = float(np.clip((_HF_BAD - hf) / (_HF_BAD - _HF_GOOD), 0.0, 1.0))
     # For white noise var(diff) = 2 var(x); rescale the difference to the 125 Hz grid.
-    hf_rms = float(np.sqrt(np.dot(d, d) / (2 * d.shape[0]))) * (fs / 125.0)
+    hf_rms = math.sqrt(d_power / (2 * d.shape[0])) * (fs / 125.0)
     if hf_rms < _NOISE_FLOOR_MV:
         q = max(q, 0.75)
     noisy = q < 0.5
@@ -122,7 +127,7 @@ def signal_quality(
     if x.ndim != 1:
         raise ValueError(f"x_raw_mv must be 1-D, got shape {x.shape}")
     if x.shape[0] >= 8:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(np.minimum.reduce(x)), float(np.maximum.reduce(x))
         if hi - lo > 0:
             at_rail = np.count_nonzero((x <= lo) | (x >= hi)) / x.shape[0]
             if at_rail >= _RAIL_FRACTION:

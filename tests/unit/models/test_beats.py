@@ -228,3 +228,14 @@ def test_pause_segmenter_chunk_invariant_and_state_bounded():
     got += seg.flush(state)[0]
     assert [b.r_index for b in got] == [b.r_index for b in whole]
     assert [b.rr_prev_s for b in got] == [b.rr_prev_s for b in whole]
+
+
+def test_fast_median_matches_numpy():
+    from models.beats import _median
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 7, 8, 79, 80):
+        for dtype in (np.float32, np.float64):
+            a = rng.normal(size=n).astype(dtype)
+            got, want = _median(a), np.median(a)
+            assert got == want and np.asarray(got).dtype == np.asarray(want).dtype, (n, dtype)

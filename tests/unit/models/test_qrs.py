@@ -120,3 +120,16 @@ def test_ventricular_standstill_p_waves_are_not_beats():
         x += 0.15 * np.exp(-0.5 * ((t - tp_s) / 0.025) ** 2)
     det = detect_qrs(preprocess_record(x, fs), MODEL_RATE_HZ) / MODEL_RATE_HZ
     assert not np.any((det > 12.3) & (det < 19.9)), det[(det > 12.3) & (det < 19.9)]
+
+
+def test_fast_peak_picking_matches_scipy_find_peaks():
+    # detect_qrs calls scipy's compiled find_peaks steps directly (hot path).
+    from scipy import signal as sps
+
+    from models.qrs import _find_peaks_distance
+
+    rng = np.random.default_rng(1)
+    for n in (50, 750, 1500):
+        a = np.convolve(rng.normal(size=n) ** 2, np.ones(5) / 5, mode="same")
+        a[10:14] = a[10]  # a plateau
+        assert np.array_equal(_find_peaks_distance(a, 25), sps.find_peaks(a, distance=25)[0])

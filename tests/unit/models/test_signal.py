@@ -84,3 +84,19 @@ def test_rejects_non_finite_and_2d():
         pre.process(pre.initial_state(), np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="1-D"):
         pre.process(pre.initial_state(), np.zeros((2, 2)))
+
+
+def test_fast_sosfilt_matches_scipy_sosfilt():
+    # The preprocessor calls scipy's compiled sosfilt kernel directly (hot path): it must
+    # give bit-identical output and final state to the public function.
+    from scipy import signal as sps
+
+    from models.signal import _bandpass_sos, _sosfilt_zi
+
+    sos, zi_unit = _bandpass_sos(250.0)
+    x = np.random.default_rng(0).normal(size=300)
+    zi = zi_unit * 0.7
+    want_y, want_z = sps.sosfilt(sos, x, zi=zi)
+    got_y, got_z = _sosfilt_zi(sos, x, zi)
+    assert np.array_equal(got_y, want_y) and np.array_equal(got_z, want_z)
+    assert np.array_equal(zi, zi_unit * 0.7)  # inputs untouched
