@@ -616,7 +616,7 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         if options.serve_ack_api:
             if tokens is None:
                 tokens = load_tokens(settings.ack_tokens_file) if settings.ack_tokens_file else {}
-            api = AckApi(st.book, tokens, _KafkaAckSink(st), port=settings.ack_port)
+            api = AckApi(st.book, tokens, _KafkaAckSink(st), host=settings.bind_host, port=settings.ack_port)
             await api.start()
         tasks.append(asyncio.create_task(_tail_acks(st, acks_consumer), name="acks"))
         tasks.append(asyncio.create_task(_escalate(st, routing.escalation.poll_s), name="escalate"))
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = DispatcherSettings.from_env()
     routing = load_routing(settings.routing_file)
     registry = CollectorRegistry()
-    start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
+    start_http_server(settings.metrics_port, addr=settings.bind_host, registry=registry)
 
     async def _run() -> None:
         stop = asyncio.Event()

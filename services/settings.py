@@ -159,6 +159,7 @@ class DispatcherSettings:
     metrics_port: int = 9109
     ack_port: int = 8088
     ack_tokens_file: Path | None = None
+    bind_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
@@ -174,6 +175,7 @@ class DispatcherSettings:
             metrics_port=_int(env, "CARDIOWATCH_DISPATCHER_METRICS_PORT", cls.metrics_port, 0, 65535),
             ack_port=_int(env, "CARDIOWATCH_ACK_PORT", cls.ack_port, 0, 65535),
             ack_tokens_file=Path(tokens) if tokens else None,
+            bind_host=_get(env, "CARDIOWATCH_DISPATCHER_BIND", cls.bind_host),
         )
 
 
