@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -119,6 +120,8 @@ class PatientCalibration:
         -------
         PatientCalibration
         """
+        if self.calibrated:  # the common case after a patient's first minutes: nothing to do
+            return self
         w = np.asarray(waveforms, dtype=np.float64)
         s = np.asarray(scores, dtype=np.float64).ravel()
         q = np.asarray(quality, dtype=np.float64).ravel()
@@ -134,10 +137,18 @@ class PatientCalibration:
         if self.calibrated or not good.any():
             return self
         amps, meds, scs = list(self.amplitudes_mv), list(self.medians_mv), list(self.scores)
-        for i in np.flatnonzero(good):
+        idx = np.flatnonzero(good)
+        # Phase-1 statistics of every good beat in one vectorised pass (same values as
+        # per-row max-min and median).
+        need = max(0, self.normaliser_beats - len(amps))
+        if need:
+            rows = w[idx[:need]]
+            new_amps = (rows.max(axis=1) - rows.min(axis=1)).tolist()
+            new_meds = np.median(rows, axis=1).tolist()
+        for k, i in enumerate(idx):
             if len(amps) < self.normaliser_beats:
-                amps.append(float(w[i].max() - w[i].min()))
-                meds.append(float(np.median(w[i])))
+                amps.append(float(new_amps[k]))
+                meds.append(float(new_meds[k]))
             elif len(scs) < self.threshold_beats:
                 # Scores from the same call as the switch to the patient normaliser were
                 # computed under the global one, so they are not used.
@@ -151,18 +162,27 @@ class PatientCalibration:
         """The patient normaliser once phase 1 is done, else ``global_normaliser``."""
         if not self.normaliser_ready:
             return global_normaliser
+        own = self._own_normaliser
+        return global_normaliser if own is None else own
+
+    @cached_property
+    def _own_normaliser(self) -> Normaliser | None:
+        # The state is frozen, so this is computed once per state, not once per chunk.
         scale = float(np.median(self.amplitudes_mv))
         if scale <= 1e-6:
-            return global_normaliser
+            return None
         return Normaliser(center=float(np.median(self.medians_mv)), scale=scale)
+
+    @cached_property
+    def _own_quantile(self) -> float:
+        return float(np.quantile(np.asarray(self.scores), 1.0 - self.fpr, method="higher"))
 
     def threshold(self, global_threshold: float) -> float:
         """``min(cap_factor x global, max(global, patient quantile))`` once calibrated, else global."""
         g = float(global_threshold)
         if not self.calibrated:
             return g
-        q = float(np.quantile(np.asarray(self.scores), 1.0 - self.fpr, method="higher"))
-        return min(self.cap_factor * g, max(g, q))
+        return min(self.cap_factor * g, max(g, self._own_quantile))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly state."""

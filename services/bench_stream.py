@@ -32,7 +32,7 @@ import numpy as np
 
 from services.broker import LocalBroker, free_port
 from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, Topics
-from services.simulator import Simulation, Wearable, make_producer, patient_ids
+from services.simulator import Simulation, Wearable, make_producer, patient_ids, slot_offset_ms
 
 __all__ = ["main", "model_ceiling"]
 
@@ -129,6 +129,22 @@ def _histogram_quantile(port: int, name: str, q: float) -> float | None:
     return None
 
 
+def _stage_means(port: int) -> dict[str, float]:
+    """Mean wall time per batch of each worker stage (ms), from its histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for smp in fam.samples:
+            if smp.name == "cardiowatch_stage_latency_seconds_sum":
+                sums[smp.labels["stage"]] = smp.value
+            elif smp.name == "cardiowatch_stage_latency_seconds_count":
+                counts[smp.labels["stage"]] = smp.value
+    return {k: round(1000 * sums[k] / counts[k], 2) for k in sums if counts.get(k)}
+
+
 def _scrape(port: int) -> dict[str, float]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
@@ -210,9 +226,11 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         start_ms = int(time.time() * 1000)
         # Each patient replays one of 20 five-minute synthetic templates from its own
         # starting point (so the load is not synchronised across patients).
-        wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms, (i * 37) % 300)
+        wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms + slot_offset_ms(i),
+                                   (i * 37) % 300)
                      for i, pid in enumerate(patient_ids(patients))]
-        sim = Simulation(wearables, make_producer(bootstrap), Topics().ecg, Topics().hr)
+        sim = Simulation(wearables, make_producer(bootstrap), Topics().ecg, Topics().hr,
+                         start_ms=start_ms)
         total_s = warmup_s + seconds
         say(f"streaming {patients} patients for {total_s:.0f} s ({warmup_s:.0f} s warm-up)")
         t = threading.Thread(target=sim.run, args=(total_s, False), daemon=True)
@@ -255,6 +273,8 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
                 "p50": _round(_histogram_quantile(wport, "cardiowatch_chunk_to_output_latency_seconds", 0.5)),
                 "p99": _round(_histogram_quantile(wport, "cardiowatch_chunk_to_output_latency_seconds", 0.99)),
             },
+            "worker_stage_mean_ms_per_batch": _stage_means(wport),
+            "worker_batches": m1.get("cardiowatch_stage_latency_seconds_count", 0.0),
             "consumer_lag_messages": {"start": lags[0][1] if lags else None,
                                       "end": lags[-1][1] if lags else None,
                                       "slope_per_s": round(slope, 2)},

@@ -198,7 +198,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
              + ", ".join(f"{p} ({truth[p]['events'][0]['kind']})" for p in sorted(expected)))
         sim_start_ms[0] = int(time.time() * 1000)
         wearables, _ = build_wearables(sim_args, sim_start_ms[0])
-        sim = Simulation(wearables, make_producer(broker.bootstrap), Topics().ecg, Topics().hr)
+        sim = Simulation(wearables, make_producer(broker.bootstrap), Topics().ecg, Topics().hr,
+                         start_ms=sim_start_ms[0])
         t = threading.Thread(target=sim.run, args=(args.seconds, False), daemon=True)
         t.start()
         last = 0.0

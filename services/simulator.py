@@ -144,6 +144,15 @@ def parse_events(spec: str) -> dict[str, list[Event]]:
     return out
 
 
+SLOTS = 10  # send slots per chunk period; wearable i sends in slot i % SLOTS
+
+
+def slot_offset_ms(i: int, chunk_s: float = 1.0) -> int:
+    """Clock offset of wearable ``i``: its chunks end (and are sent) in its own slot, so
+    the broker sees a steady flow and event time still equals send time."""
+    return int(round((i % SLOTS) * chunk_s * 1000 / SLOTS))
+
+
 def patient_ids(n: int) -> list[str]:
     return [f"p-{i:04d}" for i in range(1, n + 1)]
 
@@ -164,12 +173,15 @@ class Simulation:
     """Drives many wearables in real time (or faster) and sends to Kafka."""
 
     def __init__(self, wearables: Sequence[Wearable], producer, ecg_topic: str, hr_topic: str,
-                 speed: float = 1.0, chunk_s: float = 1.0) -> None:
+                 speed: float = 1.0, chunk_s: float = 1.0, start_ms: int | None = None) -> None:
         self.wearables = list(wearables)
         self.producer = producer
         self.ecg_topic, self.hr_topic = ecg_topic, hr_topic
         self.speed = speed
         self.chunk_s = chunk_s
+        # In real time, wearable i's chunk k is sent when its last sample is recorded:
+        # start_ms + slot offset + (k + 1) chunks, on the wall clock.
+        self.start_ms = start_ms
         self.sent_ecg = self.sent_hr = 0
         self._stop = False
 
@@ -177,9 +189,11 @@ class Simulation:
         self._stop = True
 
     def run(self, seconds: float | None, progress: bool = True) -> None:
-        slots = 10
+        slots = SLOTS
         groups = [self.wearables[i::slots] for i in range(slots)]
         wall0 = time.monotonic()
+        if self.start_ms is not None and self.speed == 1:
+            wall0 += self.start_ms / 1000.0 - time.time()
         steps = None if seconds is None else int(round(seconds / self.chunk_s))
         k = 0
         last_report = wall0
@@ -234,8 +248,9 @@ def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[We
         for i, name in enumerate(names[: args.patients] if args.patients else names):
             pid = f"rec-{name}"
             src = RecordSource(args.records, name)
-            wearables.append(Wearable(pid, f"dev-{name}", src, start_ts_ms, args.chunk_s))
-            truth[pid] = {"record": name, "start_ts_ms": start_ts_ms}
+            t0 = start_ts_ms + slot_offset_ms(i, args.chunk_s)
+            wearables.append(Wearable(pid, f"dev-{name}", src, t0, args.chunk_s))
+            truth[pid] = {"record": name, "start_ts_ms": t0}
         return wearables, truth
     events = demo_cohort(args.patients, args.onset_s) if args.preset == "demo" else {}
     if args.events:
@@ -244,9 +259,10 @@ def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[We
         evs = events.get(pid, [])
         src = SyntheticPatient(pid, sample_rate_hz=args.sample_rate, hr_bpm=65 + (i * 7) % 20,
                                events=evs)
-        wearables.append(Wearable(pid, f"dev-{i + 1:04d}", src, start_ts_ms, args.chunk_s))
-        truth[pid] = {"start_ts_ms": start_ts_ms,
-                      "events": [{"kind": e.kind, "onset_ts_ms": start_ts_ms + int(e.start_s * 1000),
+        t0 = start_ts_ms + slot_offset_ms(i, args.chunk_s)
+        wearables.append(Wearable(pid, f"dev-{i + 1:04d}", src, t0, args.chunk_s))
+        truth[pid] = {"start_ts_ms": t0,
+                      "events": [{"kind": e.kind, "onset_ts_ms": t0 + int(e.start_s * 1000),
                                   "duration_s": e.duration_s} for e in evs]}
     return wearables, truth
 
@@ -285,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.truth:
         args.truth.write_text(json.dumps(truth, indent=1))
     sim = Simulation(wearables, make_producer(bootstrap), kafka.topics.ecg, kafka.topics.hr,
-                     speed=args.speed, chunk_s=args.chunk_s)
+                     speed=args.speed, chunk_s=args.chunk_s, start_ms=start_ms)
     signal.signal(signal.SIGTERM, sim.stop)
     signal.signal(signal.SIGINT, sim.stop)
     print(f"[simulate] {len(wearables)} wearables -> {bootstrap} "
