@@ -171,6 +171,10 @@ class PolicyConfig:
     irregular_window_s: float = 60.0
     irregular_nrmssd: float = 0.12
     irregular_min_intervals: int = 20
+    # ...and at least this fraction of successive RR differences must each exceed
+    # irregular_nrmssd x mean RR: AF is irregular beat after beat, while a short run or a
+    # few ectopic beats inflate RMSSD through a handful of large jumps only.
+    irregular_min_fraction: float = 0.3
     irregular_sustain_s: float = 30.0
     # signal quality: below min_quality (0..1) a beat / chunk / HR reading is unusable
     min_quality: float = 0.5
@@ -212,6 +216,7 @@ class PolicyConfig:
                              ("sustain_max_gap_s", 0.1, 600.0),
                              ("irregular_window_s", 5.0, 600.0),
                              ("irregular_nrmssd", 0.001, 10.0),
+                             ("irregular_min_fraction", 0.0, 1.0),
                              ("irregular_sustain_s", 0.0, 3600.0),
                              ("min_quality", 0.0, 1.0), ("lead_off_s", 0.0, 600.0),
                              ("noisy_s", 0.0, 3600.0), ("no_data_s", 1.0, 3600.0),
@@ -687,10 +692,14 @@ class AlertPolicy:
         st.rr_window = [p for p in st.rr_window if p[0] > ts - window_ms]
         rrs = [p[1] for p in st.rr_window]
         nrmssd: float | None = None
+        frac = 0.0
         if len(rrs) >= cfg.irregular_min_intervals:
-            diffs = [(b - a) ** 2 for a, b in zip(rrs, rrs[1:])]
-            nrmssd = math.sqrt(sum(diffs) / len(diffs)) / (sum(rrs) / len(rrs))
-        by_rr = nrmssd is not None and nrmssd >= cfg.irregular_nrmssd
+            mean_rr = sum(rrs) / len(rrs)
+            steps = [abs(b - a) for a, b in zip(rrs, rrs[1:])]
+            nrmssd = math.sqrt(sum(d * d for d in steps) / len(steps)) / mean_rr
+            frac = sum(d > cfg.irregular_nrmssd * mean_rr for d in steps) / len(steps)
+        by_rr = (nrmssd is not None and nrmssd >= cfg.irregular_nrmssd
+                 and frac >= cfg.irregular_min_fraction)
         by_model = (obs.hr_score is not None and obs.hr_threshold is not None
                     and obs.hr_score >= obs.hr_threshold)
         if by_rr or by_model:
@@ -698,7 +707,8 @@ class AlertPolicy:
                 st.irregular_since_ts_ms = ts
             lasted = ts - st.irregular_since_ts_ms
             if lasted >= cfg.irregular_sustain_s * 1000 or "irregular_rhythm" in st.open_alerts:
-                why = (f"RR normalised RMSSD {nrmssd:.2f} >= {cfg.irregular_nrmssd:g}"
+                why = (f"RR normalised RMSSD {nrmssd:.2f} >= {cfg.irregular_nrmssd:g}, "
+                       f"{frac:.0%} of beat-to-beat changes irregular"
                        if by_rr else
                        f"HR model score {obs.hr_score:.3g} >= threshold {obs.hr_threshold:.3g}")
                 self._present(st, out, _Finding(

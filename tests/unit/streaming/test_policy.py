@@ -353,6 +353,27 @@ def test_irregular_rr_sustained_is_medium_and_regular_is_not() -> None:
     assert s.events[0].details["rr_nrmssd"] >= 0.12
 
 
+def test_short_ventricular_run_in_sinus_rhythm_is_not_irregular_rhythm() -> None:
+    # Two short runs at 170 bpm, each ended by a compensatory pause, inside sinus rhythm
+    # at 75 bpm: RMSSD over the window rises well past 0.12, but only a handful of
+    # beat-to-beat changes are large. That is ectopy, not an irregular rhythm.
+    def feed(cfg: PolicyConfig) -> list:
+        s = Sim(cfg)
+        for i in range(90):
+            if i in (30, 50):
+                rr: tuple[float, ...] = (353.0,) * 6
+            elif i in (31, 51):
+                rr = (1200.0,)
+            else:
+                rr = (800.0,)
+            s.hr(T0 + i * 1000, 75.0, rr_ms=rr)
+        return [e for e in s.events if e.condition == "irregular_rhythm"]
+
+    assert feed(PolicyConfig()) == []
+    # the RMSSD alone would have paged someone:
+    assert [e.condition for e in feed(PolicyConfig(irregular_min_fraction=0.0))] == ["irregular_rhythm"]
+
+
 def test_irregular_from_hr_model_score_sustained() -> None:
     s = Sim()
     for i in range(31):
