@@ -14,6 +14,7 @@ is chunked: noise is drawn in fixed 10 s blocks seeded by block index.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, get_args
 
@@ -25,6 +26,7 @@ __all__ = [
     "SyntheticRecord",
     "synth_ecg",
     "SyntheticPatient",
+    "write_wfdb",
 ]
 
 EventKind = Literal["pvc", "vrun", "tachy", "brady", "pause", "wander", "motion", "lead_off", "afib"]
@@ -503,3 +505,25 @@ class SyntheticPatient:
         """Ground-truth beats ``(R time s, AAMI label)`` with ``t0_s <= time < t1_s``."""
         t, labels, _ = self._g.beats(t0_s, t1_s)
         return [(float(a), str(b)) for a, b in zip(t, labels)]
+
+
+def write_wfdb(record: SyntheticRecord, folder: str | Path, name: str) -> Path:
+    """Write a synthetic record as a WFDB record (``.hea``, ``.dat``, ``.atr``).
+
+    The signal is stored as lead MLII in format 212 at 200 adu/mV (as MIT-BIH), and the
+    reference beats as MIT-BIH annotation symbols (``N`` or ``V``), so every tool that
+    reads PhysioNet records (``cardiowatch evaluate``, ``edge run``, ``simulate
+    --records``) can run on it.
+    """
+    import wfdb
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    fs = float(record.sample_rate_hz)
+    wfdb.wrsamp(name, fs=fs, units=["mV"], sig_name=["MLII"],
+                p_signal=np.asarray(record.signal_mv, dtype=np.float64)[:, None],
+                fmt=["212"], adc_gain=[200.0], baseline=[0], write_dir=str(out))
+    symbols = ["V" if lab == "V" else "N" for lab in record.beat_labels]
+    wfdb.wrann(name, "atr", np.asarray(record.beat_samples, dtype=np.int64), symbol=symbols,
+               write_dir=str(out))
+    return out / f"{name}.hea"

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import wfdb
 
-from models.synthetic import Event, synth_ecg
+from models.synthetic import Event, synth_ecg, write_wfdb
 from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT
 
 
 def write_record(folder: Path, name: str, fs: int, events, seed: int, duration_s: float = 180.0):
     rec = synth_ecg(duration_s, fs, seed=seed, events=events)
-    wfdb.wrsamp(name, fs=fs, units=["mV"], sig_name=["MLII"], p_signal=rec.signal_mv[:, None],
-                fmt=["212"], adc_gain=[200.0], baseline=[0], write_dir=str(folder))
-    symbols = ["V" if lab == "V" else "N" for lab in rec.beat_labels]
-    wfdb.wrann(name, "atr", rec.beat_samples, symbol=symbols, write_dir=str(folder))
+    write_wfdb(rec, folder, name)
     return rec
 
 
@@ -100,3 +96,18 @@ def test_edge_cli_prints_alerts_as_they_happen(records):
     assert any("ventricular_run" in ln and ln.startswith("[edge]") for ln in lines), lines
     summary = json.loads(lines[-1])
     assert summary["tensorflow_imported"] is False
+
+
+def test_simulate_writes_wfdb_records_with_reference_beats(tmp_path):
+    from models.records import list_records, load_record
+
+    out = subprocess.run([sys.executable, "-m", "services.cli", "simulate", "--write-records",
+                          str(tmp_path), "--patients", "2", "--seconds", "120"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list_records(tmp_path) == ["p0001", "p0002"]
+    rec = load_record(tmp_path, "p0001")
+    assert rec.sample_rate_hz == 250 and len(rec.signal_mv) == 120 * 250
+    classes = list(rec.aami_classes)
+    assert classes.count("V") >= 3 + 3  # isolated PVCs plus the ventricular run
+    assert classes.count("N") > 100
