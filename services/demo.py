@@ -38,9 +38,12 @@ from services.simulator import parse_args as simulator_args
 __all__ = ["main"]
 
 
-# How soon after an injected event's onset its first alert must reach the receiver.
+# How soon after an injected event's onset its alert must reach the receiver.
 # Sustained-rate alarms wait, by design, for the policy's sustain time (30 s).
 DEADLINE_S = {"vrun": 10.0, "pause": 10.0, "tachy": 45.0, "brady": 45.0}
+# The alert each injected event must produce (another alert for the patient does not count).
+EXPECTED_CONDITION = {"vrun": "ventricular_run", "pause": "pause", "tachy": "tachycardia",
+                      "brady": "bradycardia"}
 
 
 def _log(msg: str) -> None:
@@ -149,7 +152,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         onset_ms = (sim_start_ms[0] + (evs[0]["onset_ts_ms"] - start_ms)) if evs else b.get("onset_ts_ms")
         delay = (a.received_wall_ms - onset_ms) / 1000.0 if onset_ms else float("nan")
         arrivals.append((a, b))
-        if pid in expected and b.get("category") == "physiological" and pid not in first_alert:
+        want = EXPECTED_CONDITION.get(evs[0]["kind"]) if evs else None
+        if (pid in expected and b.get("condition") == want and b.get("action") == "raised"
+                and pid not in first_alert):
             first_alert[pid] = delay
         what = f"{evs[0]['kind']} injected" if evs else "no injected event"
         print(f"  ALERT  {pid}  {b.get('condition'):<20} {str(b.get('priority')).upper():<6} "
@@ -237,13 +242,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         kind = truth[pid]["events"][0]["kind"]
         if pid in first_alert:
             d, limit = first_alert[pid], DEADLINE_S.get(kind, 10.0)
-            flag = "OK  " if d < limit else "LATE"
-            ok &= d < limit
-            print(f"  {flag} {pid} ({kind}): first alert {d:.1f} s after the event's onset "
+            good = 0 <= d < limit  # an alert before the onset is not a detection of it
+            flag = "OK  " if good else ("EARLY" if d < 0 else "LATE")
+            ok &= good
+            print(f"  {flag} {pid} ({kind}): {EXPECTED_CONDITION.get(kind, kind)} alert {d:.1f} s after the event's onset "
                   f"(limit {limit:.0f} s)")
         else:
             ok = False
-            print(f"  MISS {pid} ({kind}): no alert reached the receiver")
+            print(f"  MISS {pid} ({kind}): no {EXPECTED_CONDITION.get(kind, kind)} alert reached the receiver")
     normal = sorted(set(truth) - expected)
     fp = sorted({b.get("patient_id") for _, b in arrivals if b.get("patient_id") in normal
                  and b.get("category") == "physiological"})

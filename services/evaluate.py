@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from models.evaluation import auroc, evaluate_record, pool, roc_curve
 from models.records import list_records
+from streaming.policy import HR_CONDITIONS
 
 from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_policy, load_ecg_bundle
 from services.replay import BASE_TS_MS, replay
@@ -44,8 +45,6 @@ def _alerts_json(alerts, stream_of) -> list[dict]:
     return out
 
 
-_HR_CONDITIONS = {"tachycardia", "bradycardia", "irregular_rhythm", "extreme_hr_high",
-                  "extreme_hr_low", "hr_anomaly"}
 
 
 def evaluate(records_dir: Path, out: Path, scores_dir: Path, model_dir: Path, stream: str,
@@ -92,13 +91,15 @@ def evaluate(records_dir: Path, out: Path, scores_dir: Path, model_dir: Path, st
         if hr is not None and plots_dir and res.hr:
             from models.plots import plot_hr_trace
 
-            try:
-                plot_hr_trace(plots_dir / f"{name}_hr.png",
-                              np.array([(o.ts_ms - BASE_TS_MS) / 1000 for o in res.hr]),
-                              np.array([o.hr_bpm for o in res.hr]), f"record {name}: heart rate")
-            except TypeError:
-                pass
-        entry["alerts"] = _alerts_json(res.alerts, lambda a: "hr" if a.condition in _HR_CONDITIONS else "ecg")
+            scored_hr = [o for o in res.hr if o.hr_score is not None]
+            plot_hr_trace(plots_dir / f"{name}_hr.png",
+                          np.array([(o.ts_ms - BASE_TS_MS) / 1000 for o in res.hr]),
+                          np.array([o.hr_bpm for o in res.hr]),
+                          score_time_s=np.array([(o.ts_ms - BASE_TS_MS) / 1000 for o in scored_hr]) if scored_hr else None,
+                          scores=np.array([o.hr_score for o in scored_hr]) if scored_hr else None,
+                          threshold=scored_hr[0].hr_threshold if scored_hr else None,
+                          title=f"record {name}: heart rate")
+        entry["alerts"] = _alerts_json(res.alerts, lambda a: "hr" if a.condition in HR_CONDITIONS else "ecg")
         per_record[name] = entry
     report = {
         "schema": EVALUATION_SCHEMA,

@@ -48,7 +48,7 @@ def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: s
     if hr_model_dir is None or not (Path(hr_model_dir) / "bundle.json").exists():
         log.warning("no heart-rate model at %s: the heart-rate stream runs rule-based checks only",
                     hr_model_dir)
-        return HRPipeline(None, policy, step=8, clock_ms=clock_ms)
+        return HRPipeline(None, policy, step=HR_STEP, clock_ms=clock_ms)
     import numpy as np
 
     from models.hr_detector import RR_MAX_S, RR_MIN_S, load_hr_bundle

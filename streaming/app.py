@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from streaming.pipeline import (
     InMessage,
 )
 
-__all__ = ["AppConfig", "create_app"]
+__all__ = ["AppConfig", "create_app", "partition_of", "process_safely"]
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -88,6 +89,9 @@ class _DecodedCache(Generic[S]):
     def put(self, pid: str, raw: bytes, state: S) -> None:
         self._entries[pid] = (raw, state)
 
+    def drop(self, pid: str) -> None:
+        self._entries.pop(pid, None)
+
 
 class _LazyStates(Mapping[str, S], Generic[S]):
     """Patient states read from a table on first use, through the decoded cache."""
@@ -114,6 +118,90 @@ class _LazyStates(Mapping[str, S], Generic[S]):
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+SEND_ATTEMPTS = 8  # ~1 min of backoff before a worker that cannot deliver stops hard
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (murmur2, as the Java, aiokafka and
+    kafka-python producers compute it)."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class _Overlay(Mapping[str, Any]):
+    """States from the table, overlaid with those changed earlier in this batch."""
+
+    def __init__(self, base: Any, changed: dict[str, Any]) -> None:
+        self._base, self._changed = base, changed
+
+    def __getitem__(self, pid: str) -> Any:
+        if pid in self._changed:
+            return self._changed[pid]
+        value = self._base.get(pid)
+        if value is None:
+            raise KeyError(pid)
+        return value
+
+    def get(self, pid: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[pid]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._changed)
+
+    def __len__(self) -> int:
+        return len(self._changed)
+
+
+def _merge_results(results: list[Any]) -> Any:
+    """One batch result from the results of processing its messages one by one."""
+    first = results[0]
+    merged = {}
+    for f in first.__dataclass_fields__:
+        values = [getattr(r, f) for r in results]
+        if f == "states":
+            merged[f] = {k: v for r in results for k, v in r.states.items()}
+        elif isinstance(values[0], list):
+            merged[f] = [x for v in values for x in v]
+        elif isinstance(values[0], (int, float)):
+            merged[f] = sum(values)
+        else:
+            merged[f] = values[-1]
+    return type(first)(**merged)
+
+
+def process_safely(core: Any, msgs: list[InMessage], states: Mapping[str, Any],
+                   stream: str) -> Any:
+    """Run a stream core on a batch; never raises.
+
+    The core dead-letters bad messages itself. Should a batch-level step still fail
+    (a bug, a model error), the batch is retried one message at a time so that only the
+    culprit is dead-lettered (``processing_error``) and the stream goes on.
+    """
+    try:
+        return core.process(msgs, states)
+    except Exception:
+        log.exception("batch of %d failed in the %s core; retrying message by message",
+                      len(msgs), stream)
+    results: list[Any] = []
+    changed: dict[str, Any] = {}
+    for m in msgs:
+        view = _Overlay(states, changed)
+        try:
+            r = core.process([m], view)
+        except Exception as exc:
+            r = core.process([], view)
+            r.dead.append(DeadLetter(stream, "processing_error",  # type: ignore[arg-type]
+                                     f"{type(exc).__name__}: {exc}", m.key, m.value,
+                                     m.partition, m.offset))
+        changed.update(r.states)
+        results.append(r)
+    return _merge_results(results) if results else core.process([], states)
 
 
 def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: WorkerMetrics) -> faust.App:
@@ -161,23 +249,42 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         cache.put(pid, raw, st)
 
     async def send_all(dead: list[DeadLetter], alerts: list[Any], scores: list[Any]) -> None:
-        # Straight to the producer (already-serialised bytes): Faust's topic.send path
-        # costs ~1 ms per record, and a batch carries one score record per beat.
-        send = app.producer.send
-        futs = []
+        """Send a batch's outputs and wait until the broker has them all.
+
+        Never raises: the batch's offsets are acked as soon as the agent body ends, even
+        by an exception, so giving up here would lose the batch. Failed sends are
+        retried (the same records again: consumers dedupe by id); if the broker stays
+        unreachable the worker stops hard, leaving the offsets uncommitted so a restart
+        replays the batch.
+        """
+        records = [(cfg.topic_deadletter, d.key, d.to_json()) for d in dead]
+        records += [(cfg.topic_scores, s.patient_id.encode(), s.to_json()) for s in scores]
+        records += [(cfg.topic_alerts, a.patient_id.encode(), a.to_json()) for a in alerts]
+        delay = 0.5
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                # Straight to the producer (already-serialised bytes): Faust's topic.send
+                # costs ~1 ms per record, and a batch carries one record per beat.
+                futs = [await app.producer.send(t, k, v, None, None, None) for t, k, v in records]
+                await asyncio.gather(*futs)  # delivered, not just enqueued
+                break
+            except Exception as exc:  # Kafka errors, timeouts: retry the whole batch
+                metrics.send_failures.inc()
+                log.warning("sending %d records failed (attempt %d/%d): %r",
+                            len(records), attempt, SEND_ATTEMPTS, exc)
+                if attempt == SEND_ATTEMPTS:
+                    log.critical("broker unreachable for the batch's outputs; stopping hard so "
+                                 "its offsets stay uncommitted and a restart replays it")
+                    os._exit(70)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         for d in dead:
-            futs.append(await send(cfg.topic_deadletter, d.key, d.to_json(), None, None, None))
             metrics.invalid.labels(d.stream, d.reason).inc()
-        for s in scores:
-            futs.append(await send(cfg.topic_scores, s.patient_id.encode(), s.to_json(), None, None, None))
         now = time.time()
         for a in alerts:
-            futs.append(await send(cfg.topic_alerts, a.patient_id.encode(), a.to_json(), None, None, None))
             metrics.alerts.labels(a.priority, a.action).inc()
             if a.action == "raised":
                 metrics.event_to_alert.observe(max(0.0, now - a.onset_ts_ms / 1000.0))
-        # Delivery, not just enqueueing: state is written only after this returns.
-        await asyncio.gather(*futs)
 
     @app.agent(ecg_topic)
     async def ecg_agent(stream: faust.StreamT) -> None:
@@ -187,7 +294,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             metrics.messages_in.labels("ecg").inc(len(msgs))
             async with ecg_lock:
                 t = time.perf_counter()
-                res = ecg.process(msgs, _LazyStates(ecg_table, ecg_cache))
+                res = process_safely(ecg, msgs, _LazyStates(ecg_table, ecg_cache), "ecg")
                 metrics.stage_latency.labels("ecg_core").observe(time.perf_counter() - t)
                 for n in res.model_batch_sizes:
                     metrics.batch_size.observe(n)
@@ -217,7 +324,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             metrics.messages_in.labels("hr").inc(len(msgs))
             async with hr_lock:
                 t = time.perf_counter()
-                res = hr.process(msgs, _LazyStates(hr_table, hr_cache))
+                res = process_safely(hr, msgs, _LazyStates(hr_table, hr_cache), "hr")
                 metrics.stage_latency.labels("hr_core").observe(time.perf_counter() - t)
                 await send_all(res.dead, res.alerts, [])
                 metrics.hr_scored.inc(res.windows_scored)
@@ -228,20 +335,35 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
 
     @app.timer(interval=cfg.tick_interval_s)
     async def tick() -> None:
+        # Only patients whose partition this worker owns now: after a rebalance the
+        # memory table still holds keys it wrote for partitions another worker took.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_ecg}
         now_ms = int(time.time() * 1000)
         async with ecg_lock:
             alerts, changed = [], {}
             for key, raw_state in list(ecg_table.items()):
                 if raw_state is None:
                     continue
-                ev, st = ecg.tick(ecg_cache.get(key.decode(), raw_state), now_ms)
+                pid = key.decode(errors="replace")
+                if partition_of(key, cfg.partitions) not in owned:
+                    ecg_cache.drop(pid)
+                    continue
+                try:
+                    ev, st = ecg.tick(ecg_cache.get(pid, raw_state), now_ms)
+                except Exception:  # one bad state must not stop the others, or the app
+                    metrics.tick_errors.inc()
+                    log.exception("tick failed for patient %s", pid)
+                    continue
                 alerts.extend(ev)
                 # Stored even without alerts: the no-data clock lives in the state.
-                changed[key.decode()] = st
+                changed[pid] = st
             await send_all([], alerts, [])
             for pid, st in changed.items():
                 store(ecg_table, ecg_cache, pid, st, ecg.policy)
-        await _update_lag()
+        try:
+            await _update_lag()
+        except Exception:
+            log.exception("consumer lag update failed")
 
     async def _update_lag() -> None:
         consumer = app.consumer

@@ -5,7 +5,8 @@
     CardiowatchError
     └── InvalidMessage            (a message rejected at the boundary; has .reason)
         ├── MalformedMessage      malformed_json, empty_payload, oversized_payload,
-        │                         unsupported_schema, key_mismatch
+        │                         unsupported_schema, key_mismatch,
+        │                         missing_key
         ├── FieldError            missing_field, wrong_type
         ├── ValueOutOfRange       non_finite_sample, bad_sample_rate, bad_hr, bad_rr,
         │                         bad_quality, bad_samples_length, bad_units,
@@ -30,7 +31,7 @@ __all__ = [
 
 REASONS = (
     "malformed_json", "empty_payload", "oversized_payload", "unsupported_schema",
-    "key_mismatch", "missing_field", "wrong_type", "non_finite_sample", "bad_sample_rate",
+    "key_mismatch", "missing_key", "missing_field", "wrong_type", "non_finite_sample", "bad_sample_rate",
     "bad_hr", "bad_rr", "bad_quality", "bad_samples_length", "bad_units", "duplicate_seq",
     "out_of_order_ts", "bad_timestamp", "bad_seq", "processing_error",
 )

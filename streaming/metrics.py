@@ -65,6 +65,13 @@ class WorkerMetrics:
         self.alerts = Counter(
             "cardiowatch_alerts_total", "Alert events produced, by priority and action.",
             ["priority", "action"], registry=registry)
+        self.send_failures = Counter(
+            "cardiowatch_send_failures_total",
+            "Failed attempts to deliver a batch's outputs to Kafka (each is retried).",
+            registry=registry)
+        self.tick_errors = Counter(
+            "cardiowatch_tick_errors_total",
+            "Patients whose periodic check failed (logged and skipped).", registry=registry)
         self.consumer_lag = Gauge(
             "cardiowatch_consumer_lag_messages", "Messages behind the log end, by topic.",
             ["topic"], registry=registry)

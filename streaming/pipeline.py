@@ -19,6 +19,7 @@ the ``now_wall_ms`` the caller passes for ``produced_wall_ms`` and no-data ticks
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import struct
 import time
@@ -31,7 +32,7 @@ import numpy as np
 from models.beats import BeatSpec, ECGFrontEnd, FrontEndState, beat_features
 from models.detector import Detector, Normaliser, make_model_input
 from models.personalise import PatientCalibration
-from streaming.errors import InvalidMessage, SequenceError
+from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
 from streaming.policy import AlertPolicy, PatientPolicyState
 from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 DEADLETTER_SCHEMA = "cardiowatch.deadletter/1"
+DEADLETTER_RAW_MAX = 512 * 1024  # = the largest valid payload (streaming.schemas)
 Stream = Literal["ecg", "hr"]
 
 # A chunk whose first sample is within this much of where the previous chunk ended
@@ -86,13 +88,21 @@ class DeadLetter:
     offset: int
 
     def to_json(self) -> bytes:
-        doc = {
+        raw = self.raw
+        doc: dict[str, Any] = {
             "schema": DEADLETTER_SCHEMA, "stream": self.stream, "reason": self.reason,
             "detail": self.detail, "source_partition": self.partition,
             "source_offset": self.offset,
-            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
-            "raw_b64": None if self.raw is None else base64.b64encode(self.raw).decode(),
+            "key_b64": None if self.key is None else base64.b64encode(self.key[:1024]).decode(),
+            "raw_size": None if raw is None else len(raw),
         }
+        if raw is not None and len(raw) > DEADLETTER_RAW_MAX:
+            # base64 of more would not fit Kafka's default 1 MB record: keep the head and
+            # a digest of the whole, so the record can still be identified and replayed.
+            doc["raw_sha256"] = hashlib.sha256(raw).hexdigest()
+            doc["raw_truncated"] = True
+            raw = raw[:DEADLETTER_RAW_MAX]
+        doc["raw_b64"] = None if raw is None else base64.b64encode(raw).decode()
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -120,13 +130,25 @@ class _StreamPosition:
     last_seq: int | None = None
     last_ts_ms: float | None = None
     last_offset: int = -1
+    last_partition: int = -1
+    device_id: str = ""
 
-    def check(self, seq: int, ts_ms: int, offset: int) -> Literal["redelivered", "gap", "ok"]:
+    def copy(self) -> _StreamPosition:
+        return _StreamPosition(self.last_seq, self.last_ts_ms, self.last_offset,
+                               self.last_partition, self.device_id)
+
+    def check(self, seq: int, ts_ms: int, offset: int, partition: int,
+              device_id: str) -> Literal["redelivered", "gap", "new_device", "ok"]:
         """Raise :class:`SequenceError` for duplicates and time going backwards."""
-        if offset <= self.last_offset:
+        if partition == self.last_partition and offset <= self.last_offset:
             # Already applied to this state before a restart; the offsets were not
-            # yet committed. Skipping keeps replays idempotent.
+            # yet committed. Skipping keeps replays idempotent. (Offsets only compare
+            # within one partition: after a repartition the patient's messages move.)
             return "redelivered"
+        if self.device_id and device_id != self.device_id:
+            # A replaced or re-paired wearable restarts its sequence numbers: a new
+            # stream, not a run of duplicates (which would silence the patient).
+            return "new_device"
         if self.last_seq is not None and seq <= self.last_seq:
             raise SequenceError("duplicate_seq", f"seq {seq} already seen (last seq {self.last_seq})")
         if self.last_ts_ms is not None and ts_ms < self.last_ts_ms - GAP_TOLERANCE_MS:
@@ -157,7 +179,8 @@ class ECGPatientState:
         header = {
             "v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
             "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
-            "last_offset": self.pos.last_offset, "sample_rate_hz": self.sample_rate_hz,
+            "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
+            "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
             "gaps": self.gaps, "beats_scored": self.beats_scored,
         }
@@ -175,13 +198,25 @@ class ECGPatientState:
         pstate = PatientPolicyState.from_json(b["policy"]) if b["policy"] else None
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
-            pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
+            pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
+                                h.get("last_partition", -1), h["device_id"]),
             sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
             front=FrontEndState.from_bytes(b["front"]) if b["front"] else None,
             calibration=PatientCalibration.from_bytes(b["calibration"]),
             policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
             strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
         )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One step of a patient's stream inside a batch, applied in order by the policy."""
+
+    st: ECGPatientState
+    quality: QualityObservation | None
+    beats: list[Any]
+    seg_t0_ms: float  # event time of sample 0 of the segment these beats belong to
+    gap: tuple[int, int] | None = None  # a hole in the stream just before this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +288,13 @@ class ECGPipeline:
         out_states: dict[str, ECGPatientState] = {}
         dead: list[DeadLetter] = []
         quality: list[QualityObservation] = []
-        pending: list[tuple[ECGPatientState, QualityObservation, list[Any]]] = []
+        pending: list[_Pending] = []
         valid = redelivered = gaps = 0
 
         for m in msgs:
             try:
+                if m.key is None:
+                    raise MalformedMessage("missing_key", "message has no key; the key must be the patient id")
                 chunk = decode_ecg(m.value, m.key)
                 pid = chunk.patient_id
                 # One private copy per patient per batch, mutated chunk by chunk in order.
@@ -265,19 +302,29 @@ class ECGPipeline:
                 if st is None:
                     base = states.get(pid)
                     st = self._copy(base) if base is not None else self.new_state(pid)
-                verdict = st.pos.check(chunk.seq, chunk.ts_ms, m.offset)
+                verdict = st.pos.check(chunk.seq, chunk.ts_ms, m.offset, m.partition, chunk.device_id)
                 if verdict == "redelivered":
                     redelivered += 1
                     continue
-                gaps += int(self._advance(st, chunk, m.offset, verdict == "gap"))
+                old = (st.front, st.sample_rate_hz, st.seg_t0_ms, st.pos.last_ts_ms)
+                reset = self._advance(st, chunk, m.offset, m.partition, verdict in ("gap", "new_device"))
                 out_states[pid] = st
+                gap = None
+                if reset and old[0] is not None:
+                    gaps += 1
+                    # beats still waiting in the old segment are emitted, not dropped
+                    flushed, _ = self.front_end(old[1]).seg.flush(old[0].seg)
+                    if flushed:
+                        pending.append(_Pending(st, None, list(flushed), old[2]))
+                    # nothing ECG-derived may span the hole, nor the new segment's warm-up
+                    gap = (int(old[3]), int(chunk.ts_ms + WARMUP_S * 1000))
                 res, st.front = self.front_end(chunk.sample_rate_hz).process(
                     st.front, chunk.samples_mv[0])
                 self._keep_strip(st, res.filtered, chunk)
                 q = QualityObservation(pid, chunk.device_id, chunk.ts_ms, int(chunk.duration_ms),
                                        float(res.quality), bool(res.lead_off), bool(res.noisy))
                 quality.append(q)
-                pending.append((st, q, list(res.beats)))
+                pending.append(_Pending(st, q, list(res.beats), st.seg_t0_ms, gap))
                 valid += 1
             except InvalidMessage as exc:
                 dead.append(DeadLetter("ecg", exc.reason, exc.detail, m.key, m.value, m.partition, m.offset))
@@ -301,22 +348,24 @@ class ECGPipeline:
             beats, seg = self.front_end(st.sample_rate_hz).seg.flush(st.front.seg)
             st.front = replace(st.front, seg=seg)
             out_states[pid] = st
-            pending.append((st, None, list(beats)))
+            pending.append(_Pending(st, None, list(beats), st.seg_t0_ms))
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
         return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, 0, len(sizes), sizes,
                               model_seconds)
 
-    def _score_and_decide(self, pending: list[tuple[ECGPatientState, QualityObservation | None, list[Any]]]
+    def _score_and_decide(self, pending: list[_Pending]
                           ) -> tuple[list[ScoredBeat], list[AlertEvent], list[int], float]:
-        """One model call for every beat of every patient, then calibration and policy."""
-        # Pass 1: which normaliser each chunk's beats get. A patient's calibration moves
+        """One model call for every beat of every patient, then, step by step in stream
+        order, calibration and the policy."""
+        # Pass 1: which normaliser each step's beats get. A patient's calibration moves
         # chunk by chunk; its normaliser phase needs no scores, so replaying it here makes
         # the result independent of how chunks were grouped into batches.
         feats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         inputs, owners = [], []
         shadow: dict[str, Any] = {}
         warm = self.spec.rate_hz * WARMUP_S
-        for i, (st, _q, beats) in enumerate(pending):
+        for i, item in enumerate(pending):
+            st, beats = item.st, item.beats
             if not beats:
                 continue
             wf, rr = beat_features(beats)
@@ -340,49 +389,51 @@ class ECGPipeline:
                 scores_by_item[i] = s[start:start + len(xi)]
                 start += len(xi)
 
+        # Pass 2, in stream order per patient: gap, chunk quality, its beats, then the
+        # pause check up to where beat detection is complete after this chunk.
         scored: list[ScoredBeat] = []
         alerts: list[AlertEvent] = []
         now = self.clock_ms()
-        for i, (st, q, beats) in enumerate(pending):
+        for i, item in enumerate(pending):
+            st, q, beats = item.st, item.quality, item.beats
+            if item.gap is not None:
+                ev, st.policy = self.policy.on_gap(st.policy, *item.gap)
+                alerts.extend(ev)
             if q is not None:
                 ev, st.policy = self.policy.on_quality(st.policy, q)
                 alerts.extend(ev)
-            if not beats:
-                continue
-            sc = scores_by_item[i]
-            wf, rr, quality_b = feats[i]
-            cal = st.calibration
-            # Until the patient is calibrated, flag only what the highest threshold the
-            # calibration could still choose (global x cap) would flag: an unusual but
-            # normal morphology must not page anyone in the first minutes.
-            thr = (cal.threshold(self.threshold) if cal.calibrated
-                   else self.threshold * cal.cap_factor)
-            st.calibration = cal.update(wf, sc, quality_b, rr)
-            beat_events = []
-            for b, score, qb in zip(beats, sc, quality_b):
-                r_ts = int(round(st.seg_t0_ms + b.r_index * 1000.0 / self.spec.rate_hz))
-                beat_events.append(ScoredBeat(
-                    beat_id=f"{st.patient_id}:{r_ts}", patient_id=st.patient_id,
-                    device_id=st.device_id, r_ts_ms=r_ts,
-                    rr_ms=None if b.rr_prev_s is None else round(b.rr_prev_s * 1000.0, 1),
-                    score=float(score), threshold=float(thr), flagged=bool(score > thr),
-                    signal_quality=float(qb), model_version=self.model_version))
-            st.beats_scored += len(beat_events)
-            scored.extend(beat_events)
-            ev, st.policy = self.policy.on_beats(st.policy, beat_events)
-            alerts.extend(ev)
+            if beats:
+                sc = scores_by_item[i]
+                wf, rr, quality_b = feats[i]
+                cal = st.calibration
+                # Until the patient is calibrated, flag only what the highest threshold the
+                # calibration could still choose (global x cap) would flag: an unusual but
+                # normal morphology must not page anyone in the first minutes.
+                thr = (cal.threshold(self.threshold) if cal.calibrated
+                       else self.threshold * cal.cap_factor)
+                st.calibration = cal.update(wf, sc, quality_b, rr)
+                beat_events = []
+                for b, score, qb in zip(beats, sc, quality_b):
+                    r_ts = int(round(item.seg_t0_ms + b.r_index * 1000.0 / self.spec.rate_hz))
+                    beat_events.append(ScoredBeat(
+                        beat_id=f"{st.patient_id}:{r_ts}", patient_id=st.patient_id,
+                        device_id=st.device_id, r_ts_ms=r_ts,
+                        rr_ms=None if b.rr_prev_s is None else round(b.rr_prev_s * 1000.0, 1),
+                        score=float(score), threshold=float(thr), flagged=bool(score > thr),
+                        signal_quality=float(qb), model_version=self.model_version))
+                st.beats_scored += len(beat_events)
+                scored.extend(beat_events)
+                ev, st.policy = self.policy.on_beats(st.policy, beat_events)
+                alerts.extend(ev)
+            if q is not None:
+                # A long enough stretch without a beat is itself the finding (no beat will
+                # ever arrive for it); judged only up to where detection is complete.
+                seg = self.front_end(st.sample_rate_hz).seg
+                complete_ms = q.ts_ms + q.duration_ms - int(seg.max_wait * 1000 / seg.rate_hz)
+                ev, st.policy = self.policy.on_tick(st.policy, now, event_ts_ms=complete_ms)
+                alerts.extend(ev)
 
-        # Pauses: once beat detection is complete up to some event time, a long enough
-        # stretch without a beat is itself the finding (no beat will ever arrive for it).
-        for st, q, _beats in pending:
-            if q is None:
-                continue
-            seg = self.front_end(st.sample_rate_hz).seg
-            complete_ms = q.ts_ms + q.duration_ms - int(seg.max_wait * 1000 / seg.rate_hz)
-            ev, st.policy = self.policy.on_tick(st.policy, now, event_ts_ms=complete_ms)
-            alerts.extend(ev)
-
-        by_pid = {st.patient_id: st for st, _q, _b in pending}
+        by_pid = {item.st.patient_id: item.st for item in pending}
         alerts = [self._finish_alert(a, by_pid.get(a.patient_id), now) for a in alerts]
         return scored, alerts, sizes, model_seconds
 
@@ -395,10 +446,12 @@ class ECGPipeline:
     # -- helpers ---------------------------------------------------------------------
     @staticmethod
     def _copy(st: ECGPatientState) -> ECGPatientState:
-        return replace(st, pos=_StreamPosition(st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset))
+        return replace(st, pos=st.pos.copy())
 
-    def _advance(self, st: ECGPatientState, chunk: ECGChunk, offset: int, seq_gap: bool) -> bool:
-        """Move the stream position; start a new segment on a gap or a new rate."""
+    def _advance(self, st: ECGPatientState, chunk: ECGChunk, offset: int, partition: int,
+                 seq_gap: bool) -> bool:
+        """Move the stream position; start a new segment (returns True) on a gap, a new
+        device or a new rate."""
         new_segment = (
             st.front is None
             or st.sample_rate_hz != chunk.sample_rate_hz
@@ -406,19 +459,19 @@ class ECGPipeline:
             or st.pos.last_ts_ms is None
             or abs(chunk.ts_ms - st.pos.last_ts_ms) > GAP_TOLERANCE_MS
         )
-        is_gap = st.front is not None and new_segment
         if new_segment:
+            if st.front is not None:
+                st.gaps += 1
             st.front = self.front_end(chunk.sample_rate_hz).initial_state()
             st.seg_t0_ms = float(chunk.ts_ms)
             st.sample_rate_hz = chunk.sample_rate_hz
             st.strip = np.zeros(0, np.float32)
-        if is_gap:
-            st.gaps += 1
-        st.device_id = chunk.device_id
+        st.device_id = st.pos.device_id = chunk.device_id
         st.pos.last_seq = chunk.seq
         st.pos.last_ts_ms = chunk.end_ts_ms
         st.pos.last_offset = offset
-        return is_gap
+        st.pos.last_partition = partition
+        return new_segment
 
     def _keep_strip(self, st: ECGPatientState, filtered: np.ndarray, chunk: ECGChunk) -> None:
         keep = int(STRIP_S * self.spec.rate_hz)
@@ -467,14 +520,16 @@ class HRPatientState:
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         header = {"v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
                   "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
-                  "last_offset": self.pos.last_offset, "rr_ms": self.rr_ms, "new_rr": self.new_rr}
+                  "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
+                  "rr_ms": self.rr_ms, "new_rr": self.new_rr}
         return _pack(header, {"policy": b"" if self.policy is None else self.policy.to_json()})
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
         h, b = _unpack(raw)
         return cls(h["patient_id"], h["device_id"],
-                   _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"]),
+                   _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
+                                   h.get("last_partition", -1), h["device_id"]),
                    list(h["rr_ms"]), h["new_rr"],
                    PatientPolicyState.from_json(b["policy"]) if b["policy"] else None)
 
@@ -514,20 +569,24 @@ class HRPipeline:
         window = self.scorer.window if self.scorer else 32
         for m in msgs:
             try:
+                if m.key is None:
+                    raise MalformedMessage("missing_key", "message has no key; the key must be the patient id")
                 s = decode_hr(m.value, m.key)
                 st = out.get(s.patient_id)
                 if st is None:
                     base = states.get(s.patient_id)
-                    st = (replace(base, pos=_StreamPosition(base.pos.last_seq, base.pos.last_ts_ms,
-                                                            base.pos.last_offset), rr_ms=list(base.rr_ms))
+                    st = (replace(base, pos=base.pos.copy(), rr_ms=list(base.rr_ms))
                           if base is not None else self.new_state(s.patient_id))
-                verdict = st.pos.check(s.seq, s.ts_ms, m.offset)
+                verdict = st.pos.check(s.seq, s.ts_ms, m.offset, m.partition, s.device_id)
                 if verdict == "redelivered":
                     redelivered += 1
                     continue
-                gaps += int(verdict == "gap")
+                if verdict == "new_device":
+                    st.rr_ms = []  # another device's beats are not one RR series
+                gaps += int(verdict in ("gap", "new_device"))
                 st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset = s.seq, float(s.ts_ms), m.offset
-                st.device_id = s.device_id
+                st.pos.last_partition = m.partition
+                st.device_id = st.pos.device_id = s.device_id
                 st.rr_ms = (st.rr_ms + list(s.rr_ms))[-4 * window:]
                 st.new_rr += len(s.rr_ms)
                 win = None

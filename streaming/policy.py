@@ -77,6 +77,7 @@ __all__ = [
     "PatientPolicyState",
     "AlertPolicy",
     "CONDITIONS",
+    "HR_CONDITIONS",
 ]
 
 STATE_VERSION = 1
@@ -96,7 +97,8 @@ CONDITIONS: dict[str, Category] = {
 }
 
 _ECG_CONDITIONS = ("ventricular_run", "pause", "frequent_ectopy", "anomalous_beats")
-_HR_CONDITIONS = ("tachycardia", "bradycardia", "irregular_rhythm")
+HR_CONDITIONS = ("tachycardia", "bradycardia", "irregular_rhythm")  # from the heart-rate stream
+_HR_CONDITIONS = HR_CONDITIONS
 _TECH_CONDITIONS = ("lead_off", "signal_noisy")
 # A low-priority anomalous-beats alert says nothing new while one of these is open.
 _SUBSUMES_ANOMALOUS = ("ventricular_run", "frequent_ectopy")
@@ -330,6 +332,9 @@ class PatientPolicyState:
     device_id: str = ""
     last_event_ts_ms: int | None = None  # latest event time seen on any stream
     ecg_ts_ms: int | None = None  # latest ECG event time (chunks, beats, tick)
+    # event time up to which beat detection is complete (from ticks with event_ts_ms);
+    # beats are emitted a little after their samples, so pauses are judged against this
+    beats_complete_ts_ms: int | None = None
     last_beat_ts_ms: int | None = None
     unusable_until_ts_ms: int | None = None  # end of the latest unusable ECG chunk
     quality_usable: bool = True
@@ -372,10 +377,11 @@ class PatientPolicyState:
         if d.get("version") != STATE_VERSION:
             raise ValueError(
                 f"policy state version must be {STATE_VERSION}, got {d.get('version')!r}")
+        if not isinstance(d.get("patient_id"), str):
+            raise ValueError(f"policy state needs a patient_id string, got {d.get('patient_id')!r}")
+        # Keys added by a later release take their defaults, so states written before an
+        # upgrade still load from the changelog.
         names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
-        if missing:
-            raise ValueError(f"policy state is missing keys {sorted(missing)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
@@ -384,10 +390,9 @@ class PatientPolicyState:
         if d.get("version") != STATE_VERSION:
             raise ValueError(
                 f"policy state version must be {STATE_VERSION}, got {d.get('version')!r}")
-        names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
-        if missing:
-            raise ValueError(f"policy state is missing keys {sorted(missing)}")
+        if not isinstance(d.get("patient_id"), str):
+            raise ValueError(f"policy state needs a patient_id string, got {d.get('patient_id')!r}")
+        names = {f.name for f in fields(cls)}  # missing keys take defaults, as in from_json
         return cls(**copy.deepcopy({k: v for k, v in d.items() if k in names}))
 
 
@@ -468,6 +473,16 @@ class AlertPolicy:
         self._on_quality(st, out, obs)
         return out, st
 
+    def on_gap(self, state: PatientPolicyState, start_ts_ms: int, end_ts_ms: int) -> Result:
+        """The device's stream has a hole (lost messages or a restarted signal segment)
+        from ``start_ts_ms`` to ``end_ts_ms``: no ECG-derived finding may span it (a data
+        gap is not a pause). Raises nothing itself; silence is ``no_data``'s job."""
+        st = _copy_state(state)
+        if end_ts_ms > start_ts_ms:
+            st.unusable_until_ts_ms = _max(st.unusable_until_ts_ms, int(end_ts_ms))
+            self._reset_ecg_pending(st)
+        return [], st
+
     def on_tick(self, state: PatientPolicyState, now_ms: int, *,
                 event_ts_ms: int | None = None) -> Result:
         """Time passes with no message: detect pauses (event time) and no data (wall time).
@@ -492,6 +507,7 @@ class AlertPolicy:
         if event_ts_ms is not None:
             st.ecg_ts_ms = _max(st.ecg_ts_ms, event_ts_ms)
             st.last_event_ts_ms = _max(st.last_event_ts_ms, event_ts_ms)
+            st.beats_complete_ts_ms = _max(st.beats_complete_ts_ms, event_ts_ms)
 
         # no data: wall time since the patient's event time last advanced
         no_data_ms = int(cfg.no_data_s * 1000)
@@ -515,12 +531,17 @@ class AlertPolicy:
 
         # pause seen from the absence of beats while the ECG is good
         # (counted from the later of the last beat and the end of the last unusable stretch)
-        if st.quality_usable and st.last_beat_ts_ms is not None and st.ecg_ts_ms is not None:
+        # Judged up to where beat detection is complete when the caller says so: a chunk
+        # end is later than that, and counting the detector's own lag as "no beat" would
+        # turn a 2.5 s sinus pause into a false 4 s alarm.
+        complete = (st.beats_complete_ts_ms if st.beats_complete_ts_ms is not None
+                    else st.ecg_ts_ms)
+        if st.quality_usable and st.last_beat_ts_ms is not None and complete is not None:
             since = _max(st.unusable_until_ts_ms, st.last_beat_ts_ms)
-            gap_ms = st.ecg_ts_ms - since
+            gap_ms = complete - since
             if gap_ms >= cfg.pause_s * 1000:
                 self._present(st, out, self._pause_finding(
-                    st, st.ecg_ts_ms, since, gap_ms,
+                    st, complete, since, gap_ms,
                     f"no beat for {gap_ms / 1000:.1f} s with a usable signal "
                     f"(limit {cfg.pause_s:g} s)"))
         return out, st

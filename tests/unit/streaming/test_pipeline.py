@@ -184,3 +184,77 @@ def test_ecg_schema_violation_is_dead_lettered(pipe):
     assert [(d.reason, d.partition, d.offset) for d in r.dead] == [("bad_sample_rate", 3, 17)]
     doc = json.loads(r.dead[0].to_json())
     assert doc["schema"] == "cardiowatch.deadletter/1" and doc["reason"] == "bad_sample_rate"
+
+
+# -- stream-position and timing edge cases (found in review) -------------------------
+def test_replaced_device_restarting_its_sequence_is_a_new_stream_not_duplicates(pipe):
+    first = [e for e, _ in chunks("p-1", 30)]
+    w = Wearable("p-1", "dev-NEW", SyntheticPatient("p-1x", 250), T0 + 31_000)
+    second = [w.step()[0] for _ in range(30)]  # seq starts at 0 again
+    msgs = as_msgs("p-1", first) + as_msgs("p-1", second, start_offset=30)
+    scored, _, dead, st = run(pipe, msgs, batch=7)
+    assert dead == []
+    assert st["p-1"].device_id == "dev-NEW" and st["p-1"].gaps == 1
+    assert [s for s in scored if s.r_ts_ms > T0 + 40_000]
+
+
+def test_offsets_only_skip_within_the_same_partition(pipe):
+    raw = [e for e, _ in chunks("p-1", 20)]
+    _, _, _, st = run(pipe, [InMessage(b"p-1", v, 3, 100 + i) for i, v in enumerate(raw[:10])], batch=5)
+    # after a repartition the patient's next chunks arrive on partition 0 at low offsets
+    r = pipe.process([InMessage(b"p-1", v, 0, i) for i, v in enumerate(raw[10:])], st)
+    assert r.redelivered == 0 and r.valid == 10 and not r.dead
+
+
+def test_message_without_key_is_dead_lettered(pipe):
+    raw = chunks("p-1", 1)[0][0]
+    r = pipe.process([InMessage(None, raw, 0, 0)], {})
+    assert [d.reason for d in r.dead] == ["missing_key"]
+
+
+def test_gap_in_a_batch_neither_moves_nor_drops_the_beats_before_it(pipe, bundle):
+    raw = [e for e, _ in chunks("p-1", 45)]
+    kept = raw[:20] + raw[25:]
+    ids = []
+    for batch in (1, 39):
+        p = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+        scored, _, _, _ = run(p, as_msgs("p-1", kept), batch=batch)
+        ids.append([s.beat_id for s in scored])
+    assert ids[0] == ids[1]
+    before_gap = [int(i.split(":")[1]) for i in ids[0] if int(i.split(":")[1]) < T0 + 20_000]
+    assert max(before_gap) > T0 + 18_500  # the last beats before the hole were emitted
+
+
+def test_transmission_gap_is_not_a_pause(pipe):
+    raw = [e for e, _ in chunks("p-1", 60)]
+    kept = raw[:30] + raw[35:]  # 5 s of messages lost
+    _, alerts, _, _ = run(pipe, as_msgs("p-1", kept), batch=4)
+    assert [a for a in alerts if a.condition == "pause"] == []
+
+
+@pytest.mark.parametrize("batch", [1, 10, 30])
+def test_pause_alarm_timing_does_not_depend_on_batch_size(bundle, batch):
+    p = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    raw = [e for e, _ in chunks("p-1", 60, [Event("pause", 30, 6)])]
+    _, alerts, _, _ = run(p, as_msgs("p-1", raw), batch=batch)
+    pauses = [a for a in alerts if a.condition == "pause" and a.action == "raised"]
+    assert len(pauses) == 1
+    assert T0 + 34_000 <= pauses[0].detected_ts_ms <= T0 + 35_000
+
+
+def test_sinus_pause_shorter_than_the_limit_raises_nothing(pipe):
+    raw = [e for e, _ in chunks("p-1", 60, [Event("pause", 30, 2.6)])]
+    _, alerts, _, _ = run(pipe, as_msgs("p-1", raw), batch=3)
+    assert [a for a in alerts if a.condition == "pause"] == []
+
+
+def test_oversized_dead_letter_keeps_head_and_digest():
+    import hashlib
+
+    from streaming.pipeline import DEADLETTER_RAW_MAX, DeadLetter
+
+    raw = b"x" * (DEADLETTER_RAW_MAX + 300_000)
+    doc = json.loads(DeadLetter("ecg", "oversized_payload", "too big", b"p", raw, 0, 1).to_json())
+    assert doc["raw_truncated"] is True and doc["raw_size"] == len(raw)
+    assert doc["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert len(json.dumps(doc)) < 1_000_000  # fits Kafka's default record size

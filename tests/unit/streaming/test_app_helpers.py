@@ -1,0 +1,50 @@
+"""The Faust shell's safety helpers, called directly."""
+
+from __future__ import annotations
+
+from streaming.app import partition_of, process_safely
+from streaming.pipeline import InMessage
+from streaming.schemas import encode_hr
+
+from services.pipelines import build_hr_pipeline, build_policy
+
+T0 = 1_767_225_600_000
+
+
+def test_partition_of_matches_the_partitioner_faust_produces_with():
+    # aiokafka's default partitioner is what Faust's producer (and so the table
+    # changelogs with use_partitioner=True) uses; partition_of must agree with it.
+    from aiokafka.partitioner import DefaultPartitioner
+
+    parts = list(range(8))
+    keys = [b"p-0001", b"p-0002", b"rec-119", "pätient".encode()] + [f"p-{i}".encode() for i in range(200)]
+    assert [partition_of(k, 8) for k in keys] == [DefaultPartitioner()(k, parts, parts) for k in keys]
+    assert len({partition_of(k, 8) for k in keys}) == 8
+
+
+def test_a_batch_that_breaks_the_core_is_retried_message_by_message(monkeypatch):
+    hr = build_hr_pipeline(None, build_policy(None), clock_ms=lambda: T0)
+    msgs = [InMessage(b"p-1", encode_hr("p-1", "d", i, T0 + 1000 * i, 70, [850]), 0, i)
+            for i in range(5)]
+    real = hr.policy.on_hr
+    calls = {"n": 0}
+
+    def on_hr(state, obs):
+        calls["n"] += 1
+        if obs.ts_ms == T0 + 2000:
+            raise RuntimeError("policy bug")
+        return real(state, obs)
+
+    monkeypatch.setattr(hr.policy, "on_hr", on_hr)
+    r = process_safely(hr, msgs, {}, "hr")
+    assert [(d.reason, d.offset) for d in r.dead] == [("processing_error", 2)]
+    assert "RuntimeError: policy bug" in r.dead[0].detail
+    assert r.valid == 4 + 0  # the four good messages were applied
+    assert r.states["p-1"].pos.last_seq == 4
+
+
+def test_process_safely_passes_a_healthy_batch_through():
+    hr = build_hr_pipeline(None, build_policy(None), clock_ms=lambda: T0)
+    msgs = [InMessage(b"p-1", encode_hr("p-1", "d", 0, T0, 70, [850]), 0, 0)]
+    r = process_safely(hr, msgs, {}, "hr")
+    assert r.valid == 1 and not r.dead
