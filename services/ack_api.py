@@ -89,8 +89,12 @@ class AlertBook:
 
     def observe(self, ev: AlertEvent) -> None:
         cur = self._alerts.get(ev.alert_id)
-        if ev.action in ("cleared", "resolved"):
+        if ev.action == "resolved":
             status: Status = "resolved"
+        elif ev.action == "cleared":
+            # The condition ended but the alert stays latched (and escalating) until a
+            # person acknowledges or resolves it, so it must stay acknowledgeable.
+            status = cur.status if cur is not None else "open"
         elif ev.action == "acknowledged":
             status = "acknowledged" if cur is None or cur.status != "resolved" else "resolved"
         else:

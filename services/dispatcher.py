@@ -392,7 +392,7 @@ async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
 async def _process(st: _State, item: _Item) -> None:
     try:
         ev = AlertEvent.from_json(item.value or b"")
-    except (ValueError, TypeError, KeyError) as e:
+    except Exception as e:  # any undecodable value ([] or null too): dead-letter, go on
         await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"),
                     json.dumps({"reason": f"undecodable alert: {e}", "raw": (item.value or b"").decode(
                         errors="replace"), "offset": item.offset, "partition": item.tp.partition}).encode())
@@ -415,6 +415,25 @@ async def _process(st: _State, item: _Item) -> None:
     st.observe(ev, item.ts_ms)
 
 
+async def _deadletter_unexpected(st: _State, item: _Item, exc: Exception) -> bool:
+    """Keep an alert that could not be processed; False only when stopping first."""
+    doc = json.dumps({"reason": f"dispatch_error: {type(exc).__name__}: {exc}",
+                      "raw": (item.value or b"").decode(errors="replace"),
+                      "offset": item.offset, "partition": item.tp.partition}).encode()
+    delay = 0.5
+    while not st.stopping.is_set():
+        try:
+            await _send(st, st.topics.alerts_deadletter,
+                        (item.key or b"").decode(errors="replace"), doc)
+            st.metrics.deliveries.labels(outcome="dispatch_error", priority="unknown").inc()
+            return True
+        except Exception:
+            log.exception("dead-lettering %s offset %d failed; retrying", item.tp, item.offset)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 30.0)
+    return False
+
+
 async def _worker(st: _State, key: bytes) -> None:
     q = st.queues[key]
     try:
@@ -424,10 +443,14 @@ async def _worker(st: _State, key: bytes) -> None:
                 await _process(st, item)
             except _Abandon:
                 return
-            except Exception:  # never lose the queue: leave the offset uncommitted, log loudly
-                log.exception("unexpected error on %s offset %d; will retry after restart",
+            except Exception as exc:
+                # Never skip to the patient's next alert (order) and never leave this one
+                # in limbo (it would hold the partition's commit point forever): keep it in
+                # the alerts dead-letter topic with the reason, retrying that until it lands.
+                log.exception("unexpected error on %s offset %d; dead-lettering it",
                               item.tp, item.offset)
-                return
+                if not await _deadletter_unexpected(st, item, exc):
+                    return
             st.offsets.done(item.tp, item.offset)
     finally:
         if st.workers.get(key) is asyncio.current_task():
@@ -506,22 +529,48 @@ async def _rebuild(st: _State, bootstrap: str, opts: DispatchOptions) -> AIOKafk
 
 async def _tail_acks(st: _State, c: AIOKafkaConsumer) -> None:
     while not st.stopping.is_set():
-        for recs in (await c.getmany(timeout_ms=200)).values():
+        try:
+            batches = await c.getmany(timeout_ms=200)
+        except Exception:  # a broker hiccup must not end ack handling for the process
+            log.exception("reading the acks topic failed; retrying")
+            await asyncio.sleep(1.0)
+            continue
+        for recs in batches.values():
             for r in recs:
                 try:
                     rec = AckRecord.from_json(r.value)
-                except (ValueError, TypeError, KeyError):
+                except Exception:
                     continue
                 st.apply_ack(rec)
 
 
+async def _send_until_sent(st: _State, topic: str, key: str, value: bytes) -> bool:
+    """Send, retrying with backoff until it lands; False only when stopping first."""
+    delay = 0.5
+    while not st.stopping.is_set():
+        try:
+            await _send(st, topic, key, value)
+            return True
+        except Exception:
+            log.exception("producing to %s failed; retrying", topic)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 30.0)
+    return False
+
+
 async def _escalate(st: _State, poll_s: float) -> None:
     while not st.stopping.is_set():
-        now_ms = int(time.time() * 1000)
-        for ev in st.tracker.due(now_ms):
-            ev = AlertEvent.from_dict({**ev.to_dict(), "produced_wall_ms": now_ms})
-            await _send(st, st.topics.alerts, ev.patient_id, ev.to_json())
-        st.refresh_gauges()
+        try:
+            now_ms = int(time.time() * 1000)
+            # due() has already moved each alert to its next level: the escalated event
+            # must reach the log (and from there the next contact), so it is retried.
+            for ev in st.tracker.due(now_ms):
+                ev = AlertEvent.from_dict({**ev.to_dict(), "produced_wall_ms": now_ms})
+                if not await _send_until_sent(st, st.topics.alerts, ev.patient_id, ev.to_json()):
+                    return
+            st.refresh_gauges()
+        except Exception:  # never let escalation die silently while delivery goes on
+            log.exception("escalation step failed; continuing")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(st.stopping.wait(), timeout=poll_s)
 

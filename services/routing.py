@@ -299,13 +299,19 @@ def _escalation(v: Any) -> EscalationPolicy:
         return EscalationPolicy()
     d = _map(v, "escalation")
     _unknown(d, {"escalate_after_s", "max_level", "poll_s"}, "escalation")
+    if "escalate_after_s" not in d:  # an escalation block about levels only keeps the default timing
+        return EscalationPolicy(max_level=_level(d), poll_s=_num(d, "poll_s", "escalation", 1.0, 0.01, 60.0))
     after = _map(d.get("escalate_after_s", {}), "escalation.escalate_after_s")
     out: dict[str, float] = {}
     for prio in after:
         if prio not in ("high", "medium", "low"):
             raise RoutingConfigError(f"escalation.escalate_after_s.{prio}", "must be high, medium or low")
         out[str(prio)] = _num(after, prio, "escalation.escalate_after_s", 0.0, 1.0, 86400.0)
+    return EscalationPolicy(MappingProxyType(out), _level(d), _num(d, "poll_s", "escalation", 1.0, 0.01, 60.0))
+
+
+def _level(d: Mapping[str, Any]) -> int:
     level = d.get("max_level", 2)
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 10:
         raise RoutingConfigError("escalation.max_level", f"must be an integer in [0, 10], got {level!r}")
-    return EscalationPolicy(MappingProxyType(out), level, _num(d, "poll_s", "escalation", 1.0, 0.01, 60.0))
+    return level

@@ -139,3 +139,12 @@ def test_bad_yaml_names_file(tmp_path: Path) -> None:
     p.write_text("teams: [unclosed")
     with pytest.raises(RoutingConfigError, match="not valid YAML"):
         load_routing(p)
+
+
+def test_escalation_block_without_timing_keeps_the_default_timing():
+    from services.routing import EscalationPolicy, _escalation
+
+    pol = _escalation({"max_level": 3})
+    assert pol.max_level == 3
+    assert dict(pol.escalate_after_s) == dict(EscalationPolicy().escalate_after_s)
+    assert pol.escalate_after_s["high"] == 120.0
