@@ -107,12 +107,6 @@ class _LazyStates(Mapping[str, S], Generic[S]):
             self._seen[pid] = self._cache.get(pid, raw)
         return self._seen[pid]
 
-    def get(self, pid: str, default: Any = None) -> Any:  # type: ignore[override]
-        try:
-            return self[pid]
-        except KeyError:
-            return default
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._seen)
 
@@ -144,12 +138,6 @@ class _Overlay(Mapping[str, Any]):
         if value is None:
             raise KeyError(pid)
         return value
-
-    def get(self, pid: str, default: Any = None) -> Any:  # type: ignore[override]
-        try:
-            return self[pid]
-        except KeyError:
-            return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._changed)
