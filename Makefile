@@ -15,7 +15,7 @@ help:
 	@echo "make venv        create/update .venv from requirements.lock + pyproject.toml"
 	@echo "make test        venv + Kafka jars, then pytest (the session starts its own broker)"
 	@echo "make demo        venv + Kafka jars, then cardiowatch demo"
-	@echo "make lint        import-linter layer contracts"
+	@echo "make lint        import-linter layer contracts, mypy on the pure stream core"
 	@echo "make broker-start / broker-stop   local Kafka on 127.0.0.1:9092 (deploy/kafka.sh)"
 
 venv:
@@ -43,6 +43,7 @@ demo: venv kafka-jars
 
 lint: venv
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 broker-start: venv kafka-jars
 	$(VENV)/bin/cardiowatch broker start

@@ -306,18 +306,20 @@ class ECGPipeline:
                 if verdict == "redelivered":
                     redelivered += 1
                     continue
-                old = (st.front, st.sample_rate_hz, st.seg_t0_ms, st.pos.last_ts_ms)
+                old_front, old_rate, old_t0 = st.front, st.sample_rate_hz, st.seg_t0_ms
+                old_end = st.pos.last_ts_ms
                 reset = self._advance(st, chunk, m.offset, m.partition, verdict in ("gap", "new_device"))
                 out_states[pid] = st
                 gap = None
-                if reset and old[0] is not None:
+                if reset and old_front is not None and old_rate is not None and old_end is not None:
                     gaps += 1
                     # beats still waiting in the old segment are emitted, not dropped
-                    flushed, _ = self.front_end(old[1]).seg.flush(old[0].seg)
+                    flushed, _ = self.front_end(old_rate).seg.flush(old_front.seg)
                     if flushed:
-                        pending.append(_Pending(st, None, list(flushed), old[2]))
+                        pending.append(_Pending(st, None, list(flushed), old_t0))
                     # nothing ECG-derived may span the hole, nor the new segment's warm-up
-                    gap = (int(old[3]), int(chunk.ts_ms + WARMUP_S * 1000))
+                    gap = (int(old_end), int(chunk.ts_ms + WARMUP_S * 1000))
+                assert st.front is not None  # _advance started a segment if there was none
                 res, st.front = self.front_end(chunk.sample_rate_hz).process(
                     st.front, chunk.samples_mv[0])
                 self._keep_strip(st, res.filtered, chunk)
@@ -342,11 +344,11 @@ class ECGPipeline:
         pending = []
         out_states: dict[str, ECGPatientState] = {}
         for pid, base in states.items():
-            if base is None or base.front is None:
+            if base is None or base.front is None or base.sample_rate_hz is None:
                 continue
             st = self._copy(base)
-            beats, seg = self.front_end(st.sample_rate_hz).seg.flush(st.front.seg)
-            st.front = replace(st.front, seg=seg)
+            beats, seg = self.front_end(base.sample_rate_hz).seg.flush(base.front.seg)
+            st.front = replace(base.front, seg=seg)
             out_states[pid] = st
             pending.append(_Pending(st, None, list(beats), st.seg_t0_ms))
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
@@ -425,7 +427,7 @@ class ECGPipeline:
                 scored.extend(beat_events)
                 ev, st.policy = self.policy.on_beats(st.policy, beat_events)
                 alerts.extend(ev)
-            if q is not None:
+            if q is not None and st.sample_rate_hz is not None:
                 # A long enough stretch without a beat is itself the finding (no beat will
                 # ever arrive for it); judged only up to where detection is complete.
                 seg = self.front_end(st.sample_rate_hz).seg
@@ -505,6 +507,8 @@ class HRScorer:
 
     @property
     def threshold(self) -> float:
+        if self.detector.threshold is None:
+            raise ValueError("the heart-rate detector has no threshold; load a fitted bundle")
         return float(self.detector.threshold)
 
 
@@ -604,17 +608,20 @@ class HRPipeline:
 
         # One model call for every due window of every patient in this batch.
         scores: dict[int, float] = {}
-        due = [i for i, (_, _, w) in enumerate(items) if w is not None]
-        if self.scorer is not None and due:
-            x = np.concatenate([self.scorer.make_window(items[i][2]) for i in due])
+        thr: float | None = None
+        windows = [(i, w) for i, (_, _, w) in enumerate(items) if w is not None]
+        if self.scorer is not None and windows:
+            x = np.concatenate([self.scorer.make_window(w) for _, w in windows])
             sc = np.asarray(self.scorer.detector.score(x), dtype=np.float64)
-            scores = {i: float(v) for i, v in zip(due, sc)}
+            scores = {i: float(v) for (i, _), v in zip(windows, sc)}
+            thr = self.scorer.threshold
 
-        obs, alerts = [], []
+        obs: list[HRObservation] = []
+        alerts: list[AlertEvent] = []
         now = self.clock_ms()
         for i, (st, s, _) in enumerate(items):
             o = HRObservation(st.patient_id, s.device_id, s.ts_ms, s.hr_bpm, s.rr_ms, s.quality,
-                              scores.get(i), self.scorer.threshold if i in scores else None)
+                              scores.get(i), thr if i in scores else None)
             obs.append(o)
             ev, st.policy = self.policy.on_hr(st.policy, o)
             alerts.extend(replace(a, produced_wall_ms=now) for a in ev)

@@ -566,7 +566,7 @@ class AlertPolicy:
             # suppressed: ECG-derived conditions are not raised and pending counters reset
             self._reset_ecg_pending(st)
             return
-        model = {"score": b.score, "threshold": b.threshold, "model_version": b.model_version,
+        model: dict[str, Any] = {"score": b.score, "threshold": b.threshold, "model_version": b.model_version,
                  "signal_quality": b.signal_quality}
 
         # pause from the RR interval; the gap must not overlap an unusable stretch
@@ -659,7 +659,7 @@ class AlertPolicy:
         low, brady, tachy, high = cfg.limits_for(st.patient_id)
         hr = float(obs.hr_bpm)
         sustain_ms = cfg.sustain_s * 1000
-        common = {"signal_quality": obs.quality}
+        common: dict[str, Any] = {"signal_quality": obs.quality}
         hr_step = cfg.update_hr_delta_bpm
 
         # tachycardia: hard limit at once (high), soft limit sustained (medium)
