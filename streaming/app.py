@@ -348,6 +348,29 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             await send_all([], alerts, [])
             for pid, st in changed.items():
                 store(ecg_table, ecg_cache, pid, st, ecg.policy)
+        # Patients seen only on the heart-rate stream (no ECG device) still need the
+        # no-data check; patients with ECG get it once, from the ECG state above.
+        owned_hr = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_hr}
+        async with hr_lock:
+            alerts, changed_hr = [], {}
+            for key, raw_state in list(hr_table.items()):
+                if raw_state is None or ecg_table.get(key) is not None:
+                    continue
+                pid = key.decode(errors="replace")
+                if partition_of(key, cfg.partitions) not in owned_hr:
+                    hr_cache.drop(pid)
+                    continue
+                try:
+                    ev, st = hr.tick(hr_cache.get(pid, raw_state), now_ms)
+                except Exception:
+                    metrics.tick_errors.inc()
+                    log.exception("tick failed for heart-rate patient %s", pid)
+                    continue
+                alerts.extend(ev)
+                changed_hr[pid] = st
+            await send_all([], alerts, [])
+            for pid, st in changed_hr.items():
+                store(hr_table, hr_cache, pid, st, hr.policy)
         try:
             await _update_lag()
         except Exception:

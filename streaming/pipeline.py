@@ -563,6 +563,14 @@ class HRPipeline:
     def new_state(self, patient_id: str) -> HRPatientState:
         return HRPatientState(patient_id=patient_id, policy=self.policy.initial_state(patient_id))
 
+    def tick(self, state: HRPatientState, now_ms: int) -> tuple[list[AlertEvent], HRPatientState]:
+        """Time-driven checks for a patient seen only on the heart-rate stream (a device
+        without ECG): no data from the device. ECG patients are ticked by the ECG core."""
+        st = replace(state, pos=state.pos.copy(), rr_ms=list(state.rr_ms))
+        ev, st.policy = self.policy.on_tick(st.policy, now_ms)
+        now = self.clock_ms()
+        return [replace(a, produced_wall_ms=now) for a in ev], st
+
     def process(self, msgs: Sequence[InMessage],
                 states: Mapping[str, HRPatientState | None]) -> HRBatchResult:
         out: dict[str, HRPatientState] = {}

@@ -258,3 +258,18 @@ def test_oversized_dead_letter_keeps_head_and_digest():
     assert doc["raw_truncated"] is True and doc["raw_size"] == len(raw)
     assert doc["raw_sha256"] == hashlib.sha256(raw).hexdigest()
     assert len(json.dumps(doc)) < 1_000_000  # fits Kafka's default record size
+
+
+def test_heart_rate_only_patient_gets_no_data_after_silence():
+    hr = build_hr_pipeline(None, build_policy(None), clock_ms=lambda: T0)
+    msgs = [InMessage(b"w-1", encode_hr("w-1", "watch", i, T0 + 1000 * i, 70, [850]), 0, i)
+            for i in range(5)]
+    st = hr.process(msgs, {}).states["w-1"]
+    wall = 1_800_000_000_000
+    alerts = []
+    for k in range(8):  # ticks every 5 s of wall time, no new messages
+        ev, st = hr.tick(st, wall + 5000 * k)
+        alerts += ev
+    nd = [a for a in alerts if a.condition == "no_data"]
+    assert len(nd) == 1 and nd[0].category == "technical"
+    assert HRPatientState.from_bytes(st.to_bytes(hr.policy), hr.policy).to_bytes(hr.policy) == st.to_bytes(hr.policy)
