@@ -398,5 +398,4 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         ctype = ";".join(p for p in CONTENT_TYPE_LATEST.split(";") if "charset" not in p)
         return web.bytes(generate_latest(metrics.registry), content_type=ctype.strip())
 
-    app.cardiowatch_tables = (ecg_table, hr_table)  # type: ignore[attr-defined]
     return app
