@@ -184,9 +184,7 @@ def process_safely(core: Any, msgs: list[InMessage], states: Mapping[str, Any],
             r = core.process([m], view)
         except Exception as exc:
             r = core.process([], view)
-            r.dead.append(DeadLetter(stream, "processing_error",  # type: ignore[arg-type]
-                                     f"{type(exc).__name__}: {exc}", m.key, m.value,
-                                     m.partition, m.offset))
+            r.dead.append(DeadLetter.from_error(stream, exc, m))  # type: ignore[arg-type]
         changed.update(r.states)
         results.append(r)
     return _merge_results(results) if results else core.process([], states)

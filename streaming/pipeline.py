@@ -87,6 +87,15 @@ class DeadLetter:
     partition: int
     offset: int
 
+    @classmethod
+    def from_error(cls, stream: Stream, exc: Exception, m: InMessage) -> DeadLetter:
+        """The dead letter for a message that raised: its validation reason, or
+        ``processing_error`` for anything else (a bug must not stop the stream)."""
+        if isinstance(exc, InvalidMessage):
+            return cls(stream, exc.reason, exc.detail, m.key, m.value, m.partition, m.offset)
+        return cls(stream, "processing_error", f"{type(exc).__name__}: {exc}", m.key, m.value,
+                   m.partition, m.offset)
+
     def to_json(self) -> bytes:
         raw = self.raw
         doc: dict[str, Any] = {
@@ -328,11 +337,8 @@ class ECGPipeline:
                 quality.append(q)
                 pending.append(_Pending(st, q, list(res.beats), st.seg_t0_ms, gap))
                 valid += 1
-            except InvalidMessage as exc:
-                dead.append(DeadLetter("ecg", exc.reason, exc.detail, m.key, m.value, m.partition, m.offset))
-            except Exception as exc:  # a bug must not stop the stream: keep the message
-                dead.append(DeadLetter("ecg", "processing_error", f"{type(exc).__name__}: {exc}",
-                                       m.key, m.value, m.partition, m.offset))
+            except Exception as exc:  # invalid input or a bug: keep the message, go on
+                dead.append(DeadLetter.from_error("ecg", exc, m))
 
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
         return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
@@ -608,11 +614,8 @@ class HRPipeline:
                 out[s.patient_id] = st
                 items.append((st, s, win))
                 valid += 1
-            except InvalidMessage as exc:
-                dead.append(DeadLetter("hr", exc.reason, exc.detail, m.key, m.value, m.partition, m.offset))
-            except Exception as exc:  # a bug must not stop the stream: keep the message
-                dead.append(DeadLetter("hr", "processing_error", f"{type(exc).__name__}: {exc}",
-                                       m.key, m.value, m.partition, m.offset))
+            except Exception as exc:  # invalid input or a bug: keep the message, go on
+                dead.append(DeadLetter.from_error("hr", exc, m))
 
         # One model call for every due window of every patient in this batch.
         scores: dict[int, float] = {}
