@@ -5,7 +5,9 @@ to the pure core (:mod:`streaming.pipeline`), send what it returns, then store t
 per-patient state. Ordering inside a batch is what makes restarts safe:
 
 1. scores, alerts and dead letters are sent and their delivery awaited;
-2. only then is each patient's state written to its table (changelog topic);
+2. only then is each patient's state written to its table, and the body waits until
+   those changelog records are delivered too (:class:`ConfirmedTable`: Faust's own
+   flush before a commit can give up early and commit offsets ahead of the state);
 3. only after the batch body returns does Faust ack the offsets for commit.
 
 A worker killed anywhere in between replays from the last committed offset: if the
@@ -42,7 +44,7 @@ from streaming.pipeline import (
     InMessage,
 )
 
-__all__ = ["AppConfig", "create_app", "partition_of", "process_safely"]
+__all__ = ["AppConfig", "ConfirmedTable", "create_app", "partition_of", "process_safely"]
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -115,6 +117,40 @@ class _LazyStates(Mapping[str, S], Generic[S]):
 
 
 SEND_ATTEMPTS = 8  # ~1 min of backoff before a worker that cannot deliver stops hard
+CHANGELOG_TIMEOUT_S = 60.0
+
+
+class ConfirmedTable(faust.Table):
+    """A Faust table whose changelog writes can be awaited.
+
+    Faust flushes its producer before it commits offsets, but that flush gives up as
+    soon as its send buffer makes no progress for 0.1 s
+    (``faust.transport.producer.ProducerBuffer.flush_atmost``). On a busy worker it can
+    therefore commit a batch's offsets while the batch's state records are still in
+    Faust's buffer; killed at that moment, the worker restarts with a state older than
+    its committed offsets, sees a sequence gap and loses what spanned it (a pause that
+    was in progress, for one). :meth:`confirm` waits until every state record written
+    so far is in the broker, so the agent returns (and its offsets become committable)
+    only after that.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(fut)
+        return fut
+
+    async def confirm(self, timeout_s: float = CHANGELOG_TIMEOUT_S) -> int:
+        """Wait until the changelog records written so far are delivered; how many.
+
+        Raises what the delivery raised, or :class:`TimeoutError`."""
+        futs, self._unconfirmed = self._unconfirmed, []
+        if futs:
+            await asyncio.wait_for(asyncio.gather(*futs), timeout_s)
+        return len(futs)
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -216,10 +252,13 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
     ecg_topic = app.topic(cfg.topic_ecg, partitions=cfg.partitions, **raw)
     hr_topic = app.topic(cfg.topic_hr, partitions=cfg.partitions, **raw)
     # bytes key and value types make Faust use the "raw" codec for the changelog.
-    ecg_table = app.Table("ecg-state", default=None, partitions=cfg.partitions,
-                          use_partitioner=True, key_type=bytes, value_type=bytes)
-    hr_table = app.Table("hr-state", default=None, partitions=cfg.partitions,
-                         use_partitioner=True, key_type=bytes, value_type=bytes)
+    def table(name: str) -> ConfirmedTable:
+        t = ConfirmedTable(app, name=name, default=None, partitions=cfg.partitions,
+                           use_partitioner=True, key_type=bytes, value_type=bytes,
+                           beacon=app.tables.beacon)
+        return app.tables.add(t)  # type: ignore[no-any-return]
+
+    ecg_table, hr_table = table("ecg-state"), table("hr-state")
     # The tick timer and the agents both rewrite a patient's state; one lock keeps a
     # batch's read-modify-write from interleaving with a tick's.
     ecg_lock, hr_lock = asyncio.Lock(), asyncio.Lock()
@@ -233,6 +272,20 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         raw = st.to_bytes(policy)
         table[pid.encode()] = raw
         cache.put(pid, raw, st)
+
+    async def confirm_stored(table: ConfirmedTable) -> None:
+        """Return only once the states just stored are in the changelog topic.
+
+        If they cannot be delivered the worker stops hard: the batch's outputs are
+        already out, its offsets are not yet acked, so a restart replays the batch
+        against the previous state and recomputes the same records."""
+        try:
+            await table.confirm()
+        except Exception as exc:
+            metrics.send_failures.inc()
+            log.critical("state of table %s not delivered to its changelog (%r); stopping hard "
+                         "so the batch's offsets stay uncommitted", table.name, exc)
+            os._exit(70)
 
     async def send_all(dead: list[DeadLetter], alerts: list[Any], scores: list[Any]) -> None:
         """Send a batch's outputs and wait until the broker has them all.
@@ -300,6 +353,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                 t = time.perf_counter()
                 for pid, st in res.states.items():
                     store(ecg_table, ecg_cache, pid, st, ecg.policy)
+                await confirm_stored(ecg_table)
                 metrics.stage_latency.labels("store_state").observe(time.perf_counter() - t)
 
     @app.agent(hr_topic)
@@ -318,6 +372,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                 metrics.redelivered.labels("hr").inc(res.redelivered)
                 for pid, st in res.states.items():
                     store(hr_table, hr_cache, pid, st, hr.policy)
+                await confirm_stored(hr_table)
 
     @app.timer(interval=cfg.tick_interval_s)
     async def tick() -> None:
@@ -346,6 +401,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             await send_all([], alerts, [])
             for pid, st in changed.items():
                 store(ecg_table, ecg_cache, pid, st, ecg.policy)
+            await confirm_stored(ecg_table)
         # Patients seen only on the heart-rate stream (no ECG device) still need the
         # no-data check; patients with ECG get it once, from the ECG state above.
         owned_hr = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_hr}
@@ -369,6 +425,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             await send_all([], alerts, [])
             for pid, st in changed_hr.items():
                 store(hr_table, hr_cache, pid, st, hr.policy)
+            await confirm_stored(hr_table)
         try:
             await _update_lag()
         except Exception:

@@ -31,6 +31,7 @@ class WorkerProcess:
     partitions: int = 4
     proc: subprocess.Popen | None = None
     port: int = 0
+    extra_env: dict[str, str] | None = None
 
     def env(self) -> dict[str, str]:
         t = self.topics
@@ -41,7 +42,7 @@ class WorkerProcess:
             CARDIOWATCH_TOPIC_ALERTS_DEADLETTER=t.alerts_deadletter, CARDIOWATCH_TOPIC_ACKS=t.acks,
             CARDIOWATCH_APP_ID=self.app_id, CARDIOWATCH_DATA_DIR=str(self.workdir / "faust"),
             CARDIOWATCH_METRICS_PORT=str(self.port), CARDIOWATCH_BATCH_WITHIN_S="0.1",
-            PYTHONUNBUFFERED="1")
+            PYTHONUNBUFFERED="1", **(self.extra_env or {}))
 
     def start(self, timeout_s: float = 180.0) -> WorkerProcess:
         self.port = free_port()
