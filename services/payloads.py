@@ -1,12 +1,12 @@
-"""Delivery stage: webhook bodies for an alert: native JSON, HL7 FHIR R4B Bundle, Alertmanager.
+"""Delivery stage: webhook bodies for an alert: native JSON, HL7 FHIR R4 Bundle, Alertmanager.
 
 * ``native``: our own JSON (``cardiowatch.webhook/1``) with every field of the alert,
   times both as ISO-8601 UTC and epoch milliseconds.
 * ``fhir``: a FHIR ``Bundle`` (type ``collection``) holding a ``DetectedIssue`` and its
   supporting ``Observation``s: heart rate (LOINC 8867-4) when the alert carries
   ``details["hr_bpm"]``, and the ECG strip (LOINC 11524-6 "EKG study") as
-  ``valueSampledData`` in mV. Written against FHIR 4.3 (R4B), which is what
-  ``fhir.resources`` 8.x ships next to R5; R4B is wire-compatible with R4 for these
+  ``valueSampledData`` in mV. Valid FHIR R4 (4.0.1; the tests validate it with
+  ``fhirclient``'s R4 models) and R4B (4.3; ``fhir.resources``), which agree for these
   resources.
 * ``alertmanager``: the Prometheus Alertmanager webhook body (``version: "4"``).
 
@@ -100,7 +100,7 @@ def _fmt_decimal(x: float) -> str:
 
 
 def fhir_bundle(event: AlertEvent) -> dict[str, Any]:
-    """FHIR R4B ``Bundle`` (collection): ``DetectedIssue`` plus supporting ``Observation``s."""
+    """FHIR R4 ``Bundle`` (collection): ``DetectedIssue`` plus supporting ``Observation``s."""
     detected = iso_utc(event.detected_ts_ms)
     observations: list[tuple[str, dict[str, Any]]] = []
     hr = event.details.get("hr_bpm") if event.details else None

@@ -1,4 +1,5 @@
-"""Webhook bodies: native JSON, FHIR R4B Bundle (validated by fhir.resources), Alertmanager."""
+"""Webhook bodies: native JSON, FHIR Bundle (validated as R4 by fhirclient and as R4B by
+fhir.resources), Alertmanager."""
 
 from __future__ import annotations
 
@@ -71,6 +72,25 @@ def test_fhir_bundle_validates_with_fhir_resources_r4b() -> None:
     sd = ecg.valueSampledData
     assert float(sd.period) == 4.0 and sd.origin.code == "mV"
     assert len(sd.data.split()) == 500
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_fhir_bundle_validates_against_fhir_r4_structure(strip: bool) -> None:
+    """fhir.resources ships R4B and R5 only; fhirclient's models are generated from FHIR
+    4.0.1 (R4) and, strict, refuse wrong types, unknown elements and missing required ones."""
+    from fhirclient.models.bundle import Bundle as R4Bundle
+    from fhirclient.models.fhirabstractbase import FHIRValidationError
+
+    ev = _event() if strip else _event(strip=None, details={}, action="resolved", revision=3)
+    doc = fhir_bundle(ev)
+    bundle = R4Bundle(doc, strict=True)
+    kinds = [type(e.resource).__name__ for e in bundle.entry]
+    assert kinds == (["DetectedIssue", "Observation", "Observation"] if strip else ["DetectedIssue"])
+    # the same validator refuses a bundle that is not R4
+    broken = fhir_bundle(ev)
+    del broken["entry"][0]["resource"]["status"]
+    with pytest.raises(FHIRValidationError, match="status"):
+        R4Bundle(broken, strict=True)
 
 
 def test_fhir_without_strip_or_hr_and_resolved() -> None:
