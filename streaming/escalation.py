@@ -44,9 +44,8 @@ class EscalationConfig:
         Highest ``escalation_level`` (level 0 is the first notification).
     repeat
         After ``max_level`` is reached, keep sending reminders at ``max_level`` every
-        interval (``details["reminder"]`` counts them). Their ``event_id`` repeats the
-        last escalation's, so the dispatcher must add the reminder number to the
-        delivery id.
+        interval (``details["reminder"]`` counts them, and ``event_id`` ends in it, so
+        each reminder is a new webhook-id for receivers that deduplicate).
     """
 
     escalate_after_s: Mapping[Priority, float | None] = field(default_factory=_default_after)

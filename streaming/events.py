@@ -116,7 +116,11 @@ class AlertEvent:
 
     @property
     def event_id(self) -> str:
-        return f"{self.alert_id}:{self.action}:{self.revision}:{self.escalation_level}"
+        base = f"{self.alert_id}:{self.action}:{self.revision}:{self.escalation_level}"
+        reminder = self.details.get("reminder")
+        # a reminder repeats its escalation's level: without the count, receivers
+        # deduplicating on webhook-id would drop every reminder after the first
+        return f"{base}:r{reminder}" if reminder else base
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -103,6 +103,11 @@ def test_repeat_sends_reminders_at_max_level() -> None:
     assert [e.escalation_level for e in t.due(W0 + 120 * S)] == [1]
     evs = t.due(W0 + 240 * S)
     assert [(e.escalation_level, e.details["reminder"]) for e in evs] == [(1, 1)]
+    evs2 = t.due(W0 + 360 * S)
+    assert [e.details["reminder"] for e in evs2] == [2]
+    # each reminder is a distinct delivery for receivers that deduplicate on webhook-id
+    ids = [e.event_id for e in evs + evs2]
+    assert len(set(ids)) == 2 and ids[0].endswith(":r1") and ids[1].endswith(":r2")
 
 
 def _live_run(t: EscalationTracker) -> list[tuple[AlertEvent, int]]:
