@@ -4,7 +4,7 @@
 (tokens from a YAML/JSON file mapping token to user) and an optional JSON body
 ``{"note": "..."}``; ``GET /v1/alerts?open=true`` lists alerts; ``GET /healthz``.
 Answers 401 (no or bad token), 400 (malformed body), 404 (unknown alert), 409 (already
-resolved). A successful call hands an ack record (``alert_id, action, by, ts_ms,
+resolved or closed). A successful call hands an ack record (``alert_id, action, by, ts_ms,
 note``) to an :class:`AckSink`, which in the dispatcher produces it to the ``acks``
 topic and stops escalation.
 """
@@ -36,7 +36,11 @@ __all__ = [
 ]
 
 AckAction = Literal["ack", "resolve"]
-Status = Literal["open", "acknowledged", "resolved"]
+# open: nobody has acknowledged it; acknowledged: someone has, its condition goes on;
+# closed: acknowledged and its condition is over (a latched alert ends so); resolved: a
+# person closed it for good.
+Status = Literal["open", "acknowledged", "resolved", "closed"]
+FINISHED: frozenset[str] = frozenset({"resolved", "closed"})
 
 
 class TokenFileError(ValueError):
@@ -82,13 +86,40 @@ class AlertState:
 
 
 class AlertBook:
-    """What the ack API and the gauges need to know: each alert's latest status."""
+    """What the ack API and the gauges need to know: each alert's latest status.
 
-    def __init__(self) -> None:
+    Alerts not yet finished are all kept (their number is what is really open); of the
+    finished ones (resolved, or acknowledged with their condition over) only the latest
+    ``max_finished`` are, so a dispatcher running for months stays bounded while a late
+    ack of a recent alert still gets 409 rather than 404."""
+
+    def __init__(self, max_finished: int = 10_000) -> None:
         self._alerts: dict[str, AlertState] = {}
+        self._cleared: set[str] = set()  # condition over, alert still latched
+        self._finished: dict[str, None] = {}  # insertion order = oldest first
+        self.max_finished = max_finished
+
+    def _settle(self, alert_id: str) -> None:
+        st = self._alerts[alert_id]
+        if st.status == "acknowledged" and alert_id in self._cleared:
+            st = self._alerts[alert_id] = replace(st, status="closed")
+        if st.status in FINISHED:
+            self._cleared.discard(alert_id)
+            self._finished.pop(alert_id, None)
+            self._finished[alert_id] = None
+            while len(self._finished) > self.max_finished:
+                oldest = next(iter(self._finished))
+                del self._finished[oldest]
+                self._alerts.pop(oldest, None)
 
     def observe(self, ev: AlertEvent) -> None:
         cur = self._alerts.get(ev.alert_id)
+        if cur is not None and cur.status in FINISHED:
+            return  # finished is final: later events of it (replays, echoes) change nothing
+        if ev.action == "cleared":
+            self._cleared.add(ev.alert_id)
+        elif ev.action in ("raised", "updated"):
+            self._cleared.discard(ev.alert_id)
         if ev.action == "resolved":
             status: Status = "resolved"
         elif ev.action == "cleared":
@@ -103,27 +134,32 @@ class AlertBook:
             ev.alert_id, ev.patient_id, ev.condition, ev.category, ev.priority, status,
             ev.onset_ts_ms, max(ev.escalation_level, cur.escalation_level if cur else 0),
             cur.acknowledged_by if cur else None)
+        self._settle(ev.alert_id)
 
     def apply(self, rec: AckRecord) -> None:
         cur = self._alerts.get(rec.alert_id)
-        if cur is None or cur.status == "resolved":
+        if cur is None or cur.status in FINISHED:
             return
         self._alerts[rec.alert_id] = replace(
             cur, status="resolved" if rec.action == "resolve" else "acknowledged",
             acknowledged_by=cur.acknowledged_by or rec.by)
+        self._settle(rec.alert_id)
+
+    def __len__(self) -> int:
+        return len(self._alerts)
 
     def get(self, alert_id: str) -> AlertState | None:
         return self._alerts.get(alert_id)
 
     def alerts(self, open_only: bool = False) -> list[AlertState]:
-        return [a for a in self._alerts.values() if not open_only or a.status != "resolved"]
+        return [a for a in self._alerts.values() if not open_only or a.status not in FINISHED]
 
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(open, unacknowledged) counts by priority."""
         open_: dict[str, int] = {p: 0 for p in ("high", "medium", "low")}
         unack = dict(open_)
         for a in self._alerts.values():
-            if a.status != "resolved":
+            if a.status not in FINISHED:
                 open_[a.priority] = open_.get(a.priority, 0) + 1
             if a.status == "open":
                 unack[a.priority] = unack.get(a.priority, 0) + 1
@@ -232,8 +268,8 @@ class AckApi:
         state = self._book.get(alert_id)
         if state is None:
             return _err(404, f"unknown alert {alert_id!r}")
-        if state.status == "resolved":
-            return _err(409, f"alert {alert_id!r} is already resolved")
+        if state.status in FINISHED:
+            return _err(409, f"alert {alert_id!r} is already {state.status}")
         rec = AckRecord(alert_id, action, user, int(time.time() * 1000), note)
         await self._sink.publish(rec)
         return web.json_response({"alert_id": alert_id, "action": action, "by": user,
