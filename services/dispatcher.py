@@ -6,8 +6,13 @@ Guarantees
   yet delivered or dead-lettered, so a killed dispatcher resumes without loss. A
   redelivery carries the same ``webhook-id`` (``AlertEvent.event_id``).
 * Order per patient: one sequential queue per Kafka key (patient id); a failing
-  endpoint holds back only its own patients. Fetching pauses while more than
-  ``max_in_flight`` records are unfinished.
+  endpoint holds back only its own patients.
+* Memory stays bounded without a failing endpoint holding back healthy ones: records
+  waiting behind their patient's earlier alerts keep their bytes in memory only up to
+  ``max_held_bytes`` in all; past that they are *parked* (only topic, partition and
+  offset kept; uncommitted) and read back from the log when their turn comes. Fetching
+  pauses only when ``max_in_flight`` records (a few hundred bytes each once parked)
+  are unfinished.
 * Retries with full-jitter exponential backoff, per-endpoint timeouts, then the failover
   endpoint; when every route fails the event goes to ``alerts_deadletter`` and a
   technical ``delivery_failure`` alert is produced to ``alerts``, routed to the ops
@@ -85,7 +90,8 @@ class EscalationTrackerLike(Protocol):
 class DispatchOptions:
     """Knobs of one dispatcher run (tests shrink them)."""
 
-    max_in_flight: int = 1000
+    max_in_flight: int = 200_000
+    max_held_bytes: int = 64 * 1024 * 1024
     commit_interval_s: float = 0.5
     rebuild_timeout_s: float = 30.0
     rebuild_max_records: int = 1_000_000
@@ -334,6 +340,41 @@ class _Item:
     key: bytes | None
     value: bytes | None
     ts_ms: int  # record timestamp: when the alert was appended to the log
+    parked: bool = False  # value dropped to save memory; read back from the log
+
+
+class _LogFetcher:
+    """Reads parked alert records back from the log by offset (a group-less consumer,
+    so it never joins the dispatcher's group or moves its committed offsets)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+        self._bootstrap, self._timeout_s = bootstrap, timeout_s
+        self._c: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, tp: TopicPartition, offset: int) -> list[Any]:
+        """Records of ``tp`` from ``offset`` on (one fetch's worth, at least one record
+        unless the log no longer reaches ``offset``: then the list starts later)."""
+        async with self._lock:
+            if self._c is None:
+                self._c = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
+                                           enable_auto_commit=False, auto_offset_reset="earliest")
+                await self._c.start()
+            if self._c.assignment() != {tp}:
+                self._c.assign([tp])
+            self._c.seek(tp, offset)
+            deadline = time.monotonic() + self._timeout_s
+            while True:
+                recs = (await self._c.getmany(tp, timeout_ms=500, max_records=500)).get(tp, [])
+                if recs:
+                    return recs
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no record at {tp.topic}[{tp.partition}]@{offset} "
+                                       f"after {self._timeout_s} s")
+
+    async def stop(self) -> None:
+        if self._c is not None:
+            await self._c.stop()
 
 
 @dataclass
@@ -352,6 +393,10 @@ class _State:
     rng: random.Random = field(default_factory=random.Random)
     patient_span_ms: dict[str, tuple[int, int]] = field(default_factory=dict)
     raised: int = 0
+    max_held_bytes: int = 64 * 1024 * 1024  # DispatchOptions.max_held_bytes
+    held_bytes: int = 0
+    parked: dict[tuple[TopicPartition, int], _Item] = field(default_factory=dict)
+    fetcher: _LogFetcher | None = None
 
     @property
     def topics(self) -> Any:
@@ -383,6 +428,7 @@ class _State:
         if observed_ms:
             self.metrics.alerts_per_patient_day.set(self.raised / (observed_ms / 86_400_000))
         self.metrics.in_flight.set(self.offsets.in_flight)
+        self.metrics.held_bytes.set(self.held_bytes)
 
 
 async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
@@ -434,12 +480,44 @@ async def _deadletter_unexpected(st: _State, item: _Item, exc: Exception) -> boo
     return False
 
 
+async def _unpark(st: _State, item: _Item) -> bool:
+    """Read a parked record's bytes back from the log; False only when stopping first.
+
+    A fetch also fills the other parked records it returns (the ones queued behind)."""
+    delay = 0.5
+    while item.parked and not st.stopping.is_set():
+        assert st.fetcher is not None
+        try:
+            recs = await st.fetcher.fetch(item.tp, item.offset)
+        except Exception:
+            log.exception("reading parked %s offset %d back failed; retrying", item.tp, item.offset)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 30.0)
+            continue
+        if recs[0].offset > item.offset:
+            # retention removed it before its turn: say so (the caller dead-letters the
+            # offset with this reason) and keep the patient's later alerts going
+            raise LookupError(f"parked alert record {item.tp.topic}[{item.tp.partition}]@{item.offset} "
+                              f"is no longer in the log (it starts at {recs[0].offset})")
+        for r in recs:
+            other = st.parked.pop((item.tp, r.offset), None)
+            if other is not None:
+                other.value, other.parked = r.value, False
+                st.held_bytes += len(r.value or b"")
+        if item.parked:  # the fetch ended before the offset: ask again
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 30.0)
+    return not item.parked
+
+
 async def _worker(st: _State, key: bytes) -> None:
     q = st.queues[key]
     try:
         while not q.empty() and not st.stopping.is_set():
             item = q.get_nowait()
             try:
+                if item.parked and not await _unpark(st, item):
+                    return
                 await _process(st, item)
             except _Abandon:
                 return
@@ -451,6 +529,8 @@ async def _worker(st: _State, key: bytes) -> None:
                               item.tp, item.offset)
                 if not await _deadletter_unexpected(st, item, exc):
                     return
+            st.held_bytes -= len(item.value or b"")
+            item.value = None
             st.offsets.done(item.tp, item.offset)
     finally:
         if st.workers.get(key) is asyncio.current_task():
@@ -464,6 +544,14 @@ def _enqueue(st: _State, item: _Item) -> None:
     q = st.queues.get(key)
     if q is None:
         q = st.queues[key] = asyncio.Queue()
+    size = len(item.value or b"")
+    must_wait = key in st.workers  # its patient's earlier alerts are still being delivered
+    if must_wait and st.fetcher is not None and st.held_bytes + size > st.max_held_bytes:
+        item.value, item.parked = None, True
+        st.parked[(item.tp, item.offset)] = item
+        st.metrics.parked.inc()
+    else:
+        st.held_bytes += size
     q.put_nowait(item)
     if key not in st.workers:
         st.workers[key] = asyncio.create_task(_worker(st, key), name=f"deliver:{key[:32]!r}")
@@ -499,26 +587,45 @@ async def _rebuild(st: _State, bootstrap: str, opts: DispatchOptions) -> AIOKafk
     """Replay ``alerts`` and ``acks`` into the tracker; return a consumer tailing ``acks``."""
     c, tps = await open_log_reader(bootstrap, [st.topics.alerts, st.topics.acks], opts.rebuild_timeout_s)
     end = await c.end_offsets(tps)
-    records: list[Any] = []
+    # Decoded as they arrive, ECG strips dropped (neither the tracker nor the book keeps
+    # them), then replayed in log-time order across the two topics.
+    records: list[tuple[int, int, AlertEvent | AckRecord]] = []
+    skipped = 0
     deadline = time.monotonic() + opts.rebuild_timeout_s
     while (await log_behind(c, end) and time.monotonic() < deadline
            and len(records) < opts.rebuild_max_records):
         for tp, recs in (await c.getmany(timeout_ms=200, max_records=5000)).items():
-            records += [(r.timestamp, tp.topic, r) for r in recs if r.offset < end[tp]]
-    records.sort(key=lambda x: x[0])
+            for r in recs:
+                if r.offset >= end[tp]:
+                    continue
+                try:
+                    if tp.topic == st.topics.alerts:
+                        item: AlertEvent | AckRecord = AlertEvent.from_json(r.value)
+                        item = AlertEvent.from_dict({**item.to_dict(), "strip": None})
+                    else:
+                        item = AckRecord.from_json(r.value)
+                except (ValueError, TypeError, KeyError):
+                    skipped += 1
+                    continue
+                records.append((r.timestamp, len(records), item))
+    complete = not await log_behind(c, end)
+    records.sort(key=lambda x: (x[0], x[1]))
     n_alerts = n_acks = 0
-    for _, topic, r in records:
-        try:
-            if topic == st.topics.alerts:
-                ev = AlertEvent.from_json(r.value)
-                st.observe(ev, r.timestamp)
-                n_alerts += 1
-            else:
-                st.apply_ack(AckRecord.from_json(r.value))
-                n_acks += 1
-        except (ValueError, TypeError, KeyError):
-            continue
-    log.info("rebuilt escalation state from %d alerts and %d acks", n_alerts, n_acks)
+    for ts, _, item in records:
+        if isinstance(item, AlertEvent):
+            st.observe(item, ts)
+            n_alerts += 1
+        else:
+            st.apply_ack(item)
+            n_acks += 1
+    if complete:
+        log.info("rebuilt escalation state from %d alerts and %d acks (%d undecodable skipped)",
+                 n_alerts, n_acks, skipped)
+    else:
+        log.error("escalation state rebuilt only partly: stopped after %d alerts and %d acks "
+                  "(limits %.0f s, %d records); alerts before that point may neither escalate "
+                  "nor be acknowledgeable", n_alerts, n_acks, opts.rebuild_timeout_s,
+                  opts.rebuild_max_records)
     ack_tps = [tp for tp in tps if tp.topic == st.topics.acks]
     c.unsubscribe()
     c.assign(ack_tps)
@@ -650,7 +757,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
                                 linger_ms=2)
     await producer.start()
     st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
-                metrics, asyncio.Event())
+                metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
+                fetcher=_LogFetcher(bootstrap))
     tasks: list[asyncio.Task[None]] = []
     api: AckApi | None = None
     consumer: AIOKafkaConsumer | None = None
@@ -689,6 +797,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
             await acks_consumer.stop()
         if api is not None:
             await api.stop()
+        if st.fetcher is not None:
+            await st.fetcher.stop()
         await producer.stop()
         if own_poster is not None:
             await own_poster.aclose()
@@ -750,8 +860,10 @@ def main(argv: list[str] | None = None) -> int:
         def ready(api: AckApi | None) -> None:
             print(f"dispatcher ready ack_api={api.url if api else None}", flush=True)
 
+        opts = DispatchOptions(max_in_flight=settings.max_in_flight,
+                               max_held_bytes=settings.held_mib * 1024 * 1024)
         await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
-                             on_ready=ready)
+                             options=opts, on_ready=ready)
 
     asyncio.run(_run())
     return 0

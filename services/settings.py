@@ -160,6 +160,10 @@ class DispatcherSettings:
     ack_port: int = 8088
     ack_tokens_file: Path | None = None
     bind_host: str = "127.0.0.1"
+    # memory bounds: alert bytes held while waiting (past it they are parked as offsets),
+    # and unfinished records before fetching pauses
+    held_mib: int = 64
+    max_in_flight: int = 200_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
@@ -176,6 +180,8 @@ class DispatcherSettings:
             ack_port=_int(env, "CARDIOWATCH_ACK_PORT", cls.ack_port, 0, 65535),
             ack_tokens_file=Path(tokens) if tokens else None,
             bind_host=_get(env, "CARDIOWATCH_DISPATCHER_BIND", cls.bind_host),
+            held_mib=_int(env, "CARDIOWATCH_DISPATCH_HELD_MIB", cls.held_mib, 1, 1_000_000),
+            max_in_flight=_int(env, "CARDIOWATCH_DISPATCH_MAX_IN_FLIGHT", cls.max_in_flight, 1, 100_000_000),
         )
 
 

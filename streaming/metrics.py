@@ -117,3 +117,12 @@ class DispatcherMetrics:
         self.in_flight = Gauge(
             "cardiowatch_dispatch_in_flight_messages",
             "Alert records consumed and not yet delivered or dead-lettered.", registry=registry)
+        self.held_bytes = Gauge(
+            "cardiowatch_dispatch_held_bytes",
+            "Bytes of alert records held in memory while they wait for delivery.",
+            registry=registry)
+        self.parked = Counter(
+            "cardiowatch_dispatch_parked_total",
+            "Alert records that waited behind their patient's earlier alerts with only their "
+            "offset in memory (the held-bytes budget was spent) and were read back from the "
+            "log when their turn came.", registry=registry)

@@ -25,7 +25,7 @@ import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from services.dispatcher import OffsetBook, deliver, log_behind, open_log_reader, run_dispatcher
+from services.dispatcher import DispatchOptions, OffsetBook, deliver, log_behind, open_log_reader, run_dispatcher
 from services.receiver import WebhookReceiver
 from services.routing import RoutingConfig, parse_routing
 from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
@@ -256,6 +256,63 @@ def test_failing_primary_retries_then_fails_over_without_blocking_healthy(
                     "outcome": "failover_delivered", "priority": "high"}) == 6, 5, "outcome metrics")
                 assert m.get_sample_value("cardiowatch_delivery_failovers_total") == 6
             await bad.set_mode("ok")
+
+    _run(go())
+
+
+@pytest.mark.integration
+def test_hung_team_piling_up_is_parked_and_never_holds_back_a_healthy_team(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    """A team endpoint hangs while its patients' alerts pile up. Past the held-bytes
+    budget they wait as offsets only (parked) instead of pausing the consumer, so the
+    healthy team is served at once; when the endpoint recovers, every parked alert is
+    read back from the log and delivered intact, in order per patient."""
+    topics = make_topics(4)
+    patient_retry = {"max_attempts": 100, "base_backoff_s": 0.1, "max_backoff_s": 0.5,
+                     "total_budget_s": 300}
+    budget = 8_000
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET, mode="hang") as bad, WebhookReceiver(SECRET) as healthy:
+            routing = parse_routing({"default_team": "well", "teams": {
+                "sick": {"retry": patient_retry, "routes": {"default": {
+                    "primary": _ep(bad.url, timeout_s=0.3)}}},
+                "well": {"retry": FAST_RETRY, "routes": {"default": {"primary": _ep(healthy.url)}}}},
+                "patients": {f"sick-{j}": "sick" for j in range(4)}})
+            opts = DispatchOptions(max_held_bytes=budget, max_in_flight=5_000)
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing, options=opts) as d:
+                m = d.metrics.registry
+                sick = [_alert(f"sick-{j}", i) for i in range(50) for j in range(4)]
+                await _produce(kafka_broker.bootstrap, topics.alerts, sick)
+                await _until(lambda: (m.get_sample_value("cardiowatch_dispatch_parked_total") or 0) >= 150,
+                             30, "the sick team's backlog to be parked")
+                await _until(lambda: m.get_sample_value("cardiowatch_dispatch_in_flight_messages") == 200,
+                             10, "the in-flight gauge")
+                # what stays in memory: the budget plus the one alert each stuck patient is on
+                biggest = max(len(e.to_json()) for e in sick)
+                assert m.get_sample_value("cardiowatch_dispatch_held_bytes") <= budget + 4 * biggest
+
+                well = [_alert(f"well-{j}", i) for i in range(3) for j in range(5)]
+                await _produce(kafka_broker.bootstrap, topics.alerts, well)
+                await _until(lambda: len(healthy.received) == 15, 10, "healthy deliveries")
+                lat = [a.received_wall_ms - a.body["produced_wall_ms"] for a in healthy.received]
+                assert max(lat) < 1500, lat
+                assert all(v == [0, 1, 2] for v in _in_order(healthy).values())
+                assert not bad.received
+
+                await bad.set_mode("ok")
+                want = {e.event_id: e for e in sick}
+                await _until(lambda: {a.webhook_id for a in bad.received} >= set(want), 90,
+                             "every parked alert after recovery")
+                for a in bad.received:  # the bytes read back are the alert that was produced
+                    ev = want[a.webhook_id]
+                    assert (a.body["alert_id"], a.body["details"]) == (ev.alert_id, ev.details)
+                firsts: dict[str, list[int]] = {}
+                for p, seqs in _in_order(bad).items():  # redeliveries may repeat, never reorder
+                    firsts[p] = [s for i, s in enumerate(seqs) if s not in seqs[:i]]
+                assert firsts == {f"sick-{j}": list(range(50)) for j in range(4)}
+                await _until(lambda: m.get_sample_value("cardiowatch_dispatch_in_flight_messages") == 0,
+                             10, "nothing left in flight")
 
     _run(go())
 
