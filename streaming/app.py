@@ -434,6 +434,8 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
     async def _update_lag() -> None:
         consumer = app.consumer
         for topic in (cfg.topic_ecg, cfg.topic_hr):
+            metrics.assigned_partitions.labels(topic).set(
+                sum(1 for tp in consumer.assignment() if tp.topic == topic))
             lag = 0
             for tp in consumer.assignment():
                 if tp.topic != topic:

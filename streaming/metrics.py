@@ -75,6 +75,10 @@ class WorkerMetrics:
         self.consumer_lag = Gauge(
             "cardiowatch_consumer_lag_messages", "Messages behind the log end, by topic.",
             ["topic"], registry=registry)
+        self.assigned_partitions = Gauge(
+            "cardiowatch_assigned_partitions",
+            "Partitions of each input topic this worker owns now (scale-out and rebalances).",
+            ["topic"], registry=registry)
         self.stage_latency = Histogram(
             "cardiowatch_stage_latency_seconds", "Wall time spent per batch in each stage.",
             ["stage"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),

@@ -46,10 +46,10 @@ def stream_for(patients: dict[str, list[Event]], seconds: int, seed_base: int = 
 
 
 def reference(messages: list[tuple[str, bytes]]):
-    """Beat ids and raised alerts from the same core, in this process."""
+    """Beat ids, raised alerts and the scored beats by id, from the same core in this process."""
     pipe = build_ecg_pipeline(load_ecg_bundle(DEFAULT_MODEL_DIR, "keras"), build_policy(None))
     states: dict = {}
-    ids, alerts = set(), []
+    ids, alerts, beats = set(), [], {}
     offsets: Counter = Counter()
     for i in range(0, len(messages), 64):
         batch = []
@@ -59,8 +59,9 @@ def reference(messages: list[tuple[str, bytes]]):
         r = pipe.process(batch, states)
         states.update(r.states)
         ids |= {s.beat_id for s in r.scored}
+        beats.update({s.beat_id: s for s in r.scored})
         alerts += [a for a in r.alerts if a.action == "raised"]
-    return ids, alerts
+    return ids, alerts, beats
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_malformed_messages_reach_dead_letter_and_valid_chunks_are_all_scored(
     bad = _bad_messages(1000, valid, rng)
     # Duplicates of valid chunks (same seq again) are bad too, and must not disturb state.
     dups = [(pid.encode(), e, "duplicate_seq") for pid, e in valid[30:60:3]]
-    expected_ids, _ = reference(valid)
+    expected_ids, _, _ = reference(valid)
     assert len(expected_ids) > 250
 
     records, bi = [], 0
@@ -196,7 +197,7 @@ def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_
     }
     msgs = stream_for(patients, 150)
     valid = [(pid, e) for pid, e, _ in msgs]
-    expected_ids, expected_alerts = reference(valid)
+    expected_ids, expected_alerts, _ = reference(valid)
     assert {a.patient_id for a in expected_alerts if a.category == "physiological"} >= {"p-0001", "p-0002", "p-0004"}
 
     app_id = f"test-crash-{uuid.uuid4().hex[:8]}"
@@ -223,14 +224,82 @@ def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_
     # a state came back older than the committed offsets.
     gaps = _counter_samples(w2.metrics(), "cardiowatch_sequence_gaps")
     assert gaps.get("stream=ecg", 0) == 0, f"gaps after the restart: {gaps}\n{w2.log_tail()}"
-    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)]
-    raised = [a for a in alerts if a["action"] == "raised"]
+    raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
+    _assert_alerts_kept(expected_alerts, raised, "across the crash")
+
+
+def _assert_alerts_kept(expected_alerts, raised: list[dict], why: str) -> None:
     for a in expected_alerts:
         if a.category != "physiological":
             continue
         near = [r for r in raised if r["patient_id"] == a.patient_id and r["condition"] == a.condition
                 and abs(r["onset_ts_ms"] - a.onset_ts_ms) <= 3000]
-        assert near, f"alert {a.alert_id} lost across the crash; got {[r['alert_id'] for r in raised]}"
+        assert near, f"alert {a.alert_id} lost {why}; got {[r['alert_id'] for r in raised]}"
+
+
+def _metric_value(w: WorkerProcess, name: str, labels: dict[str, str]) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(w.metrics()):
+        for smp in fam.samples:
+            if smp.name == name and smp.labels == labels:
+                return smp.value
+    return 0.0
+
+
+def test_second_worker_takes_over_partitions_with_their_state(kafka_broker, make_topics, worker_factory,
+                                                              tmp_path):
+    """Scale-out: a second worker joins the group mid-stream, takes some partitions and
+    restores their patients' state from the changelog; the result is what one worker
+    alone computes (same beats, same RR context and personal thresholds, same alerts)."""
+    from streaming.app import partition_of
+
+    topics = make_topics(partitions=4)
+    patients = {"p-0001": [Event("vrun", 100, 5)], "p-0002": [Event("pause", 110, 5)],
+                "p-0003": [], "p-0004": [Event("vrun", 120, 4)], "p-0005": [], "p-0006": []}
+    assert len({partition_of(p.encode(), 4) for p in patients}) >= 3
+    msgs = stream_for(patients, 150)
+    valid = [(pid, e) for pid, e, _ in msgs]
+    expected_ids, expected_alerts, expected_beats = reference(valid)
+    assert {a.patient_id for a in expected_alerts if a.category == "physiological"} >= {"p-0001", "p-0002", "p-0004"}
+
+    def records(part):
+        return ([(topics.ecg, pid.encode(), e) for pid, e, _ in part]
+                + [(topics.hr, pid.encode(), h) for pid, _, h in part if h is not None])
+
+    app_id = f"test-scale-{uuid.uuid4().hex[:8]}"
+    env = {"CARDIOWATCH_BATCH_MAX": "64"}
+    a = worker_factory(topics, app_id=app_id, workdir=tmp_path / "a", extra_env=env)
+    half = len(msgs) // 2  # 75 s of every patient: calibrated, before any event
+    produce(kafka_broker.bootstrap, records(msgs[:half]))
+    first_ids = {s.beat_id for s in expected_beats.values() if s.r_ts_ms < T0 + 70_000}
+    read_until(kafka_broker.bootstrap, topics.scores, lambda r: {d["beat_id"] for _, d in r} >= first_ids, 240)
+
+    b = worker_factory(topics, app_id=app_id, workdir=tmp_path / "b", extra_env=env)
+    ecg_parts = {"topic": topics.ecg}
+    deadline = time.monotonic() + 90
+    while _metric_value(b, "cardiowatch_assigned_partitions", ecg_parts) < 1 \
+            or _metric_value(a, "cardiowatch_assigned_partitions", ecg_parts) > 3:
+        assert time.monotonic() < deadline, f"no rebalance onto the second worker\n{b.log_tail()}"
+        time.sleep(1)
+    produce(kafka_broker.bootstrap, records(msgs[half:]))
+    scores = read_until(kafka_broker.bootstrap, topics.scores,
+                        lambda r: {d["beat_id"] for _, d in r} >= expected_ids, 300)
+    got = {d["beat_id"]: d for _, d in scores}
+    assert set(got) == expected_ids
+    assert _metric_value(b, "cardiowatch_messages_in_total", {"stream": "ecg"}) > 0, "second worker idle"
+    # Continuity: a patient restarted from scratch would have a first beat without RR
+    # and the uncalibrated threshold again.
+    no_rr = {i for i, d in got.items() if d["rr_ms"] is None}
+    assert no_rr == {i for i, s in expected_beats.items() if s.rr_ms is None}
+    off = [i for i, d in got.items()
+           if abs(d["threshold"] - expected_beats[i].threshold) > 1e-3 * expected_beats[i].threshold]
+    assert not off, f"{len(off)} beats scored against another threshold, e.g. {off[:3]}"
+    time.sleep(5)
+    raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
+    _assert_alerts_kept(expected_alerts, raised, "across the rebalance")
+    for w in (a, b):
+        assert _metric_value(w, "cardiowatch_sequence_gaps_total", {"stream": "ecg"}) == 0
 
 
 def test_ventricular_run_alerts_near_onset_and_normal_patient_has_none(kafka_broker, make_topics, worker_factory):
