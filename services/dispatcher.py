@@ -704,9 +704,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._c.commit(points)
         for tp in revoked:
             self._st.offsets.drop(tp)
+        self._st.metrics.assigned_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        self._st.metrics.assigned_partitions.set(len(assigned))
 
 
 def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:

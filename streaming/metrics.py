@@ -121,6 +121,10 @@ class DispatcherMetrics:
         self.in_flight = Gauge(
             "cardiowatch_dispatch_in_flight_messages",
             "Alert records consumed and not yet delivered or dead-lettered.", registry=registry)
+        self.assigned_partitions = Gauge(
+            "cardiowatch_dispatch_assigned_partitions",
+            "Partitions of the alerts topic this dispatcher owns now (several dispatchers "
+            "in one group share them).", registry=registry)
         self.held_bytes = Gauge(
             "cardiowatch_dispatch_held_bytes",
             "Bytes of alert records held in memory while they wait for delivery.",

@@ -429,6 +429,53 @@ def test_receiver_down_60s_then_back_gets_everything_in_order(
     _run(go())
 
 
+@pytest.mark.integration
+def test_two_dispatchers_share_the_partitions_and_hand_over_without_loss(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    """Two dispatchers in one group split the alerts topic's partitions; when one stops,
+    the other takes them over from the committed offsets. Every alert arrives, in order
+    per patient (redeliveries carry their original webhook-id)."""
+    topics = make_topics(4)
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as rec:
+            routing = parse_routing({"default_team": "c", "teams": {"c": {"retry": FAST_RETRY, "routes": {
+                "default": {"primary": _ep(rec.url)}}}}})
+            events = [_alert(f"p{j}", i) for i in range(30) for j in range(8)]
+            phases = [events[:80], events[80:160], events[160:]]
+            sent: list[AlertEvent] = []
+
+            async def produce_and_wait(batch: list[AlertEvent]) -> None:
+                sent.extend(batch)
+                await _produce(kafka_broker.bootstrap, topics.alerts, batch)
+                await _until(lambda: {a.webhook_id for a in rec.received} >= {e.event_id for e in sent},
+                             30, f"{len(sent)} deliveries")
+
+            def delivered(d: _Dispatcher) -> float:
+                return sum(d.metrics.registry.get_sample_value("cardiowatch_deliveries_total", {
+                    "outcome": o, "priority": "high"}) or 0 for o in ("delivered", "failover_delivered"))
+
+            def owned(d: _Dispatcher) -> float:
+                return d.metrics.registry.get_sample_value("cardiowatch_dispatch_assigned_partitions") or 0
+
+            d1 = _Dispatcher(kafka_broker.bootstrap, topics, routing)
+            await d1.__aenter__()
+            await produce_and_wait(phases[0])
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d2:
+                await _until(lambda: owned(d2) >= 1 and owned(d1) >= 1 and owned(d1) + owned(d2) == 4,
+                             60, "the partitions to be split between the two")
+                before = delivered(d1), delivered(d2)
+                await produce_and_wait(phases[1])
+                assert delivered(d1) > before[0] and delivered(d2) > before[1], "one dispatcher idle"
+                await d1.__aexit__(None, None, None)
+                await _until(lambda: owned(d2) == 4, 60, "the survivor to own every partition")
+                await produce_and_wait(phases[2])
+            assert _in_order(rec) == {f"p{j}": list(range(30)) for j in range(8)}
+            assert {a.webhook_id for a in rec.received} == {e.event_id for e in events}
+
+    _run(go())
+
+
 def _write_routing(tmp_path: Path, url: str) -> Path:
     p = tmp_path / "routing.yaml"
     p.write_text(yaml.safe_dump({"default_team": "c", "teams": {"c": {

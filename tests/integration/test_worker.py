@@ -222,8 +222,8 @@ def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_
     # The ECG input has no sequence gap (the heart-rate one has, during the pause: the
     # wearable sends no heart rate without beats), so an ECG gap after the restart means
     # a state came back older than the committed offsets.
-    gaps = _counter_samples(w2.metrics(), "cardiowatch_sequence_gaps")
-    assert gaps.get("stream=ecg", 0) == 0, f"gaps after the restart: {gaps}\n{w2.log_tail()}"
+    gaps = _metric_value(w2, "cardiowatch_sequence_gaps_total", {"stream": "ecg"})
+    assert gaps == 0, f"{gaps} ECG gaps after the restart\n{w2.log_tail()}"
     raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
     _assert_alerts_kept(expected_alerts, raised, "across the crash")
 
@@ -318,16 +318,6 @@ def test_ventricular_run_alerts_near_onset_and_normal_patient_has_none(kafka_bro
     assert any(a["condition"] == "ventricular_run" and a["priority"] == "high"
                and abs(a["onset_ts_ms"] - (T0 + 60_000)) <= 5_000 for a in p1), p1
     assert not [a for a in phys if a["patient_id"] == "p-0002"], "false alert on the normal patient"
-
-
-def _counter_samples(exposition: str, name: str) -> dict[str, float]:
-    """A counter's values by label set, read with Prometheus' own parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    fams = [f for f in text_string_to_metric_families(exposition) if f.name == name]
-    assert fams, f"metric {name} not exposed"
-    return {",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
-            for f in fams for s in f.samples if s.name == name + "_total"}
 
 
 def _records_with(folder: Path, names: list[str]) -> list[str]:
