@@ -14,9 +14,12 @@ Guarantees
   pauses only when ``max_in_flight`` records (a few hundred bytes each once parked)
   are unfinished.
 * Retries with full-jitter exponential backoff, per-endpoint timeouts, then the failover
-  endpoint; when every route fails the event goes to ``alerts_deadletter`` and a
-  technical ``delivery_failure`` alert is produced to ``alerts``, routed to the ops
-  team. A failed ``delivery_failure`` alert is only dead-lettered (no loop).
+  endpoint; a per-endpoint circuit breaker (:class:`CircuitBreaker`) sends alerts
+  straight to the failover while their primary keeps failing, instead of each alert
+  paying the primary's retries again. When every route fails the event goes to
+  ``alerts_deadletter`` and a technical ``delivery_failure`` alert is produced to
+  ``alerts``, routed to the ops team. A failed ``delivery_failure`` alert is only
+  dead-lettered (no loop).
 * Escalation: every alert is fed to an ``EscalationTracker``; due escalations are
   produced to ``alerts`` (the audit log) and delivered from there to the route's
   escalation contact for their level. Acks (``acks`` topic or the ack API) stop them.
@@ -53,6 +56,7 @@ from streaming.metrics import DispatcherMetrics
 
 __all__ = [
     "DELIVERY_FAILURE",
+    "CircuitBreaker",
     "DispatchOptions",
     "DeliveryResult",
     "DeliveryTimeout",
@@ -92,6 +96,8 @@ class DispatchOptions:
 
     max_in_flight: int = 200_000
     max_held_bytes: int = 64 * 1024 * 1024
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
     commit_interval_s: float = 0.5
     rebuild_timeout_s: float = 30.0
     rebuild_max_records: int = 1_000_000
@@ -225,9 +231,48 @@ def _endpoints_for(ev: AlertEvent, routing: RoutingConfig) -> tuple[Route, tuple
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
+class CircuitBreaker:
+    """Per-endpoint circuit breaker, shared by every delivery of one dispatcher.
+
+    ``failures`` consecutive retryable failures on an endpoint (timeouts, refused or
+    dropped connections, 5xx, 429; any alerts) open it for ``cooldown_s``. While it is
+    open, a delivery that has another endpoint after it skips it, and one already
+    retrying it stops and fails over at once. The last endpoint of a route is never
+    skipped: its alerts go on retrying as without a breaker, so an outage of every
+    endpoint still ends in the usual retries, then the dead-letter topic. After the
+    cooldown, attempts reach the endpoint again; a success closes it, a failure opens it
+    for another cooldown.
+    """
+
+    def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if failures < 1 or cooldown_s <= 0:
+            raise ValueError(f"breaker needs failures >= 1 and cooldown_s > 0, got {failures}, {cooldown_s}")
+        self.failures, self.cooldown_s, self._clock = failures, cooldown_s, clock
+        self._failed: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+
+    def is_open(self, url: str) -> bool:
+        until = self._open_until.get(url)
+        return until is not None and self._clock() < until
+
+    def record(self, url: str, ok: bool) -> None:
+        if ok:
+            self._failed.pop(url, None)
+            self._open_until.pop(url, None)
+            return
+        n = self._failed[url] = self._failed.get(url, 0) + 1
+        if n >= self.failures:
+            self._open_until[url] = self._clock() + self.cooldown_s
+
+    def open_count(self) -> int:
+        return sum(1 for url in self._open_until if self.is_open(url))
+
+
 async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy, ev: AlertEvent,
                         receiver: str, metrics: DispatcherMetrics, stopping: asyncio.Event,
-                        rng: random.Random) -> tuple[bool, int, list[str]]:
+                        rng: random.Random, breaker: CircuitBreaker | None = None,
+                        can_fail_over: bool = False) -> tuple[bool, int, list[str]]:
     body, ctype = render(ev, ep.format, receiver=receiver)
     started = time.monotonic()
     reasons: list[str] = []
@@ -241,6 +286,8 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
         try:
             status = await client.post(ep.url, body, headers, ep.timeout_s)
             if 200 <= status < 300:
+                if breaker is not None:
+                    breaker.record(ep.url, True)
                 return True, attempt, reasons
             reasons.append(f"{ep.name} attempt {attempt}: HTTP {status}")
             retryable = status >= 500 or status in _RETRYABLE_4XX
@@ -248,6 +295,12 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
             reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
         except DeliveryTransportError as e:
             reasons.append(f"{ep.name} attempt {attempt}: {e}")
+        if retryable and breaker is not None:
+            breaker.record(ep.url, False)
+            if can_fail_over and breaker.is_open(ep.url):
+                reasons.append(f"{ep.name}: circuit open after {breaker.failures} failures in a row; "
+                               f"failing over")
+                break
         if not retryable or attempt == retry.max_attempts:
             break
         sleep_s = rng.uniform(0.0, retry.backoff_cap_s(attempt))  # full jitter
@@ -264,12 +317,14 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
 async def deliver(ev: AlertEvent, routing: RoutingConfig,
                   client: httpx.AsyncClient | WebhookPoster, metrics: DispatcherMetrics,
                   stopping: asyncio.Event | None = None,
-                  rng: random.Random | None = None) -> DeliveryResult:
+                  rng: random.Random | None = None,
+                  breaker: CircuitBreaker | None = None) -> DeliveryResult:
     """Deliver one event along its route: retries, then failover.
 
     ``client`` is an ``httpx.AsyncClient`` (wrapped in :class:`HttpxPoster`) or any
-    :class:`WebhookPoster`. Raises ``_Abandon`` (internal) when ``stopping`` is set
-    during a backoff sleep.
+    :class:`WebhookPoster`. With a ``breaker``, an endpoint it holds open is skipped
+    when another endpoint follows it. Raises ``_Abandon`` (internal) when ``stopping``
+    is set during a backoff sleep.
     """
     client = _as_poster(client)
     stopping = stopping or asyncio.Event()
@@ -281,7 +336,13 @@ async def deliver(ev: AlertEvent, routing: RoutingConfig,
     for i, ep in enumerate(endpoints):
         if i > 0:
             metrics.failovers.inc()
-        ok, n, why = await _try_endpoint(client, ep, route.retry, ev, team, metrics, stopping, rng)
+        can_fail_over = i < len(endpoints) - 1
+        if breaker is not None and can_fail_over and breaker.is_open(ep.url):
+            metrics.circuit_skips.inc()
+            reasons.append(f"{ep.name}: circuit open; skipped")
+            continue
+        ok, n, why = await _try_endpoint(client, ep, route.retry, ev, team, metrics, stopping, rng,
+                                         breaker, can_fail_over)
         attempts += n
         reasons += why
         if ok:
@@ -397,6 +458,7 @@ class _State:
     held_bytes: int = 0
     parked: dict[tuple[TopicPartition, int], _Item] = field(default_factory=dict)
     fetcher: _LogFetcher | None = None
+    breaker: CircuitBreaker | None = None
 
     @property
     def topics(self) -> Any:
@@ -429,6 +491,8 @@ class _State:
             self.metrics.alerts_per_patient_day.set(self.raised / (observed_ms / 86_400_000))
         self.metrics.in_flight.set(self.offsets.in_flight)
         self.metrics.held_bytes.set(self.held_bytes)
+        if self.breaker is not None:
+            self.metrics.circuits_open.set(self.breaker.open_count())
 
 
 async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
@@ -444,7 +508,7 @@ async def _process(st: _State, item: _Item) -> None:
                         errors="replace"), "offset": item.offset, "partition": item.tp.partition}).encode())
         st.metrics.deliveries.labels(outcome="undecodable", priority="unknown").inc()
         return
-    result = await deliver(ev, st.routing, st.client, st.metrics, st.stopping, st.rng)
+    result = await deliver(ev, st.routing, st.client, st.metrics, st.stopping, st.rng, st.breaker)
     now_ms = int(time.time() * 1000)
     if result.outcome == "deadlettered":
         log.warning("all routes failed for %s: %s", ev.event_id, "; ".join(result.reasons[-4:]))
@@ -759,7 +823,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     await producer.start()
     st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
                 metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
-                fetcher=_LogFetcher(bootstrap))
+                fetcher=_LogFetcher(bootstrap),
+                breaker=CircuitBreaker(options.breaker_failures, options.breaker_cooldown_s))
     tasks: list[asyncio.Task[None]] = []
     api: AckApi | None = None
     consumer: AIOKafkaConsumer | None = None
@@ -862,7 +927,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dispatcher ready ack_api={api.url if api else None}", flush=True)
 
         opts = DispatchOptions(max_in_flight=settings.max_in_flight,
-                               max_held_bytes=settings.held_mib * 1024 * 1024)
+                               max_held_bytes=settings.held_mib * 1024 * 1024,
+                               breaker_failures=settings.breaker_failures,
+                               breaker_cooldown_s=settings.breaker_cooldown_s)
         await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
                              options=opts, on_ready=ready)
 

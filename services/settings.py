@@ -164,6 +164,9 @@ class DispatcherSettings:
     # and unfinished records before fetching pauses
     held_mib: int = 64
     max_in_flight: int = 200_000
+    # circuit breaker: failures in a row that open an endpoint, and for how long
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
@@ -182,6 +185,9 @@ class DispatcherSettings:
             bind_host=_get(env, "CARDIOWATCH_DISPATCHER_BIND", cls.bind_host),
             held_mib=_int(env, "CARDIOWATCH_DISPATCH_HELD_MIB", cls.held_mib, 1, 1_000_000),
             max_in_flight=_int(env, "CARDIOWATCH_DISPATCH_MAX_IN_FLIGHT", cls.max_in_flight, 1, 100_000_000),
+            breaker_failures=_int(env, "CARDIOWATCH_DISPATCH_BREAKER_FAILURES", cls.breaker_failures, 1, 1000),
+            breaker_cooldown_s=_float(env, "CARDIOWATCH_DISPATCH_BREAKER_COOLDOWN_S", cls.breaker_cooldown_s,
+                                      0.1, 86_400.0),
         )
 
 

@@ -106,6 +106,13 @@ class DispatcherMetrics:
         self.failovers = Counter(
             "cardiowatch_delivery_failovers_total",
             "Deliveries moved from an endpoint to the next one after it failed.", registry=registry)
+        self.circuit_skips = Counter(
+            "cardiowatch_delivery_circuit_skips_total",
+            "Deliveries sent straight to the next endpoint because the circuit breaker held "
+            "the endpoint before it open.", registry=registry)
+        self.circuits_open = Gauge(
+            "cardiowatch_delivery_circuits_open",
+            "Webhook endpoints the circuit breaker holds open now.", registry=registry)
         self.open_alerts = Gauge(
             "cardiowatch_open_alerts", "Alerts raised and not yet resolved, by priority.",
             ["priority"], registry=registry)

@@ -25,7 +25,15 @@ import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from services.dispatcher import DispatchOptions, OffsetBook, deliver, log_behind, open_log_reader, run_dispatcher
+from services.dispatcher import (
+    CircuitBreaker,
+    DispatchOptions,
+    OffsetBook,
+    deliver,
+    log_behind,
+    open_log_reader,
+    run_dispatcher,
+)
 from services.receiver import WebhookReceiver
 from services.routing import RoutingConfig, parse_routing
 from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
@@ -108,6 +116,64 @@ def test_deliver_retries_then_fails_over_with_same_webhook_id() -> None:
     assert {w for _, w in seen} == {ev.event_id}
     assert m.registry.get_sample_value("cardiowatch_delivery_retries_total") == 2
     assert m.registry.get_sample_value("cardiowatch_delivery_failovers_total") == 1
+
+
+def test_circuit_breaker_sends_alerts_straight_to_failover_while_primary_fails() -> None:
+    hosts: list[str] = []
+    primary_ok = False
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        hosts.append(req.url.host)
+        if req.url.host == "primary.test" and not primary_ok:
+            raise httpx.ConnectError("refused", request=req)
+        return httpx.Response(200)
+
+    now = [1000.0]
+    breaker = CircuitBreaker(failures=2, cooldown_s=30.0, clock=lambda: now[0])
+    m = DispatcherMetrics(CollectorRegistry())
+    five = {**FAST_RETRY, "max_attempts": 5}
+
+    async def send(i: int) -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await deliver(_alert("p1", i), _mock_routing(five), c, m, rng=random.Random(1),
+                                 breaker=breaker)
+
+    # 2 failures in a row open the circuit: this alert fails over after 2 attempts, not 5
+    res = _run(send(1))
+    assert res.outcome == "failover_delivered" and hosts == ["primary.test"] * 2 + ["failover.test"]
+    assert any("circuit open" in r for r in res.reasons)
+    # while open, the next alerts skip the primary entirely
+    hosts.clear()
+    assert _run(send(2)).outcome == "failover_delivered" and hosts == ["failover.test"]
+    assert m.registry.get_sample_value("cardiowatch_delivery_circuit_skips_total") == 1
+    # after the cooldown the primary is tried again; once it answers, the circuit closes
+    now[0] += 31
+    primary_ok = True
+    hosts.clear()
+    assert _run(send(3)).outcome == "delivered" and hosts == ["primary.test"]
+    assert breaker.open_count() == 0
+
+
+def test_circuit_breaker_never_skips_a_routes_last_endpoint() -> None:
+    calls = 0
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503)
+
+    breaker = CircuitBreaker(failures=1, cooldown_s=60.0)
+    routing = parse_routing({"default_team": "t", "teams": {"t": {"retry": {**FAST_RETRY, "max_attempts": 4},
+                             "routes": {"default": {"primary": _ep("http://only.test/h")}}}}})
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await deliver(_alert("p1", 1), routing, c, DispatcherMetrics(CollectorRegistry()),
+                                 rng=random.Random(1), breaker=breaker)
+
+    res = _run(go())
+    # the only endpoint keeps its full retries although the circuit opened at once
+    assert res.outcome == "deadlettered" and calls == 4 and breaker.is_open("http://only.test/h")
 
 
 def test_deliver_4xx_is_not_retried_and_escalation_goes_to_level_contact() -> None:
