@@ -93,6 +93,52 @@ def _run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+class _FakeLog:
+    """Stands in for the dispatcher's log reader: a partition holding ``first``.. on."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last, self.fetches = first, last, 0
+
+    async def fetch(self, tp: TopicPartition, offset: int) -> list[Any]:
+        from types import SimpleNamespace
+
+        self.fetches += 1
+        start = max(offset, self.first)
+        return [SimpleNamespace(offset=o, value=f"alert-{o}".encode()) for o in range(start, self.last + 1)]
+
+
+def _parked_state(log: _FakeLog, offsets: list[int]) -> tuple[Any, list[Any]]:
+    from services.ack_api import AlertBook
+    from services.dispatcher import _Item, _State
+
+    st = _State(None, None, None, None, None, AlertBook(),  # type: ignore[arg-type]
+                DispatcherMetrics(CollectorRegistry()), asyncio.Event(), fetcher=log)  # type: ignore[arg-type]
+    tp = TopicPartition("alerts", 0)
+    items = [_Item(tp, o, b"p1", None, 0, parked=True) for o in offsets]
+    st.parked.update({(tp, it.offset): it for it in items})
+    return st, items
+
+
+def test_unpark_reads_back_a_parked_record_and_the_ones_behind_it() -> None:
+    from services.dispatcher import _unpark
+
+    log = _FakeLog(0, 20)
+    st, items = _parked_state(log, [5, 6, 9])
+    assert _run(_unpark(st, items[0]))
+    # one fetch filled all three (the patient's later alerts come right after it)
+    assert [it.value for it in items] == [b"alert-5", b"alert-6", b"alert-9"]
+    assert not any(it.parked for it in items) and not st.parked and log.fetches == 1
+    assert st.held_bytes == sum(len(it.value) for it in items)
+
+
+def test_unpark_names_a_record_that_retention_removed() -> None:
+    from services.dispatcher import _unpark
+
+    st, items = _parked_state(_FakeLog(10, 20), [7])
+    with pytest.raises(LookupError, match=r"alerts\[0\]@7 is no longer in the log \(it starts at 10\)"):
+        _run(_unpark(st, items[0]))
+
+
 def test_deliver_retries_then_fails_over_with_same_webhook_id() -> None:
     seen: list[tuple[str, str]] = []
 
