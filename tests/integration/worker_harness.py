@@ -35,14 +35,15 @@ class WorkerProcess:
 
     def env(self) -> dict[str, str]:
         t = self.topics
-        return dict(
+        env = dict(
             os.environ, CARDIOWATCH_BOOTSTRAP=self.bootstrap, CARDIOWATCH_PARTITIONS=str(self.partitions),
             CARDIOWATCH_TOPIC_ECG=t.ecg, CARDIOWATCH_TOPIC_HR=t.hr, CARDIOWATCH_TOPIC_SCORES=t.scores,
             CARDIOWATCH_TOPIC_ALERTS=t.alerts, CARDIOWATCH_TOPIC_DEADLETTER=t.deadletter,
             CARDIOWATCH_TOPIC_ALERTS_DEADLETTER=t.alerts_deadletter, CARDIOWATCH_TOPIC_ACKS=t.acks,
             CARDIOWATCH_APP_ID=self.app_id, CARDIOWATCH_DATA_DIR=str(self.workdir / "faust"),
             CARDIOWATCH_METRICS_PORT=str(self.port), CARDIOWATCH_BATCH_WITHIN_S="0.1",
-            PYTHONUNBUFFERED="1", **(self.extra_env or {}))
+            PYTHONUNBUFFERED="1")
+        return {**env, **(self.extra_env or {})}  # a test's own settings win
 
     def start(self, timeout_s: float = 180.0) -> WorkerProcess:
         self.port = free_port()
