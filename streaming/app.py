@@ -374,58 +374,44 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                     store(hr_table, hr_cache, pid, st, hr.policy)
                 await confirm_stored(hr_table)
 
+    async def tick_table(table: ConfirmedTable, cache: _DecodedCache[Any], core: Any, policy: Any,
+                         topic: str, now_ms: int, skip: Any = None) -> None:
+        """Run ``core.tick`` over the table's patients in partitions of ``topic`` this
+        worker owns now (after a rebalance the memory table still holds keys it wrote for
+        partitions another worker took), send the alerts, then store every state (the
+        no-data clock lives in it) and wait for the changelog."""
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+        alerts, changed = [], {}
+        for key, raw_state in list(table.items()):
+            if raw_state is None or (skip is not None and skip(key)):
+                continue
+            pid = key.decode(errors="replace")
+            if partition_of(key, cfg.partitions) not in owned:
+                cache.drop(pid)
+                continue
+            try:
+                ev, st = core.tick(cache.get(pid, raw_state), now_ms)
+            except Exception:  # one bad state must not stop the others, or the app
+                metrics.tick_errors.inc()
+                log.exception("tick failed for patient %s (%s)", pid, topic)
+                continue
+            alerts.extend(ev)
+            changed[pid] = st
+        await send_all([], alerts, [])
+        for pid, st in changed.items():
+            store(table, cache, pid, st, policy)
+        await confirm_stored(table)
+
     @app.timer(interval=cfg.tick_interval_s)
     async def tick() -> None:
-        # Only patients whose partition this worker owns now: after a rebalance the
-        # memory table still holds keys it wrote for partitions another worker took.
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_ecg}
         now_ms = int(time.time() * 1000)
         async with ecg_lock:
-            alerts, changed = [], {}
-            for key, raw_state in list(ecg_table.items()):
-                if raw_state is None:
-                    continue
-                pid = key.decode(errors="replace")
-                if partition_of(key, cfg.partitions) not in owned:
-                    ecg_cache.drop(pid)
-                    continue
-                try:
-                    ev, st = ecg.tick(ecg_cache.get(pid, raw_state), now_ms)
-                except Exception:  # one bad state must not stop the others, or the app
-                    metrics.tick_errors.inc()
-                    log.exception("tick failed for patient %s", pid)
-                    continue
-                alerts.extend(ev)
-                # Stored even without alerts: the no-data clock lives in the state.
-                changed[pid] = st
-            await send_all([], alerts, [])
-            for pid, st in changed.items():
-                store(ecg_table, ecg_cache, pid, st, ecg.policy)
-            await confirm_stored(ecg_table)
+            await tick_table(ecg_table, ecg_cache, ecg, ecg.policy, cfg.topic_ecg, now_ms)
         # Patients seen only on the heart-rate stream (no ECG device) still need the
         # no-data check; patients with ECG get it once, from the ECG state above.
-        owned_hr = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.topic_hr}
         async with hr_lock:
-            alerts, changed_hr = [], {}
-            for key, raw_state in list(hr_table.items()):
-                if raw_state is None or ecg_table.get(key) is not None:
-                    continue
-                pid = key.decode(errors="replace")
-                if partition_of(key, cfg.partitions) not in owned_hr:
-                    hr_cache.drop(pid)
-                    continue
-                try:
-                    ev, st = hr.tick(hr_cache.get(pid, raw_state), now_ms)
-                except Exception:
-                    metrics.tick_errors.inc()
-                    log.exception("tick failed for heart-rate patient %s", pid)
-                    continue
-                alerts.extend(ev)
-                changed_hr[pid] = st
-            await send_all([], alerts, [])
-            for pid, st in changed_hr.items():
-                store(hr_table, hr_cache, pid, st, hr.policy)
-            await confirm_stored(hr_table)
+            await tick_table(hr_table, hr_cache, hr, hr.policy, cfg.topic_hr, now_ms,
+                             skip=lambda key: ecg_table.get(key) is not None)
         try:
             await _update_lag()
         except Exception:
