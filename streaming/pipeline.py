@@ -229,6 +229,28 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class GapNote:
+    """Where a device stream broke: enough to tell a device that dropped data (the
+    sequence jumps between consecutive offsets) from a worker that lost its place (the
+    offsets jump too)."""
+
+    stream: str
+    patient_id: str
+    device_id: str
+    reason: str  # "seq" (sequence jump), "time" (timestamps apart), "device", "rate"
+    partition: int
+    last_offset: int
+    offset: int
+    last_seq: int | None
+    seq: int
+
+    def describe(self) -> str:
+        return (f"{self.stream} stream of patient {self.patient_id} (device {self.device_id}) broke "
+                f"({self.reason}): seq {self.last_seq} -> {self.seq}, partition {self.partition} "
+                f"offset {self.last_offset} -> {self.offset}")
+
+
+@dataclass(frozen=True, slots=True)
 class ECGBatchResult:
     scored: list[ScoredBeat]
     alerts: list[AlertEvent]
@@ -237,10 +259,14 @@ class ECGBatchResult:
     states: dict[str, ECGPatientState]
     valid: int
     redelivered: int
-    gaps: int
+    gap_notes: list[GapNote]
     model_calls: int
     model_batch_sizes: list[int]
     model_seconds: float
+
+    @property
+    def gaps(self) -> int:
+        return len(self.gap_notes)
 
 
 class ECGPipeline:
@@ -298,7 +324,8 @@ class ECGPipeline:
         dead: list[DeadLetter] = []
         quality: list[QualityObservation] = []
         pending: list[_Pending] = []
-        valid = redelivered = gaps = 0
+        gap_notes: list[GapNote] = []
+        valid = redelivered = 0
 
         for m in msgs:
             try:
@@ -317,11 +344,15 @@ class ECGPipeline:
                     continue
                 old_front, old_rate, old_t0 = st.front, st.sample_rate_hz, st.seg_t0_ms
                 old_end = st.pos.last_ts_ms
+                old_seq, old_offset, old_device = st.pos.last_seq, st.pos.last_offset, st.device_id
                 reset = self._advance(st, chunk, m.offset, m.partition, verdict in ("gap", "new_device"))
                 out_states[pid] = st
                 gap = None
                 if reset and old_front is not None and old_rate is not None and old_end is not None:
-                    gaps += 1
+                    why = ("device" if verdict == "new_device" else "seq" if verdict == "gap"
+                           else "rate" if old_rate != chunk.sample_rate_hz else "time")
+                    gap_notes.append(GapNote("ecg", pid, old_device, why, m.partition, old_offset,
+                                             m.offset, old_seq, chunk.seq))
                     # beats still waiting in the old segment are emitted, not dropped
                     flushed, _ = self.front_end(old_rate).seg.flush(old_front.seg)
                     if flushed:
@@ -342,7 +373,7 @@ class ECGPipeline:
 
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
         return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
-                              gaps, len(sizes), sizes, model_seconds)
+                              gap_notes, len(sizes), sizes, model_seconds)
 
     def flush(self, states: Mapping[str, ECGPatientState]) -> ECGBatchResult:
         """End of a finite stream (a replayed record): emit the beats still waiting for
@@ -358,7 +389,7 @@ class ECGPipeline:
             out_states[pid] = st
             pending.append(_Pending(st, None, list(beats), st.seg_t0_ms))
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
-        return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, 0, len(sizes), sizes,
+        return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, [], len(sizes), sizes,
                               model_seconds)
 
     def _score_and_decide(self, pending: list[_Pending]
@@ -552,8 +583,12 @@ class HRBatchResult:
     states: dict[str, HRPatientState]
     valid: int
     redelivered: int
-    gaps: int
+    gap_notes: list[GapNote]
     windows_scored: int
+
+    @property
+    def gaps(self) -> int:
+        return len(self.gap_notes)
 
 
 class HRPipeline:
@@ -583,7 +618,8 @@ class HRPipeline:
         dead: list[DeadLetter] = []
         # (patient state, sample, RR window to score or None), in message order
         items: list[tuple[HRPatientState, HRSample, np.ndarray | None]] = []
-        valid = redelivered = gaps = 0
+        gap_notes: list[GapNote] = []
+        valid = redelivered = 0
         window = self.scorer.window if self.scorer else 32
         for m in msgs:
             try:
@@ -601,7 +637,10 @@ class HRPipeline:
                     continue
                 if verdict == "new_device":
                     st.rr_ms = []  # another device's beats are not one RR series
-                gaps += int(verdict in ("gap", "new_device"))
+                if verdict in ("gap", "new_device"):
+                    gap_notes.append(GapNote("hr", s.patient_id, st.device_id,
+                                             "seq" if verdict == "gap" else "device", m.partition,
+                                             st.pos.last_offset, m.offset, st.pos.last_seq, s.seq))
                 st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset = s.seq, float(s.ts_ms), m.offset
                 st.pos.last_partition = m.partition
                 st.device_id = st.pos.device_id = s.device_id
@@ -636,4 +675,4 @@ class HRPipeline:
             obs.append(o)
             ev, st.policy = self.policy.on_hr(st.policy, o)
             alerts.extend(replace(a, produced_wall_ms=now) for a in ev)
-        return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gaps, len(scores))
+        return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gap_notes, len(scores))

@@ -178,6 +178,28 @@ def test_hr_bad_messages_are_dead_lettered():
     assert r.valid == 1
 
 
+def test_hr_gap_and_new_device_are_noted():
+    hr = build_hr_pipeline(None, build_policy(None), clock_ms=lambda: T0)
+    msgs = [InMessage(b"p-1", encode_hr("p-1", "d", 0, T0, 70, [850]), 2, 10),
+            InMessage(b"p-1", encode_hr("p-1", "d", 4, T0 + 4000, 70, [850]), 2, 11),
+            InMessage(b"p-1", encode_hr("p-1", "e", 0, T0 + 5000, 70, [850]), 2, 12)]
+    r = hr.process(msgs, {})
+    assert [(g.reason, g.device_id, g.last_seq, g.seq, g.last_offset, g.offset) for g in r.gap_notes] == [
+        ("seq", "d", 0, 4, 10, 11), ("device", "d", 4, 0, 11, 12)]
+    assert r.gaps == 2 and r.valid == 3
+
+
+def test_gap_note_says_where_the_stream_broke(pipe):
+    raw = [e for e, _ in chunks("p-1", 12)]
+    msgs = as_msgs("p-1", raw[:5]) + [InMessage(b"p-1", raw[8], 0, 5)]  # seq 5..7 never sent
+    r1 = pipe.process(msgs[:5], {})
+    r2 = pipe.process(msgs[5:], r1.states)
+    assert r1.gap_notes == []
+    [g] = r2.gap_notes
+    assert (g.reason, g.last_seq, g.seq, g.last_offset, g.offset) == ("seq", 4, 8, 4, 5)
+    assert "seq 4 -> 8" in g.describe() and "offset 4 -> 5" in g.describe()
+
+
 def test_ecg_schema_violation_is_dead_lettered(pipe):
     bad = encode_ecg("p-1", "d", 0, T0, 250, np.zeros((1, 250))).replace(b'"sample_rate_hz":250', b'"sample_rate_hz":9')
     r = pipe.process([InMessage(b"p-1", bad, 3, 17)], {})
