@@ -52,6 +52,7 @@ from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_r
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
 from streaming.events import AlertEvent
+from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
 
 __all__ = [
@@ -404,40 +405,6 @@ class _Item:
     parked: bool = False  # value dropped to save memory; read back from the log
 
 
-class _LogFetcher:
-    """Reads parked alert records back from the log by offset (a group-less consumer,
-    so it never joins the dispatcher's group or moves its committed offsets)."""
-
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
-        self._bootstrap, self._timeout_s = bootstrap, timeout_s
-        self._c: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
-
-    async def fetch(self, tp: TopicPartition, offset: int) -> list[Any]:
-        """Records of ``tp`` from ``offset`` on (one fetch's worth, at least one record
-        unless the log no longer reaches ``offset``: then the list starts later)."""
-        async with self._lock:
-            if self._c is None:
-                self._c = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
-                                           enable_auto_commit=False, auto_offset_reset="earliest")
-                await self._c.start()
-            if self._c.assignment() != {tp}:
-                self._c.assign([tp])
-            self._c.seek(tp, offset)
-            deadline = time.monotonic() + self._timeout_s
-            while True:
-                recs = (await self._c.getmany(tp, timeout_ms=500, max_records=500)).get(tp, [])
-                if recs:
-                    return recs
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no record at {tp.topic}[{tp.partition}]@{offset} "
-                                       f"after {self._timeout_s} s")
-
-    async def stop(self) -> None:
-        if self._c is not None:
-            await self._c.stop()
-
-
 @dataclass
 class _State:
     settings: DispatcherSettings
@@ -457,7 +424,7 @@ class _State:
     max_held_bytes: int = 64 * 1024 * 1024  # DispatchOptions.max_held_bytes
     held_bytes: int = 0
     parked: dict[tuple[TopicPartition, int], _Item] = field(default_factory=dict)
-    fetcher: _LogFetcher | None = None
+    fetcher: LogReader | None = None
     breaker: CircuitBreaker | None = None
 
     @property
@@ -823,7 +790,7 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     await producer.start()
     st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
                 metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
-                fetcher=_LogFetcher(bootstrap),
+                fetcher=LogReader(bootstrap),
                 breaker=CircuitBreaker(options.breaker_failures, options.breaker_cooldown_s))
     tasks: list[asyncio.Task[None]] = []
     api: AckApi | None = None
