@@ -1,6 +1,7 @@
 """Faust shell: the app, the ECG and heart-rate agents, the tick timer and ``/metrics``.
 
-Each agent body is a short adapter: take a micro-batch of events, hand the raw records
+Each agent body is a short adapter: take a micro-batch of events, read back from the
+log any offsets Faust skipped (:mod:`streaming.continuity`), hand the raw records
 to the pure core (:mod:`streaming.pipeline`), send what it returns, then store the new
 per-patient state. Ordering inside a batch is what makes restarts safe:
 
@@ -13,7 +14,9 @@ per-patient state. Ordering inside a batch is what makes restarts safe:
 A worker killed anywhere in between replays from the last committed offset: if the
 state had not been written, the replay recomputes the same beats with the same ids
 (receivers dedupe by id); if it had, the core recognises the already-applied offsets
-and skips them. Nothing is lost either way.
+and skips them. Nothing is lost either way. Offsets Faust commits without the agent
+having applied them (it can, see :mod:`streaming.continuity`) are read back after the
+restart, from the position the restored states give.
 
 Tables use ``use_partitioner=True`` with the patient id (the raw topics' key) as key,
 so each state lands in the changelog partition that matches its source partition, even
@@ -34,6 +37,8 @@ from typing import Any, Generic, TypeVar
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streaming.continuity import ContinuityGuard
+from streaming.logread import LogReader
 from streaming.metrics import WorkerMetrics
 from streaming.pipeline import (
     DeadLetter,
@@ -259,6 +264,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         return app.tables.add(t)  # type: ignore[no-any-return]
 
     ecg_table, hr_table = table("ecg-state"), table("hr-state")
+    reader = LogReader(cfg.bootstrap)
     # The tick timer and the agents both rewrite a patient's state; one lock keeps a
     # batch's read-modify-write from interleaving with a tick's.
     ecg_lock, hr_lock = asyncio.Lock(), asyncio.Lock()
@@ -267,6 +273,53 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         lambda b: ECGPatientState.from_bytes(b, ecg.policy))
     hr_cache: _DecodedCache[HRPatientState] = _DecodedCache(
         lambda b: HRPatientState.from_bytes(b, hr.policy))
+
+    def resume_point(table: ConfirmedTable, cache: _DecodedCache[Any], partition: int) -> int | None:
+        """The next offset of ``partition`` to apply, from the patient states held for it."""
+        last = -1
+        for key, raw_state in list(table.items()):
+            if raw_state is None or partition_of(key, cfg.partitions) != partition:
+                continue
+            pos = cache.get(key.decode(errors="replace"), raw_state).pos
+            if pos.last_partition == partition:
+                last = max(last, pos.last_offset)
+        return last + 1 if last >= 0 else None
+
+    def generation() -> int:
+        return int(app.consumer_generation_id or 0)
+
+    ecg_guard = ContinuityGuard(cfg.topic_ecg, reader,
+                                lambda p: resume_point(ecg_table, ecg_cache, p), generation)
+    hr_guard = ContinuityGuard(cfg.topic_hr, reader,
+                               lambda p: resume_point(hr_table, hr_cache, p), generation)
+
+    async def contiguous(guard: ContinuityGuard, msgs: list[InMessage], stream: str) -> list[InMessage]:
+        """``msgs`` with any offsets the consumer skipped read back in front (see
+        :mod:`streaming.continuity`). A hole that cannot be read stops the worker hard:
+        going on would lose what is in it, a restart reads it again."""
+        delay = 0.5
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                before = guard.filled
+                out = await guard.fill(msgs)
+                metrics.read_back.labels(stream).inc(guard.filled - before)
+                return out
+            except Exception as exc:
+                log.warning("reading skipped offsets of the %s stream back failed (attempt %d/%d): %r",
+                            stream, attempt, SEND_ATTEMPTS, exc)
+                if attempt == SEND_ATTEMPTS:
+                    log.critical("cannot read skipped offsets back; stopping hard so that a "
+                                 "restart reads them again")
+                    os._exit(70)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def applied(guard: ContinuityGuard, msgs: list[InMessage]) -> None:
+        """Mark a stored batch applied; records read back are acked in Faust's consumer
+        like the ones it handed out (its commit stops at any offset never acked)."""
+        for p, o in guard.applied(msgs):
+            app.consumer.ack(faust.types.Message(guard.topic, p, o, 0.0, 0, None, None, None, None))
 
     def store(table: Any, cache: _DecodedCache[Any], pid: str, st: Any, policy: Any) -> None:
         raw = st.to_bytes(policy)
@@ -332,6 +385,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                               e.message.offset) for e in events]
             metrics.messages_in.labels("ecg").inc(len(msgs))
             async with ecg_lock:
+                msgs = await contiguous(ecg_guard, msgs, "ecg")
                 t = time.perf_counter()
                 res = process_safely(ecg, msgs, _LazyStates(ecg_table, ecg_cache), "ecg")
                 metrics.stage_latency.labels("ecg_core").observe(time.perf_counter() - t)
@@ -349,11 +403,14 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                     metrics.chunk_to_output.observe(max(0.0, now - (q.ts_ms + q.duration_ms) / 1000.0))
                 metrics.beats_scored.inc(len(res.scored))
                 metrics.gaps.labels("ecg").inc(res.gaps)
+                for g in res.gap_notes:
+                    log.info("gap: %s", g.describe())
                 metrics.redelivered.labels("ecg").inc(res.redelivered)
                 t = time.perf_counter()
                 for pid, st in res.states.items():
                     store(ecg_table, ecg_cache, pid, st, ecg.policy)
                 await confirm_stored(ecg_table)
+                applied(ecg_guard, msgs)
                 metrics.stage_latency.labels("store_state").observe(time.perf_counter() - t)
 
     @app.agent(hr_topic)
@@ -363,16 +420,20 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                               e.message.offset) for e in events]
             metrics.messages_in.labels("hr").inc(len(msgs))
             async with hr_lock:
+                msgs = await contiguous(hr_guard, msgs, "hr")
                 t = time.perf_counter()
                 res = process_safely(hr, msgs, _LazyStates(hr_table, hr_cache), "hr")
                 metrics.stage_latency.labels("hr_core").observe(time.perf_counter() - t)
                 await send_all(res.dead, res.alerts, [])
                 metrics.hr_scored.inc(res.windows_scored)
                 metrics.gaps.labels("hr").inc(res.gaps)
+                for g in res.gap_notes:
+                    log.info("gap: %s", g.describe())
                 metrics.redelivered.labels("hr").inc(res.redelivered)
                 for pid, st in res.states.items():
                     store(hr_table, hr_cache, pid, st, hr.policy)
                 await confirm_stored(hr_table)
+                applied(hr_guard, msgs)
 
     async def tick_table(table: ConfirmedTable, cache: _DecodedCache[Any], core: Any, policy: Any,
                          topic: str, now_ms: int, skip: Any = None) -> None:
@@ -401,6 +462,10 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         for pid, st in changed.items():
             store(table, cache, pid, st, policy)
         await confirm_stored(table)
+
+    @app.on_before_shutdown.connect
+    async def _close_reader(sender: Any, **kwargs: Any) -> None:
+        await reader.stop()
 
     @app.timer(interval=cfg.tick_interval_s)
     async def tick() -> None:

@@ -34,6 +34,10 @@ class WorkerMetrics:
             "cardiowatch_redelivered_messages_total",
             "Messages seen again after a restart and skipped (already in state).",
             ["stream"], registry=registry)
+        self.read_back = Counter(
+            "cardiowatch_records_read_back_total",
+            "Records the consumer skipped over, read back from the log by offset.",
+            ["stream"], registry=registry)
         self.beats_scored = Counter(
             "cardiowatch_beats_scored_total", "Beats scored by the ECG detector.",
             registry=registry)
