@@ -440,7 +440,14 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         """Run ``core.tick`` over the table's patients in partitions of ``topic`` this
         worker owns now (after a rebalance the memory table still holds keys it wrote for
         partitions another worker took), send the alerts, then store every state (the
-        no-data clock lives in it) and wait for the changelog."""
+        no-data clock lives in it) and wait for the changelog.
+
+        Never while a rebalance or a recovery is under way: Faust runs timers then too,
+        and a state read from a half-restored table and written back would overwrite the
+        restored one."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        gen = generation()
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
         alerts, changed = [], {}
         for key, raw_state in list(table.items()):
@@ -459,6 +466,9 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
             alerts.extend(ev)
             changed[pid] = st
         await send_all([], alerts, [])
+        if app.rebalancing or generation() != gen:
+            log.info("a rebalance began during the tick; its states are not stored")
+            return
         for pid, st in changed.items():
             store(table, cache, pid, st, policy)
         await confirm_stored(table)
