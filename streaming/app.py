@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -53,6 +53,7 @@ __all__ = ["AppConfig", "ConfirmedTable", "create_app", "partition_of", "process
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,31 @@ class ConfirmedTable(faust.Table):
         if futs:
             await asyncio.wait_for(asyncio.gather(*futs), timeout_s)
         return len(futs)
+
+
+async def retry_or_stop(step: Callable[[], Awaitable[T]], what: str, why_safe: str,
+                        on_failure: Callable[[], Any] | None = None,
+                        attempts: int = SEND_ATTEMPTS) -> T:
+    """Run ``step`` until it succeeds, backing off 0.5 s, 1 s, 2 s ... 10 s; after
+    ``attempts`` failures stop the process hard (exit status 70).
+
+    For the steps an agent cannot skip: its batch's offsets are acked as soon as the
+    body returns, even by an exception, so giving up would lose the batch. Stopping
+    hard leaves them unacked; ``why_safe`` says what the restart does about it."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return await step()
+        except Exception as exc:  # Kafka errors, timeouts: do the whole step again
+            if on_failure is not None:
+                on_failure()
+            log.warning("%s failed (attempt %d/%d): %r", what, attempt, attempts, exc)
+            if attempt == attempts:
+                log.critical("%s keeps failing; stopping hard so that %s", what, why_safe)
+                os._exit(70)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -297,23 +323,14 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         """``msgs`` with any offsets the consumer skipped read back in front (see
         :mod:`streaming.continuity`). A hole that cannot be read stops the worker hard:
         going on would lose what is in it, a restart reads it again."""
-        delay = 0.5
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            try:
-                before = guard.filled
-                out = await guard.fill(msgs)
-                metrics.read_back.labels(stream).inc(guard.filled - before)
-                return out
-            except Exception as exc:
-                log.warning("reading skipped offsets of the %s stream back failed (attempt %d/%d): %r",
-                            stream, attempt, SEND_ATTEMPTS, exc)
-                if attempt == SEND_ATTEMPTS:
-                    log.critical("cannot read skipped offsets back; stopping hard so that a "
-                                 "restart reads them again")
-                    os._exit(70)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
+        async def read() -> list[InMessage]:
+            before = guard.filled
+            out = await guard.fill(msgs)
+            metrics.read_back.labels(stream).inc(guard.filled - before)
+            return out
+
+        return await retry_or_stop(read, f"reading skipped offsets of the {stream} stream back",
+                                   "a restart reads them again")
 
     def applied(guard: ContinuityGuard, msgs: list[InMessage]) -> None:
         """Mark a stored batch applied; records read back are acked in Faust's consumer
@@ -352,24 +369,16 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         records = [(cfg.topic_deadletter, d.key, d.to_json()) for d in dead]
         records += [(cfg.topic_scores, s.patient_id.encode(), s.to_json()) for s in scores]
         records += [(cfg.topic_alerts, a.patient_id.encode(), a.to_json()) for a in alerts]
-        delay = 0.5
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            try:
-                # Straight to the producer (already-serialised bytes): Faust's topic.send
-                # costs ~1 ms per record, and a batch carries one record per beat.
-                futs = [await app.producer.send(t, k, v, None, None, None) for t, k, v in records]
-                await asyncio.gather(*futs)  # delivered, not just enqueued
-                break
-            except Exception as exc:  # Kafka errors, timeouts: retry the whole batch
-                metrics.send_failures.inc()
-                log.warning("sending %d records failed (attempt %d/%d): %r",
-                            len(records), attempt, SEND_ATTEMPTS, exc)
-                if attempt == SEND_ATTEMPTS:
-                    log.critical("broker unreachable for the batch's outputs; stopping hard so "
-                                 "its offsets stay uncommitted and a restart replays it")
-                    os._exit(70)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def send() -> None:
+            # Straight to the producer (already-serialised bytes): Faust's topic.send
+            # costs ~1 ms per record, and a batch carries one record per beat.
+            futs = [await app.producer.send(t, k, v, None, None, None) for t, k, v in records]
+            await asyncio.gather(*futs)  # delivered, not just enqueued
+
+        await retry_or_stop(send, f"sending {len(records)} records",
+                            "its offsets stay uncommitted and a restart replays the batch",
+                            on_failure=metrics.send_failures.inc)
         for d in dead:
             metrics.invalid.labels(d.stream, d.reason).inc()
         now = time.time()

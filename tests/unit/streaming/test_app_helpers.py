@@ -48,3 +48,52 @@ def test_process_safely_passes_a_healthy_batch_through():
     msgs = [InMessage(b"p-1", encode_hr("p-1", "d", 0, T0, 70, [850]), 0, 0)]
     r = process_safely(hr, msgs, {}, "hr")
     assert r.valid == 1 and not r.dead
+
+
+def test_retry_or_stop_retries_then_returns(monkeypatch):
+    import asyncio
+
+    import streaming.app as app_mod
+
+    slept: list[float] = []
+
+    async def no_sleep(s: float) -> None:
+        slept.append(s)
+
+    monkeypatch.setattr(app_mod.asyncio, "sleep", no_sleep)
+    calls, failures = [], []
+
+    async def step() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("broker away")
+        return "done"
+
+    got = asyncio.run(app_mod.retry_or_stop(step, "step", "nothing is lost",
+                                            on_failure=lambda: failures.append(1)))
+    assert got == "done" and len(calls) == 3 and len(failures) == 2
+    assert slept == [0.5, 1.0]
+
+
+def test_retry_or_stop_stops_the_process_when_the_step_keeps_failing(monkeypatch):
+    import asyncio
+
+    import pytest
+
+    import streaming.app as app_mod
+
+    async def no_sleep(s: float) -> None:
+        return None
+
+    def exit_(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(app_mod.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(app_mod.os, "_exit", exit_)
+
+    async def step() -> None:
+        raise TimeoutError("no broker")
+
+    with pytest.raises(SystemExit) as e:
+        asyncio.run(app_mod.retry_or_stop(step, "step", "a restart replays it", attempts=4))
+    assert e.value.code == 70
