@@ -89,7 +89,8 @@ class Wearable:
     source: BeatSource
     start_ts_ms: int
     chunk_s: float = 1.0
-    seq: int = 0
+    seq: int = 0  # ECG chunks sent
+    hr_seq: int = 0  # heart-rate samples sent: a stream of its own, none without beats
     _t_s: float = 0.0
     _rr_hist: list[float] = field(default_factory=list)
     _last_beat_s: float | None = None
@@ -116,8 +117,9 @@ class Wearable:
         if self._rr_hist and recent:
             hr_bpm = 60000.0 / float(np.median(self._rr_hist[-5:]))
             if 15.0 <= hr_bpm <= 350.0:
-                hr = encode_hr(self.patient_id, self.device_id, self.seq, ts_ms, hr_bpm,
+                hr = encode_hr(self.patient_id, self.device_id, self.hr_seq, ts_ms, hr_bpm,
                                [v for v in rr_ms if 150.0 <= v <= 20000.0])
+                self.hr_seq += 1
         self.seq += 1
         self._t_s = t1
         return ecg, hr
