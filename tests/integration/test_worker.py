@@ -206,17 +206,16 @@ def test_a_record_the_consumer_loses_is_read_back_from_the_log(kafka_broker, mak
     assert f"offsets {drop_at}..{drop_at} of {topics.ecg}[{part}]" in w.log_tail(200_000)
 
 
-@pytest.mark.parametrize("changelog", ["prompt", pytest.param("slow", marks=pytest.mark.stress)])
+@pytest.mark.parametrize("changelog", ["prompt", "slow"])
 def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_topics, worker_factory,
                                                              tmp_path, changelog):
-    """SIGKILL mid-stream, restart: same beats, same alerts. ``slow``: Faust's changelog
-    sends lag (see slow_changelog/sitecustomize.py), so offsets committed ahead of the
-    state would show up as a sequence gap and a lost pause.
+    """SIGKILL mid-stream, restart: same beats, same alerts, no sequence gap. ``slow``:
+    Faust's changelog sends lag (see slow_changelog/sitecustomize.py), so offsets
+    committed ahead of the state would show up as a sequence gap and a lost pause.
 
-    Known issue: ``slow`` still failed once in four CI runs on the current code (two beats
-    of one patient missing right at the restart, as if the restored state were older than
-    the committed offsets), so it runs only with ``-m stress``. The one run made without
-    ConfirmedTable lost a beat the same way."""
+    Both variants failed at times before the worker read back the records Faust drops
+    at a restart (streaming/continuity.py): a beat or two missing, or a gap, right at
+    the restart."""
     topics = make_topics(partitions=4)
     # Small batches: the whole stream is in Kafka before the worker starts, and with the
     # default 512 one batch would carry most of it, leaving little to resume.
