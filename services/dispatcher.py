@@ -37,7 +37,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -492,39 +492,50 @@ async def _process(st: _State, item: _Item) -> None:
     st.observe(ev, item.ts_ms)
 
 
+async def _retry_until_stopping(st: _State, step: Callable[[], Awaitable[bool]], what: str,
+                                fatal: tuple[type[BaseException], ...] = ()) -> bool:
+    """Run ``step`` until it returns True, backing off 0.5 s doubling to 30 s after it
+    raises or returns False; False only when the dispatcher is stopping first.
+
+    Exceptions of the ``fatal`` types are not retried but raised to the caller."""
+    delay = 0.5
+    while not st.stopping.is_set():
+        try:
+            if await step():
+                return True
+        except fatal:
+            raise
+        except Exception:
+            log.exception("%s failed; retrying", what)
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 30.0)
+    return False
+
+
 async def _deadletter_unexpected(st: _State, item: _Item, exc: Exception) -> bool:
     """Keep an alert that could not be processed; False only when stopping first."""
     doc = json.dumps({"reason": f"dispatch_error: {type(exc).__name__}: {exc}",
                       "raw": (item.value or b"").decode(errors="replace"),
                       "offset": item.offset, "partition": item.tp.partition}).encode()
-    delay = 0.5
-    while not st.stopping.is_set():
-        try:
-            await _send(st, st.topics.alerts_deadletter,
-                        (item.key or b"").decode(errors="replace"), doc)
-            st.metrics.deliveries.labels(outcome="dispatch_error", priority="unknown").inc()
-            return True
-        except Exception:
-            log.exception("dead-lettering %s offset %d failed; retrying", item.tp, item.offset)
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 30.0)
-    return False
+
+    async def step() -> bool:
+        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"), doc)
+        st.metrics.deliveries.labels(outcome="dispatch_error", priority="unknown").inc()
+        return True
+
+    return await _retry_until_stopping(st, step, f"dead-lettering {item.tp} offset {item.offset}")
 
 
 async def _unpark(st: _State, item: _Item) -> bool:
     """Read a parked record's bytes back from the log; False only when stopping first.
 
     A fetch also fills the other parked records it returns (the ones queued behind)."""
-    delay = 0.5
-    while item.parked and not st.stopping.is_set():
+    if not item.parked:
+        return True
+
+    async def step() -> bool:
         assert st.fetcher is not None
-        try:
-            recs = await st.fetcher.fetch(item.tp, item.offset)
-        except Exception:
-            log.exception("reading parked %s offset %d back failed; retrying", item.tp, item.offset)
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 30.0)
-            continue
+        recs = await st.fetcher.fetch(item.tp, item.offset)
         if recs[0].offset > item.offset:
             # retention removed it before its turn: say so (the caller dead-letters the
             # offset with this reason) and keep the patient's later alerts going
@@ -535,10 +546,10 @@ async def _unpark(st: _State, item: _Item) -> bool:
             if other is not None:
                 other.value, other.parked = r.value, False
                 st.held_bytes += len(r.value or b"")
-        if item.parked:  # the fetch ended before the offset: ask again
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 30.0)
-    return not item.parked
+        return not item.parked  # False: the fetch ended before the offset, ask again
+
+    return await _retry_until_stopping(st, step, f"reading parked {item.tp} offset {item.offset} back",
+                                       fatal=(LookupError,))
 
 
 async def _worker(st: _State, key: bytes) -> None:
@@ -684,16 +695,12 @@ async def _tail_acks(st: _State, c: AIOKafkaConsumer) -> None:
 
 async def _send_until_sent(st: _State, topic: str, key: str, value: bytes) -> bool:
     """Send, retrying with backoff until it lands; False only when stopping first."""
-    delay = 0.5
-    while not st.stopping.is_set():
-        try:
-            await _send(st, topic, key, value)
-            return True
-        except Exception:
-            log.exception("producing to %s failed; retrying", topic)
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 30.0)
-    return False
+
+    async def step() -> bool:
+        await _send(st, topic, key, value)
+        return True
+
+    return await _retry_until_stopping(st, step, f"producing to {topic}")
 
 
 async def _escalate(st: _State, poll_s: float) -> None:
