@@ -241,8 +241,11 @@ class CircuitBreaker:
     retrying it stops and fails over at once. The last endpoint of a route is never
     skipped: its alerts go on retrying as without a breaker, so an outage of every
     endpoint still ends in the usual retries, then the dead-letter topic. After the
-    cooldown, attempts reach the endpoint again; a success closes it, a failure opens it
-    for another cooldown.
+    cooldown the circuit is half-open: one delivery probes the endpoint while the others
+    that can fail over still skip it, so a recovering receiver is not hit by every
+    waiting alert at once; the probe's success closes the circuit, its failure opens it
+    for another cooldown (a probe that never reports back frees the slot after a
+    cooldown).
     """
 
     def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
@@ -252,12 +255,30 @@ class CircuitBreaker:
         self.failures, self.cooldown_s, self._clock = failures, cooldown_s, clock
         self._failed: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
+        self._probe_since: dict[str, float] = {}
 
     def is_open(self, url: str) -> bool:
+        """Within the cooldown after the circuit opened."""
         until = self._open_until.get(url)
         return until is not None and self._clock() < until
 
+    def should_skip(self, url: str) -> bool:
+        """For a delivery that could fail over: skip ``url``? While open, yes; once
+        half-open, no for the first caller (it becomes the probe), yes for the others
+        until the probe is recorded."""
+        if url not in self._open_until:
+            return False
+        now = self._clock()
+        if now < self._open_until[url]:
+            return True
+        since = self._probe_since.get(url)
+        if since is not None and now - since < self.cooldown_s:
+            return True
+        self._probe_since[url] = now
+        return False
+
     def record(self, url: str, ok: bool) -> None:
+        self._probe_since.pop(url, None)
         if ok:
             self._failed.pop(url, None)
             self._open_until.pop(url, None)
@@ -338,7 +359,7 @@ async def deliver(ev: AlertEvent, routing: RoutingConfig,
         if i > 0:
             metrics.failovers.inc()
         can_fail_over = i < len(endpoints) - 1
-        if breaker is not None and can_fail_over and breaker.is_open(ep.url):
+        if breaker is not None and can_fail_over and breaker.should_skip(ep.url):
             metrics.circuit_skips.inc()
             reasons.append(f"{ep.name}: circuit open; skipped")
             continue

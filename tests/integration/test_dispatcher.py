@@ -200,6 +200,30 @@ def test_circuit_breaker_sends_alerts_straight_to_failover_while_primary_fails()
     assert breaker.open_count() == 0
 
 
+def test_circuit_breaker_half_open_lets_one_probe_through() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failures=1, cooldown_s=10.0, clock=lambda: now[0])
+    u = "http://primary.test/h"
+    assert not b.should_skip(u)
+    b.record(u, False)
+    assert b.should_skip(u) and b.is_open(u)  # open
+    now[0] = 11.0
+    assert not b.should_skip(u)  # half-open: this delivery is the probe
+    assert b.should_skip(u) and b.should_skip(u)  # the others wait for its answer
+    b.record(u, False)  # the probe failed: open for another cooldown
+    assert b.should_skip(u)
+    now[0] = 22.0
+    assert not b.should_skip(u)
+    b.record(u, True)  # the probe got through: closed for everyone
+    assert not b.should_skip(u) and not b.should_skip(u) and b.open_count() == 0
+    # a probe that never reports back frees its slot after a cooldown
+    b.record(u, False)
+    now[0] = 33.0
+    assert not b.should_skip(u) and b.should_skip(u)
+    now[0] = 44.0
+    assert not b.should_skip(u)
+
+
 def test_circuit_breaker_never_skips_a_routes_last_endpoint() -> None:
     calls = 0
 
