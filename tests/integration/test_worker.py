@@ -347,7 +347,8 @@ def test_second_worker_takes_over_partitions_with_their_state(kafka_broker, make
     raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
     _assert_alerts_kept(expected_alerts, raised, "across the rebalance")
     for w in (a, b):
-        assert _metric_value(w, "cardiowatch_sequence_gaps_total", {"stream": "ecg"}) == 0
+        for stream in ("ecg", "hr"):
+            assert _metric_value(w, "cardiowatch_sequence_gaps_total", {"stream": stream}) == 0, stream
 
 
 def test_ventricular_run_alerts_near_onset_and_normal_patient_has_none(kafka_broker, make_topics, worker_factory):
