@@ -314,10 +314,10 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
     def generation() -> int:
         return int(app.consumer_generation_id or 0)
 
-    ecg_guard = ContinuityGuard(cfg.topic_ecg, reader,
-                                lambda p: resume_point(ecg_table, ecg_cache, p), generation)
-    hr_guard = ContinuityGuard(cfg.topic_hr, reader,
-                               lambda p: resume_point(hr_table, hr_cache, p), generation)
+    ecg_guard = ContinuityGuard(cfg.topic_ecg, reader, lambda p: resume_point(ecg_table, ecg_cache, p),
+                                generation, group=app.conf.id)
+    hr_guard = ContinuityGuard(cfg.topic_hr, reader, lambda p: resume_point(hr_table, hr_cache, p),
+                               generation, group=app.conf.id)
 
     async def contiguous(guard: ContinuityGuard, msgs: list[InMessage], stream: str) -> list[InMessage]:
         """``msgs`` with any offsets the consumer skipped read back in front (see

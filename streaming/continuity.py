@@ -17,7 +17,9 @@ back too much is harmless and reading back too little cannot happen.
 
 After a restart or a rebalance the last applied offset of a partition is the highest
 ``last_offset`` among the restored patient states of that partition: the check itself
-keeps applied offsets contiguous, so everything below it was applied.
+keeps applied offsets contiguous, so everything below it was applied. A partition with
+no patient state yet (a fresh start, or only invalid records so far) starts where the
+consumer group does: its committed offset, else the log's first offset.
 """
 
 from __future__ import annotations
@@ -68,15 +70,19 @@ class ContinuityGuard:
         ``await reader.read_range(tp, first, last)`` returns the records of a range.
     resume_point : callable
         ``resume_point(partition)`` gives the next offset to apply according to the
-        restored states, or None when no state says (then the first record seen sets it).
+        restored states, or None when no state says.
     generation : callable
         The consumer group generation; when it changes (a rebalance) every partition's
         position is taken from the states again, since another worker may have moved it.
+    group : str or None
+        The consumer group: where no state says, ``await reader.start_offsets(group,
+        tps)`` gives the group's starting offsets. Without a group the first record seen
+        sets the position.
     """
 
     def __init__(self, topic: str, reader: Any, resume_point: Callable[[int], int | None],
-                 generation: Callable[[], int]) -> None:
-        self.topic, self.reader = topic, reader
+                 generation: Callable[[], int], group: str | None = None) -> None:
+        self.topic, self.reader, self.group = topic, reader, group
         self.resume_point, self.generation = resume_point, generation
         self.expected: dict[int, int] = {}
         self._gen: int | None = None
@@ -90,10 +96,17 @@ class ContinuityGuard:
         if gen != self._gen:
             self.expected.clear()
             self._gen = gen
-        for p in {m.partition for m in msgs} - self.expected.keys():
+        unknown = []
+        for p in sorted({m.partition for m in msgs} - self.expected.keys()):
             r = self.resume_point(p)
             if r is not None:
                 self.expected[p] = r
+            else:
+                unknown.append(p)
+        if unknown and self.group is not None:
+            starts = await self.reader.start_offsets(
+                self.group, [TopicPartition(self.topic, p) for p in unknown])
+            self.expected.update(starts)
         holes = find_holes(self.expected, msgs)
         if not holes:
             return msgs

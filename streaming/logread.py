@@ -15,6 +15,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
+def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The committed offsets of ``group`` on ``topic``'s partitions (none: absent)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        got = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic and m.offset >= 0}
+
+
 class LogReader:
     """A group-less consumer that reads records of one partition from an offset.
 
@@ -72,6 +84,17 @@ class LogReader:
                 out.extend(r for r in recs if first <= r.offset <= last)
                 nxt = max(nxt, recs[-1].offset + 1)
         return out
+
+    async def start_offsets(self, group: str, tps: list[TopicPartition]) -> dict[int, int]:
+        """Where consumer group ``group`` starts reading each of ``tps`` (partitions of one
+        topic), by partition: its committed offset, or the log's first offset where it has
+        none (the worker reads from the earliest offset when nothing is committed)."""
+        if not tps:
+            return {}
+        committed = await asyncio.to_thread(_group_offsets, self._bootstrap, group, tps[0].topic)
+        async with self._lock:
+            first = await (await self._consumer()).beginning_offsets(tps)
+        return {tp.partition: committed.get(tp.partition, first[tp]) for tp in tps}
 
     async def stop(self) -> None:
         if self._c is not None:

@@ -178,11 +178,14 @@ SLOW_CHANGELOG = Path(__file__).parent / "slow_changelog"
 DROP_RECORD = Path(__file__).parent / "drop_record"
 
 
+@pytest.mark.parametrize("drop_at", [25, 0])
 def test_a_record_the_consumer_loses_is_read_back_from_the_log(kafka_broker, make_topics,
-                                                               worker_factory, tmp_path):
+                                                               worker_factory, tmp_path, drop_at):
     """Faust loses one ECG record between fetch and agent (drop_record/sitecustomize.py);
     the worker notices the hole in the offsets, reads the record back from the log and
-    scores every beat, with no sequence gap."""
+    scores every beat, with no sequence gap. ``drop_at=0``: the partition's very first
+    record, before any patient state exists (the position comes from the consumer
+    group's start)."""
     from streaming.app import partition_of
 
     topics = make_topics(partitions=4)
@@ -191,7 +194,6 @@ def test_a_record_the_consumer_loses_is_read_back_from_the_log(kafka_broker, mak
     valid = [(pid, e) for pid, e, _ in msgs]
     expected_ids, _, _ = reference(valid)
     part = partition_of(b"p-0001", 4)
-    drop_at = 25  # a second of ECG, with beats, of a patient on p-0001's partition
     assert sum(1 for pid, _ in valid if partition_of(pid.encode(), 4) == part) > drop_at + 5
     env = {"CARDIOWATCH_BATCH_MAX": "16", "CARDIOWATCH_TEST_DROP": f"{part}:{drop_at}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(DROP_RECORD), os.environ.get("PYTHONPATH")]))}

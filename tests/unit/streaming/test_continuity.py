@@ -55,6 +55,12 @@ class FakeLog:
         self.reads.append((first, last))
         return [self.records[o] for o in range(first, last + 1) if o in self.records]
 
+    async def start_offsets(self, group: str, tps) -> dict[int, int]:
+        self.asked = (group, [tp.partition for tp in tps])
+        return {tp.partition: self.committed.get(tp.partition, 0) for tp in tps}
+
+    committed: dict[int, int] = {}
+
 
 def guard(log: FakeLog, resume: dict[int, int | None], gen: list[int]) -> ContinuityGuard:
     return ContinuityGuard("ecg", log, lambda p: resume.get(p), lambda: gen[0])
@@ -79,7 +85,19 @@ def test_guard_takes_offsets_without_records_as_they_are():
     assert [x.offset for x in out] == [5, 7, 8]
 
 
-def test_guard_without_a_resume_point_trusts_the_first_record():
+def test_guard_without_state_starts_where_the_consumer_group_does():
+    # A fresh start: no patient state yet, so the position is the group's committed
+    # offset (or the log's first), and records dropped before the first one seen are
+    # read back too.
+    log = FakeLog(20)
+    log.committed = {0: 3}
+    g = ContinuityGuard("ecg", log, lambda p: None, lambda: 1, group="app")
+    out = asyncio.run(g.fill([m(0, 6), m(1, 2)]))
+    assert log.asked == ("app", [0, 1])
+    assert [(x.partition, x.offset) for x in out] == [(0, 3), (0, 4), (0, 5), (0, 6), (1, 0), (1, 1), (1, 2)]
+
+
+def test_guard_without_a_resume_point_or_group_trusts_the_first_record():
     log = FakeLog(20)
     g = guard(log, {0: None}, [1])
     assert [x.offset for x in asyncio.run(g.fill([m(0, 12)]))] == [12]
