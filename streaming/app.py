@@ -301,12 +301,18 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         lambda b: HRPatientState.from_bytes(b, hr.policy))
 
     def resume_point(table: ConfirmedTable, cache: _DecodedCache[Any], partition: int) -> int | None:
-        """The next offset of ``partition`` to apply, from the patient states held for it."""
+        """The next offset of ``partition`` to apply, from the patient states held for it.
+        A state that cannot be decoded is left out (that can only lower the result, which
+        reads more back; the core then dead-letters that patient's records as before)."""
         last = -1
         for key, raw_state in list(table.items()):
             if raw_state is None or partition_of(key, cfg.partitions) != partition:
                 continue
-            pos = cache.get(key.decode(errors="replace"), raw_state).pos
+            try:
+                pos = cache.get(key.decode(errors="replace"), raw_state).pos
+            except Exception:
+                log.exception("state of %r cannot be decoded; left out of the resume point", key)
+                continue
             if pos.last_partition == partition:
                 last = max(last, pos.last_offset)
         return last + 1 if last >= 0 else None

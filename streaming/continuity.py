@@ -15,11 +15,14 @@ group-less consumer (:class:`streaming.logread.LogReader`) and put in front of t
 batch; the core skips anything it had already applied (per-patient offsets), so reading
 back too much is harmless and reading back too little cannot happen.
 
-After a restart or a rebalance the last applied offset of a partition is the highest
-``last_offset`` among the restored patient states of that partition: the check itself
-keeps applied offsets contiguous, so everything below it was applied. A partition with
-no patient state yet (a fresh start, or only invalid records so far) starts where the
-consumer group does: its committed offset, else the log's first offset.
+After a restart or a rebalance a partition's position is the lower of two: the consumer
+group's committed offset (else the log's first offset), and the offset after the highest
+``last_offset`` among the restored patient states of that partition. Starting from the
+committed offset matters even when the states are further on: records Faust drops there
+are never acked, and its commits stop at the first offset never acked (they would stay
+frozen until the next rebalance); and a batch killed while its states were half stored
+has patients behind the highest offset. Reading back what was applied already costs a
+fetch; the core skips it.
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ class ContinuityGuard:
         restored states, or None when no state says.
     generation : callable
         The consumer group generation; when it changes (a rebalance) every partition's
-        position is taken from the states again, since another worker may have moved it.
+        position is taken again, since another worker may have moved it.
     group : str or None
-        The consumer group: where no state says, ``await reader.start_offsets(group,
-        tps)`` gives the group's starting offsets. Without a group the first record seen
-        sets the position.
+        The consumer group: ``await reader.start_offsets(group, tps)`` gives where it
+        starts each partition; the position is the lower of that and the states'. Without
+        a group (and without states) the first record seen sets the position.
     """
 
     def __init__(self, topic: str, reader: Any, resume_point: Callable[[int], int | None],
@@ -96,17 +99,16 @@ class ContinuityGuard:
         if gen != self._gen:
             self.expected.clear()
             self._gen = gen
-        unknown = []
-        for p in sorted({m.partition for m in msgs} - self.expected.keys()):
-            r = self.resume_point(p)
-            if r is not None:
-                self.expected[p] = r
-            else:
-                unknown.append(p)
-        if unknown and self.group is not None:
-            starts = await self.reader.start_offsets(
-                self.group, [TopicPartition(self.topic, p) for p in unknown])
-            self.expected.update(starts)
+        new = sorted({m.partition for m in msgs} - self.expected.keys())
+        if new:
+            starts: dict[int, int] = {}
+            if self.group is not None:
+                starts = await self.reader.start_offsets(
+                    self.group, [TopicPartition(self.topic, p) for p in new])
+            for p in new:
+                known = [x for x in (self.resume_point(p), starts.get(p)) if x is not None]
+                if known:
+                    self.expected[p] = min(known)
         holes = find_holes(self.expected, msgs)
         if not holes:
             return msgs
@@ -114,8 +116,10 @@ class ContinuityGuard:
         for p, first, last in holes:
             recs = await self.reader.read_range(TopicPartition(self.topic, p), first, last)
             extra += [InMessage(r.key, r.value, p, r.offset) for r in recs]
-            log.warning("offsets %d..%d of %s[%d] never reached the agent; read %d record(s) "
-                        "back from the log", first, last, self.topic, p, len(recs))
+            # offsets without a record (transaction markers, compaction) are no loss
+            log.log(logging.WARNING if recs else logging.DEBUG,
+                    "offsets %d..%d of %s[%d] never reached the agent; read %d record(s) "
+                    "back from the log", first, last, self.topic, p, len(recs))
         self.filled += len(extra)
         self._read_back += [(m.partition, m.offset) for m in extra]
         return sorted(extra + msgs, key=lambda m: (m.partition, m.offset))

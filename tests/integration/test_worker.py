@@ -203,7 +203,7 @@ def test_a_record_the_consumer_loses_is_read_back_from_the_log(kafka_broker, mak
                         lambda r: {d["beat_id"] for _, d in r} >= expected_ids, 180)
     got_ids = {d["beat_id"] for _, d in scores}
     assert got_ids == expected_ids, f"missing {sorted(expected_ids - got_ids)[:5]}\n{w.log_tail()}"
-    assert _metric_value(w, "cardiowatch_records_read_back_total", {"stream": "ecg"}) == 1
+    assert _metric_value(w, "cardiowatch_records_read_back_total", {"stream": "ecg"}) >= 1
     assert _metric_value(w, "cardiowatch_sequence_gaps_total", {"stream": "ecg"}) == 0
     assert f"offsets {drop_at}..{drop_at} of {topics.ecg}[{part}]" in w.log_tail(200_000)
 

@@ -97,6 +97,29 @@ def test_guard_without_state_starts_where_the_consumer_group_does():
     assert [(x.partition, x.offset) for x in out] == [(0, 3), (0, 4), (0, 5), (0, 6), (1, 0), (1, 1), (1, 2)]
 
 
+def test_guard_starts_at_the_committed_offset_when_the_states_are_further_on():
+    # Killed after storing states up to offset 9 but before committing past 5; at the
+    # restart Faust drops 5..7 from its queue and hands out 8 on. Those were applied
+    # already, but if nobody acks them Faust never commits this partition again: they
+    # are read back (the core skips them) and handed over to be acked.
+    log = FakeLog(20)
+    log.committed = {0: 5}
+    g = ContinuityGuard("ecg", log, lambda p: 10, lambda: 1, group="app")
+    out = asyncio.run(g.fill([m(0, 8), m(0, 9), m(0, 10)]))
+    assert [x.offset for x in out] == [5, 6, 7, 8, 9, 10] and log.reads == [(5, 7)]
+    assert g.applied(out) == [(0, 5), (0, 6), (0, 7)]
+
+
+def test_guard_starts_at_the_states_when_the_commit_is_further_on():
+    # Faust committed past records no state has applied (its gap bookkeeping can):
+    # the states' position wins and the hole up to the first record handed out is read.
+    log = FakeLog(20)
+    log.committed = {0: 12}
+    g = ContinuityGuard("ecg", log, lambda p: 9, lambda: 1, group="app")
+    out = asyncio.run(g.fill([m(0, 12)]))
+    assert [x.offset for x in out] == [9, 10, 11, 12]
+
+
 def test_guard_without_a_resume_point_or_group_trusts_the_first_record():
     log = FakeLog(20)
     g = guard(log, {0: None}, [1])
