@@ -15,8 +15,8 @@ A worker killed anywhere in between replays from the last committed offset: if t
 state had not been written, the replay recomputes the same beats with the same ids
 (receivers dedupe by id); if it had, the core recognises the already-applied offsets
 and skips them. Nothing is lost either way. Offsets Faust commits without the agent
-having applied them (it can, see :mod:`streaming.continuity`) are read back after the
-restart, from the position the restored states give.
+having applied them, or drops at a restart (it can, see :mod:`streaming.continuity`),
+are read back, from the lower of the committed offset and the restored states' position.
 
 Tables use ``use_partitioner=True`` with the patient id (the raw topics' key) as key,
 so each state lands in the changelog partition that matches its source partition, even
@@ -330,9 +330,8 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         :mod:`streaming.continuity`). A hole that cannot be read stops the worker hard:
         going on would lose what is in it, a restart reads it again."""
         async def read() -> list[InMessage]:
-            before = guard.filled
             out = await guard.fill(msgs)
-            metrics.read_back.labels(stream).inc(guard.filled - before)
+            metrics.read_back.labels(stream).inc(len(out) - len(msgs))
             return out
 
         return await retry_or_stop(read, f"reading skipped offsets of the {stream} stream back",

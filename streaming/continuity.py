@@ -89,7 +89,6 @@ class ContinuityGuard:
         self.resume_point, self.generation = resume_point, generation
         self.expected: dict[int, int] = {}
         self._gen: int | None = None
-        self.filled = 0
         self._read_back: list[tuple[int, int]] = []
 
     async def fill(self, msgs: list[InMessage]) -> list[InMessage]:
@@ -120,7 +119,6 @@ class ContinuityGuard:
             log.log(logging.WARNING if recs else logging.DEBUG,
                     "offsets %d..%d of %s[%d] never reached the agent; read %d record(s) "
                     "back from the log", first, last, self.topic, p, len(recs))
-        self.filled += len(extra)
         self._read_back += [(m.partition, m.offset) for m in extra]
         return sorted(extra + msgs, key=lambda m: (m.partition, m.offset))
 
