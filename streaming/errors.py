@@ -12,6 +12,8 @@
         │                         bad_quality, bad_samples_length, bad_units,
         │                         bad_timestamp, bad_seq
         └── SequenceError         duplicate_seq, out_of_order_ts
+    PolicyConfigError             a bad alert-policy setting (also a ValueError)
+    PolicyStateError              a policy state that cannot be loaded (also a ValueError)
 
 Every message names the offending value. ``reason`` is a short, bounded code used as a
 metric label and in the dead-letter record.
@@ -26,6 +28,8 @@ __all__ = [
     "FieldError",
     "ValueOutOfRange",
     "SequenceError",
+    "PolicyConfigError",
+    "PolicyStateError",
     "REASONS",
 ]
 
@@ -66,3 +70,11 @@ class ValueOutOfRange(InvalidMessage):
 
 class SequenceError(InvalidMessage):
     """The message contradicts the device's stream so far (duplicate, out of order)."""
+
+
+class PolicyConfigError(CardiowatchError, ValueError):
+    """An alert-policy setting is missing or has a bad value; the message names the key."""
+
+
+class PolicyStateError(CardiowatchError, ValueError):
+    """A stored per-patient policy state has an unknown version or a broken layout."""

@@ -34,7 +34,7 @@ from models.detector import Detector, Normaliser, make_model_input
 from models.personalise import PatientCalibration
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
-from streaming.policy import AlertPolicy, PatientPolicyState
+from streaming.policy import AlertPolicy
 from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
 
 __all__ = [
@@ -194,7 +194,7 @@ class ECGPatientState:
             "gaps": self.gaps, "beats_scored": self.beats_scored,
         }
         blobs = {
-            "policy": b"" if self.policy is None else self.policy.to_json(),
+            "policy": b"" if self.policy is None else policy.state_to_json(self.policy),
             "front": b"" if self.front is None else self.front.to_bytes(),
             "calibration": self.calibration.to_bytes(),
             "strip": self.strip.astype(np.float32).tobytes(),
@@ -204,7 +204,7 @@ class ECGPatientState:
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> ECGPatientState:
         h, b = _unpack(raw)
-        pstate = PatientPolicyState.from_json(b["policy"]) if b["policy"] else None
+        pstate = policy.state_from_json(b["policy"]) if b["policy"] else None
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
             pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
@@ -563,7 +563,7 @@ class HRPatientState:
                   "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
                   "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
                   "rr_ms": self.rr_ms, "new_rr": self.new_rr}
-        return _pack(header, {"policy": b"" if self.policy is None else self.policy.to_json()})
+        return _pack(header, {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)})
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
@@ -572,7 +572,7 @@ class HRPatientState:
                    _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
                                    h.get("last_partition", -1), h["device_id"]),
                    list(h["rr_ms"]), h["new_rr"],
-                   PatientPolicyState.from_json(b["policy"]) if b["policy"] else None)
+                   policy.state_from_json(b["policy"]) if b["policy"] else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,47 +1,68 @@
 """Alert policy: turns scored beats, heart rate and signal quality into clinical alerts.
 
 The policy is a pure object (no Faust, Kafka, HTTP or Prometheus; no wall clock inside).
-Per-patient state is a plain dataclass that round-trips through JSON (``to_dict`` /
-``from_dict``) so the Faust shell can keep it in a changelogged table. Every ``on_*``
-method returns the alert events it produced and a *new* state; the state passed in is
-never mutated.
+Every ``on_*`` method returns the alert events it produced and a *new* per-patient state;
+the state passed in is never mutated. The state round-trips through one compact JSON pair
+(:meth:`AlertPolicy.state_to_json` / :meth:`AlertPolicy.state_from_json`) so the Faust
+shell can keep it in a changelogged table.
 
-Semantics (IEC 60601-1-8 spirit: say only what matters, never miss a high priority):
+Each condition is one rule object (:mod:`streaming.conditions`) with its settings, its
+per-patient state, its rule and its line in this table; :data:`~streaming.conditions.REGISTRY`
+lists them. Semantics (IEC 60601-1-8 spirit: say only what matters, never miss a high
+priority); a key names the condition's own YAML section unless qualified:
 
 =====================  ==========  ==========================================================
 condition              priority    rule
 =====================  ==========  ==========================================================
-``ventricular_run``    high        >= ``vrun_min_beats`` consecutive flagged beats, each with
-                                   RR < ``vrun_max_rr_ms``
+``ventricular_run``    high        >= ``min_beats`` consecutive flagged beats, each with RR <
+                                   ``max_rr_ms``
 ``pause``              high        a beat with RR >= ``pause_s``, or (tick) no beat for
                                    ``pause_s`` of ECG event time while the signal is good
-``tachycardia``        high        HR above the hard limit ``hr_high_bpm`` (immediately)
-                       medium      HR above ``tachy_bpm`` sustained for ``sustain_s``
-``bradycardia``        high        HR below the hard limit ``hr_low_bpm`` (immediately)
-                       medium      HR below ``brady_bpm`` sustained for ``sustain_s``
-``frequent_ectopy``    medium      >= ``frequent_ectopy_per_min`` flagged beats in 60 s;
-                                   clears below ``frequent_ectopy_clear_per_min``
-``irregular_rhythm``   medium      normalised RMSSD of RR over ``irregular_window_s`` >=
-                                   ``irregular_nrmssd`` (or HR-model score >= its threshold),
-                                   sustained for ``irregular_sustain_s``
-``anomalous_beats``    low         ``ectopy_k`` of the last ``ectopy_n`` beats flagged
+``tachycardia``        high        HR above the hard limit ``hr_limits.hr_high_bpm``
+                                   (immediately)
+                       medium      HR above ``hr_limits.tachy_bpm`` sustained for
+                                   ``sustain_s``
+``bradycardia``        high        HR below the hard limit ``hr_limits.hr_low_bpm``
+                                   (immediately)
+                       medium      HR below ``hr_limits.brady_bpm`` sustained for
+                                   ``sustain_s``
+``frequent_ectopy``    medium      >= ``per_min`` flagged beats in 60 s; clears below
+                                   ``clear_per_min``
+``irregular_rhythm``   medium      normalised RMSSD of RR over ``window_s`` >= ``nrmssd``
+                                   with >= ``min_fraction`` of beat-to-beat changes that
+                                   large (or HR-model score >= its threshold), sustained for
+                                   ``sustain_s``
+``anomalous_beats``    low         ``k`` of the last ``n`` beats flagged (not while
+                                   ventricular_run or frequent_ectopy is open)
 ``lead_off``           medium      technical: lead off for ``lead_off_s``
-``signal_noisy``       low         technical: noisy / low quality for ``noisy_s``
+``signal_noisy``       low         technical: noisy / quality below ``signal.min_quality``
+                                   for ``noisy_s``
 ``no_data``            medium      technical: (tick) event time has not advanced for
                                    ``no_data_s`` of wall time
 =====================  ==========  ==========================================================
 
 Heart-rate limits are clinician limits: they apply beside the models, whatever the model
-scores, and ``PolicyConfig.patient_limits`` overrides them per patient.
+scores; ``hr_limits`` holds the defaults and ``patient_limits`` overrides them per patient.
 
-Alarm-fatigue controls: one open alert per patient and condition; ``updated`` only when
-the priority rises (immediately) or the condition worsens clinically (rate-limited to
-one per ``update_min_interval_s``); hysteresis (a condition clears only after it has been
-absent for ``clear_after_s``; heart-rate conditions must also return ``hr_hysteresis_bpm``
-inside the limit); ``cooldown_s`` after a clear before the same condition re-raises
-(high-priority conditions ignore it unless ``high_ignores_cooldown`` is false); while the
-ECG is unusable (lead off, noisy) ECG-derived conditions are suppressed, their pending
-persistence counters reset, and a technical alert is raised instead.
+Dispatch: an observation (scored beat, heart-rate observation, chunk quality, stream gap,
+tick, or a type added later) updates the patient's shared stream facts, clears an open
+``no_data`` if it is data, then goes to the conditions that consume its type in registry
+order; the events it produces come out in that order. After a beat, heart-rate or
+quality observation, open alerts of its conditions that have been absent long enough
+clear, again in registry order.
+
+Alarm-fatigue controls (the policy's, shared by every condition): one open alert per
+patient and condition; ``updated`` only when the priority rises (immediately) or the
+condition worsens clinically (rate-limited to one per ``alarms.update_min_interval_s``);
+hysteresis (a condition clears only after it has been absent for ``alarms.clear_after_s``,
+technical ones ``alarms.technical_clear_s``; rules hold an open alert while inside their
+band, e.g. heart rate within ``hysteresis_bpm`` of the limit); ``alarms.cooldown_s`` after
+a clear before the same condition re-raises (high-priority conditions ignore it unless
+``alarms.high_ignores_cooldown`` is false); while the ECG is unusable (lead off, noisy,
+stream gap, a beat of low quality) ECG-derived conditions are suppressed, their pending
+state reset, and a technical alert is raised instead (an unusable heart-rate reading does
+the same for heart-rate conditions); a condition's findings are dropped while a condition
+that subsumes it is open.
 
 Alert ids are ``f"{patient_id}:{condition}:{onset_ts_ms}"``: a replay of the same input
 after a crash produces the same ids.
@@ -49,18 +70,32 @@ after a crash produces the same ids.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar, cast
 
 import yaml
 
+from streaming.conditions import (
+    REGISTRY,
+    Condition,
+    Decision,
+    Finding,
+    Hold,
+    RuleContext,
+    Stream,
+    StreamGap,
+    Tick,
+    bounded,
+    check_settings,
+)
+from streaming.errors import PolicyConfigError, PolicyStateError
 from streaming.events import (
     PRIORITY_ORDER,
+    AlertAction,
     AlertEvent,
     Category,
     HRObservation,
@@ -71,68 +106,66 @@ from streaming.events import (
 
 __all__ = [
     "PolicyConfigError",
+    "PolicyStateError",
+    "AlarmSettings",
+    "SignalSettings",
+    "HRLimits",
     "PatientLimits",
     "PolicyConfig",
     "load_policy_config",
+    "OpenAlert",
     "PatientPolicyState",
     "AlertPolicy",
+    "STATE_VERSION",
     "CONDITIONS",
     "HR_CONDITIONS",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 #: Condition name -> category. Priorities are decided per finding (see module docstring).
-CONDITIONS: dict[str, Category] = {
-    "ventricular_run": "physiological",
-    "pause": "physiological",
-    "tachycardia": "physiological",
-    "bradycardia": "physiological",
-    "frequent_ectopy": "physiological",
-    "irregular_rhythm": "physiological",
-    "anomalous_beats": "physiological",
-    "lead_off": "technical",
-    "signal_noisy": "technical",
-    "no_data": "technical",
-}
+CONDITIONS: dict[str, Category] = {c.name: c.category for c in REGISTRY}
+#: Conditions raised from the heart-rate stream.
+HR_CONDITIONS: tuple[str, ...] = tuple(c.name for c in REGISTRY if HRObservation in c.consumes)
 
-_ECG_CONDITIONS = ("ventricular_run", "pause", "frequent_ectopy", "anomalous_beats")
-HR_CONDITIONS = ("tachycardia", "bradycardia", "irregular_rhythm")  # from the heart-rate stream
-_HR_CONDITIONS = HR_CONDITIONS
-_TECH_CONDITIONS = ("lead_off", "signal_noisy")
-# A low-priority anomalous-beats alert says nothing new while one of these is open.
-_SUBSUMES_ANOMALOUS = ("ventricular_run", "frequent_ectopy")
-_ECTOPY_WINDOW_MS = 60_000
+# JSON has no infinity: "never update" is a large finite sentinel
 _NEVER = 1e300
+_SHARED_SECTIONS = ("alarms", "signal", "hr_limits", "patient_limits")
+_STREAMS: tuple[Stream, ...] = ("ecg", "hr")
+
+S = TypeVar("S")
 
 
-class PolicyConfigError(ValueError):
-    """A policy setting is missing or has a bad value; the message names the key."""
+# ---------------------------------------------------------------------------- config
+@dataclass(frozen=True, slots=True)
+class AlarmSettings:
+    """Alarm-fatigue controls shared by every condition (section ``alarms``)."""
+
+    section: ClassVar[str] = "alarms"
+    clear_after_s: float = bounded(30.0, 0.0, 3600.0)  # physiological: absent this long
+    technical_clear_s: float = bounded(5.0, 0.0, 600.0)  # technical: good signal this long
+    cooldown_s: float = bounded(60.0, 0.0, 86_400.0)
+    high_ignores_cooldown: bool = True
+    update_min_interval_s: float = bounded(30.0, 0.0, 3600.0)
+    update_rate_factor: float = bounded(1.5, 1.0, 100.0)
+    update_hr_delta_bpm: float = bounded(10.0, 0.0, 200.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)
-class PatientLimits:
-    """Clinician heart-rate limits for one patient; ``None`` keeps the policy default.
+class SignalSettings:
+    """When a reading is usable (section ``signal``)."""
 
-    Parameters
-    ----------
-    hr_low_bpm, hr_high_bpm
-        Hard limits: crossing one raises a high-priority alert at once.
-    brady_bpm, tachy_bpm
-        Soft limits: crossing one for ``PolicyConfig.sustain_s`` raises a medium alert.
-    """
+    section: ClassVar[str] = "signal"
+    # below this (0..1) a beat, chunk or heart-rate reading is unusable
+    min_quality: float = bounded(0.5, 0.0, 1.0)
+    # heart-rate observations further apart than this break a "sustained" run
+    hr_max_gap_s: float = bounded(10.0, 0.1, 600.0)
 
-    hr_low_bpm: float | None = None
-    hr_high_bpm: float | None = None
-    brady_bpm: float | None = None
-    tachy_bpm: float | None = None
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise PolicyConfigError(f"{name} must be a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise PolicyConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def _check_limit_order(where: str, low: float, brady: float, tachy: float, high: float) -> None:
@@ -143,98 +176,118 @@ def _check_limit_order(where: str, low: float, brady: float, tachy: float, high:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """Alert-policy settings; validated on construction (errors name the field).
+class HRLimits:
+    """Default clinician heart-rate limits (section ``hr_limits``).
 
-    Durations are seconds (``*_s``), heart rates beats per minute (``*_bpm``).
+    Crossing a hard limit (``hr_low_bpm``, ``hr_high_bpm``) raises a high-priority alert
+    at once; a soft limit (``brady_bpm``, ``tachy_bpm``) a medium one once sustained.
     """
 
-    # anomalous beats: k of the last n usable beats flagged -> low
-    ectopy_k: int = 3
-    ectopy_n: int = 8
-    # ventricular run: consecutive flagged beats, each faster than vrun_max_rr_ms -> high
-    vrun_min_beats: int = 3
-    vrun_max_rr_ms: float = 600.0
-    # pause / asystole -> high
-    pause_s: float = 4.0
-    # clinician heart-rate limits (defaults; patient_limits overrides per patient)
-    hr_low_bpm: float = 30.0
-    hr_high_bpm: float = 180.0
-    brady_bpm: float = 50.0
-    tachy_bpm: float = 120.0
-    sustain_s: float = 30.0
-    hr_hysteresis_bpm: float = 5.0
-    # HR observations further apart than this break a "sustained" run
-    sustain_max_gap_s: float = 10.0
-    # frequent ectopy (flagged beats per 60 s) -> medium, with a lower clear threshold
-    frequent_ectopy_per_min: int = 6
-    frequent_ectopy_clear_per_min: int = 3
-    # irregular rhythm from the HR stream -> medium
-    irregular_window_s: float = 60.0
-    irregular_nrmssd: float = 0.12
-    irregular_min_intervals: int = 20
-    # ...and at least this fraction of successive RR differences must each exceed
-    # irregular_nrmssd x mean RR: AF is irregular beat after beat, while a short run or a
-    # few ectopic beats inflate RMSSD through a handful of large jumps only.
-    irregular_min_fraction: float = 0.3
-    irregular_sustain_s: float = 30.0
-    # signal quality: below min_quality (0..1) a beat / chunk / HR reading is unusable
-    min_quality: float = 0.5
-    lead_off_s: float = 3.0
-    noisy_s: float = 10.0
-    no_data_s: float = 30.0
-    technical_clear_s: float = 5.0
-    # alarm-fatigue controls
-    clear_after_s: float = 30.0
-    cooldown_s: float = 60.0
-    high_ignores_cooldown: bool = True
-    update_min_interval_s: float = 30.0
-    update_rate_factor: float = 1.5
-    update_hr_delta_bpm: float = 10.0
-    patient_limits: Mapping[str, PatientLimits] = field(default_factory=dict)
+    section: ClassVar[str] = "hr_limits"
+    hr_low_bpm: float = bounded(30.0, 10.0, 350.0)
+    brady_bpm: float = bounded(50.0, 10.0, 350.0)
+    tachy_bpm: float = bounded(120.0, 10.0, 350.0)
+    hr_high_bpm: float = bounded(180.0, 10.0, 350.0)
 
     def __post_init__(self) -> None:
-        for name in ("ectopy_k", "ectopy_n", "vrun_min_beats", "frequent_ectopy_per_min",
-                     "frequent_ectopy_clear_per_min", "irregular_min_intervals"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000:
-                raise PolicyConfigError(f"{name} must be an integer in [1, 10000], got {v!r}")
-        if self.ectopy_k > self.ectopy_n:
-            raise PolicyConfigError(
-                f"ectopy_k must be <= ectopy_n ({self.ectopy_n}), got {self.ectopy_k}")
-        if self.vrun_min_beats < 2:
-            raise PolicyConfigError(f"vrun_min_beats must be >= 2, got {self.vrun_min_beats}")
-        if self.frequent_ectopy_clear_per_min > self.frequent_ectopy_per_min:
-            raise PolicyConfigError(
-                "frequent_ectopy_clear_per_min must be <= frequent_ectopy_per_min "
-                f"({self.frequent_ectopy_per_min}), got {self.frequent_ectopy_clear_per_min}")
-        _check_range("vrun_max_rr_ms", self.vrun_max_rr_ms, 100.0, 2000.0)
-        _check_range("pause_s", self.pause_s, 1.0, 60.0)
-        for name in ("hr_low_bpm", "hr_high_bpm", "brady_bpm", "tachy_bpm"):
-            _check_range(name, getattr(self, name), 10.0, 350.0)
-        _check_limit_order("defaults", self.hr_low_bpm, self.brady_bpm, self.tachy_bpm,
+        check_settings(self)
+        _check_limit_order(self.section, self.hr_low_bpm, self.brady_bpm, self.tachy_bpm,
                            self.hr_high_bpm)
-        for name, lo, hi in (("sustain_s", 1.0, 3600.0), ("hr_hysteresis_bpm", 0.0, 50.0),
-                             ("sustain_max_gap_s", 0.1, 600.0),
-                             ("irregular_window_s", 5.0, 600.0),
-                             ("irregular_nrmssd", 0.001, 10.0),
-                             ("irregular_min_fraction", 0.0, 1.0),
-                             ("irregular_sustain_s", 0.0, 3600.0),
-                             ("min_quality", 0.0, 1.0), ("lead_off_s", 0.0, 600.0),
-                             ("noisy_s", 0.0, 3600.0), ("no_data_s", 1.0, 3600.0),
-                             ("technical_clear_s", 0.0, 600.0),
-                             ("clear_after_s", 0.0, 3600.0), ("cooldown_s", 0.0, 86_400.0),
-                             ("update_min_interval_s", 0.0, 3600.0),
-                             ("update_rate_factor", 1.0, 100.0),
-                             ("update_hr_delta_bpm", 0.0, 200.0)):
-            _check_range(name, getattr(self, name), lo, hi)
-        if not isinstance(self.high_ignores_cooldown, bool):
+
+
+@dataclass(frozen=True, slots=True)
+class PatientLimits:
+    """Clinician heart-rate limits for one patient; ``None`` keeps the ``hr_limits`` default.
+
+    Parameters
+    ----------
+    hr_low_bpm, hr_high_bpm
+        Hard limits: crossing one raises a high-priority alert at once.
+    brady_bpm, tachy_bpm
+        Soft limits: crossing one for the condition's ``sustain_s`` raises a medium alert.
+    """
+
+    hr_low_bpm: float | None = None
+    hr_high_bpm: float | None = None
+    brady_bpm: float | None = None
+    tachy_bpm: float | None = None
+
+
+def _pick(v: float | None, default: float) -> float:
+    return default if v is None else float(v)
+
+
+def _number_in(key: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise PolicyConfigError(f"{key} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise PolicyConfigError(f"{key} must be in [{lo}, {hi}], got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Alert-policy settings: the shared sections and each condition's settings.
+
+    Validated on construction; errors name the key (``section.key``). Durations are
+    seconds (``*_s``), heart rates beats per minute (``*_bpm``).
+
+    Parameters
+    ----------
+    alarms, signal, hr_limits
+        Shared settings.
+    patient_limits
+        Patient id -> clinician limits overriding ``hr_limits``.
+    conditions
+        Condition name -> its settings (an instance of the condition's
+        ``settings_type``); a condition left out keeps its defaults. After construction
+        every condition of ``registry`` has an entry, in registry order.
+    registry
+        The conditions the policy runs, in dispatch order.
+    """
+
+    alarms: AlarmSettings = AlarmSettings()
+    signal: SignalSettings = SignalSettings()
+    hr_limits: HRLimits = HRLimits()
+    patient_limits: Mapping[str, PatientLimits] = field(default_factory=dict)
+    conditions: Mapping[str, Any] = field(default_factory=dict)
+    registry: tuple[type[Condition[Any, Any]], ...] = REGISTRY
+    _limits: dict[str, tuple[float, float, float, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    _default_limits: tuple[float, float, float, float] = field(
+        default=(0.0, 0.0, 0.0, 0.0), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, kind in _SHARED_KINDS.items():
+            if type(getattr(self, name)) is not kind:
+                raise PolicyConfigError(
+                    f"{name} must be {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        _check_registry(self.registry)
+        if not isinstance(self.conditions, Mapping):
             raise PolicyConfigError(
-                f"high_ignores_cooldown must be true or false, got {self.high_ignores_cooldown!r}")
+                f"conditions must be a mapping of condition name to settings, "
+                f"got {type(self.conditions).__name__}")
+        by_name = {c.name: c for c in self.registry}
+        for name, settings in self.conditions.items():
+            cond = by_name.get(name)
+            if cond is None:
+                raise PolicyConfigError(
+                    f"unknown condition {name!r}; known: {', '.join(by_name)}")
+            if type(settings) is not cond.settings_type:
+                raise PolicyConfigError(
+                    f"{name} settings must be {cond.settings_type.__name__}, "
+                    f"got {type(settings).__name__}")
+        filled = {}
+        for c in self.registry:
+            given = self.conditions.get(c.name)
+            filled[c.name] = c.settings_type() if given is None else given
+        object.__setattr__(self, "conditions", filled)
         if not isinstance(self.patient_limits, Mapping):
             raise PolicyConfigError(
                 f"patient_limits must be a mapping of patient id to limits, "
                 f"got {type(self.patient_limits).__name__}")
+        d = self.hr_limits
+        object.__setattr__(self, "_default_limits",
+                           (d.hr_low_bpm, d.brady_bpm, d.tachy_bpm, d.hr_high_bpm))
         for pid, lim in self.patient_limits.items():
             if not isinstance(lim, PatientLimits):
                 raise PolicyConfigError(
@@ -242,27 +295,118 @@ class PolicyConfig:
             for f in fields(PatientLimits):
                 v = getattr(lim, f.name)
                 if v is not None:
-                    _check_range(f"patient_limits.{pid}.{f.name}", v, 10.0, 350.0)
-            _check_limit_order(f"patient_limits.{pid}", *self.limits_for(pid))
+                    _number_in(f"patient_limits.{pid}.{f.name}", v, 10.0, 350.0)
+            limits = (_pick(lim.hr_low_bpm, d.hr_low_bpm), _pick(lim.brady_bpm, d.brady_bpm),
+                      _pick(lim.tachy_bpm, d.tachy_bpm), _pick(lim.hr_high_bpm, d.hr_high_bpm))
+            _check_limit_order(f"patient_limits.{pid}", *limits)
+            self._limits[str(pid)] = limits
 
     def limits_for(self, patient_id: str) -> tuple[float, float, float, float]:
         """Effective ``(hr_low_bpm, brady_bpm, tachy_bpm, hr_high_bpm)`` for a patient."""
-        lim = self.patient_limits.get(patient_id)
-        if lim is None:
-            return self.hr_low_bpm, self.brady_bpm, self.tachy_bpm, self.hr_high_bpm
+        return self._limits.get(patient_id, self._default_limits)
 
-        def pick(v: float | None, d: float) -> float:
-            return d if v is None else float(v)
+    def settings(self, condition: type[Condition[S, Any]]) -> S:
+        """The settings of one condition, e.g. ``config.settings(Pause).pause_s``."""
+        return cast(S, self.conditions[condition.name])
 
-        return (pick(lim.hr_low_bpm, self.hr_low_bpm), pick(lim.brady_bpm, self.brady_bpm),
-                pick(lim.tachy_bpm, self.tachy_bpm), pick(lim.hr_high_bpm, self.hr_high_bpm))
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "",
+                     registry: Sequence[type[Condition[Any, Any]]] = REGISTRY) -> PolicyConfig:
+        """Build from the YAML layout: one section per shared part and per condition.
+
+        Parameters
+        ----------
+        raw
+            ``{"alarms": {...}, "signal": {...}, "hr_limits": {...},
+            "patient_limits": {pid: {...}}, "<condition>": {...}, ...}``; a section or key
+            left out keeps its default.
+        source
+            Where ``raw`` came from, for error messages.
+        registry
+            The conditions whose sections are accepted.
+
+        Raises
+        ------
+        PolicyConfigError
+            Unknown section or key, or a bad value; the message names the key.
+        """
+        where = f" in {source!r}" if source else ""
+        by_name = {c.name: c for c in registry}
+        shared: dict[str, Any] = {}
+        conditions: dict[str, Any] = {}
+        for key, value in raw.items():
+            key = str(key)
+            if key == "patient_limits":
+                shared[key] = _parse_patient_limits(value)
+            elif key in _SHARED_KINDS:
+                shared[key] = _parse_section(_SHARED_KINDS[key], key, value, where)
+            elif key in by_name:
+                conditions[key] = _parse_section(by_name[key].settings_type, key, value, where)
+            else:
+                hint = (f" (a key of the flat version-1 layout: now {_V1_KEYS[key]})"
+                        if key in _V1_KEYS else "")
+                raise PolicyConfigError(f"unknown policy key {key!r}{where}{hint}")
+        return cls(**shared, conditions=conditions, registry=tuple(registry))
+
+
+_SHARED_KINDS: dict[str, type[Any]] = {
+    "alarms": AlarmSettings, "signal": SignalSettings, "hr_limits": HRLimits}
+
+
+def _check_registry(registry: Any) -> None:
+    if not isinstance(registry, tuple) or not registry:
+        raise PolicyConfigError(f"registry must be a non-empty tuple of conditions, got {registry!r}")
+    seen: set[str] = set()
+    for c in registry:
+        if not (isinstance(c, type) and issubclass(c, Condition)):
+            raise PolicyConfigError(f"registry entries must be Condition classes, got {c!r}")
+        if c.name in seen or c.name in _SHARED_SECTIONS:
+            raise PolicyConfigError(f"condition name {c.name!r} is taken")
+        if getattr(c.settings_type, "section", None) != c.name:
+            raise PolicyConfigError(
+                f"{c.__name__}.settings_type.section must be {c.name!r}, "
+                f"got {getattr(c.settings_type, 'section', None)!r}")
+        if not c.consumes:
+            raise PolicyConfigError(f"{c.__name__}.consumes is empty")
+        for s in c.subsumed_by:
+            if s not in seen:
+                raise PolicyConfigError(
+                    f"{c.name} is subsumed by {s!r}, which must come earlier in the registry")
+        seen.add(c.name)
+
+
+def _parse_section(kind: type[S], key: str, value: Any, where: str) -> S:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise PolicyConfigError(f"{key} must be a mapping of settings{where}, got {value!r}")
+    names = {f.name for f in fields(cast(Any, kind))}
+    for k in value:
+        if k not in names:
+            raise PolicyConfigError(f"unknown policy key '{key}.{k}'{where}")
+    return kind(**value)
+
+
+def _parse_patient_limits(value: Any) -> dict[str, PatientLimits]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PolicyConfigError(
+            f"patient_limits must be a mapping of patient id to limits, got {value!r}")
+    names = {f.name for f in fields(PatientLimits)}
+    out: dict[str, PatientLimits] = {}
+    for pid, lim in value.items():
+        if not isinstance(lim, dict):
+            raise PolicyConfigError(f"patient_limits.{pid} must be a mapping, got {lim!r}")
+        for k in lim:
+            if k not in names:
+                raise PolicyConfigError(f"unknown key patient_limits.{pid}.{k}")
+        out[str(pid)] = PatientLimits(**lim)
+    return out
 
 
 def load_policy_config(path: str | Path) -> PolicyConfig:
-    """Read a :class:`PolicyConfig` from a YAML file.
-
-    The file is a mapping of ``PolicyConfig`` field names to values; ``patient_limits``
-    maps patient ids to mappings of ``PatientLimits`` fields. Missing keys keep defaults.
+    """Read a :class:`PolicyConfig` from a YAML file (see :meth:`PolicyConfig.from_mapping`).
 
     Parameters
     ----------
@@ -290,42 +434,73 @@ def load_policy_config(path: str | Path) -> PolicyConfig:
     if not isinstance(raw, dict):
         raise PolicyConfigError(
             f"policy file {str(p)!r} must hold a mapping, got {type(raw).__name__}")
-    known = {f.name for f in fields(PolicyConfig)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise PolicyConfigError(f"unknown policy key {key!r} in {str(p)!r}")
-        if key == "patient_limits":
-            kwargs[key] = _parse_patient_limits(value)
-        else:
-            kwargs[key] = value
-    return PolicyConfig(**kwargs)
+    return PolicyConfig.from_mapping(raw, source=str(p))
 
 
-def _parse_patient_limits(value: Any) -> dict[str, PatientLimits]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PolicyConfigError(
-            f"patient_limits must be a mapping of patient id to limits, got {value!r}")
-    names = {f.name for f in fields(PatientLimits)}
-    out: dict[str, PatientLimits] = {}
-    for pid, lim in value.items():
-        if not isinstance(lim, dict):
-            raise PolicyConfigError(f"patient_limits.{pid} must be a mapping, got {lim!r}")
-        for k in lim:
-            if k not in names:
-                raise PolicyConfigError(f"unknown key patient_limits.{pid}.{k}")
-        out[str(pid)] = PatientLimits(**lim)
-    return out
+#: Flat version-1 policy keys -> where they live now (for the error message only).
+_V1_KEYS = {
+    "ectopy_k": "anomalous_beats.k", "ectopy_n": "anomalous_beats.n",
+    "vrun_min_beats": "ventricular_run.min_beats", "vrun_max_rr_ms": "ventricular_run.max_rr_ms",
+    "pause_s": "pause.pause_s", "hr_low_bpm": "hr_limits.hr_low_bpm",
+    "hr_high_bpm": "hr_limits.hr_high_bpm", "brady_bpm": "hr_limits.brady_bpm",
+    "tachy_bpm": "hr_limits.tachy_bpm",
+    "sustain_s": "tachycardia.sustain_s and bradycardia.sustain_s",
+    "hr_hysteresis_bpm": "tachycardia.hysteresis_bpm and bradycardia.hysteresis_bpm",
+    "sustain_max_gap_s": "signal.hr_max_gap_s",
+    "frequent_ectopy_per_min": "frequent_ectopy.per_min",
+    "frequent_ectopy_clear_per_min": "frequent_ectopy.clear_per_min",
+    "irregular_window_s": "irregular_rhythm.window_s",
+    "irregular_nrmssd": "irregular_rhythm.nrmssd",
+    "irregular_min_intervals": "irregular_rhythm.min_intervals",
+    "irregular_min_fraction": "irregular_rhythm.min_fraction",
+    "irregular_sustain_s": "irregular_rhythm.sustain_s",
+    "min_quality": "signal.min_quality", "lead_off_s": "lead_off.lead_off_s",
+    "noisy_s": "signal_noisy.noisy_s", "no_data_s": "no_data.no_data_s",
+    "technical_clear_s": "alarms.technical_clear_s", "clear_after_s": "alarms.clear_after_s",
+    "cooldown_s": "alarms.cooldown_s", "high_ignores_cooldown": "alarms.high_ignores_cooldown",
+    "update_min_interval_s": "alarms.update_min_interval_s",
+    "update_rate_factor": "alarms.update_rate_factor",
+    "update_hr_delta_bpm": "alarms.update_hr_delta_bpm",
+}
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass(frozen=True, slots=True)
+class OpenAlert:
+    """The policy's record of one open alert episode."""
+
+    alert_id: str
+    condition: str
+    category: Category
+    priority: Priority
+    onset_ts_ms: int
+    revision: int
+    last_present_ts_ms: int  # event time the condition was last present or held
+    rule: str
+    details: Mapping[str, Any]
+    score: float | None
+    threshold: float | None
+    model_version: str | None
+    signal_quality: float | None
+    last_emit_ts_ms: int  # event time of the last raised / updated
+    next_update_severity: float  # severity at which a worsening is worth an update
+
+    def held(self, ts_ms: int) -> OpenAlert:
+        """This record, present again at ``ts_ms`` (hot path: positional, not ``replace``)."""
+        return OpenAlert(self.alert_id, self.condition, self.category, self.priority,
+                         self.onset_ts_ms, self.revision, ts_ms, self.rule, self.details,
+                         self.score, self.threshold, self.model_version, self.signal_quality,
+                         self.last_emit_ts_ms, self.next_update_severity)
 
 
 @dataclass(slots=True)
 class PatientPolicyState:
-    """Everything the policy remembers about one patient; JSON-safe via ``to_dict``.
+    """Everything the policy remembers about one patient.
 
-    Times are event-time epoch milliseconds except ``*_wall_ms`` (wall clock, from ticks).
-    ``open_alerts`` maps a condition to its open episode record.
+    Times are event-time epoch milliseconds. The shared stream facts are read by every
+    condition (:class:`streaming.conditions.StreamFacts`); ``conditions`` maps a
+    condition name to its own state, ``open_alerts`` to its open episode, and
+    ``cleared_at_ts_ms`` to when its last episode cleared (for the cooldown).
     """
 
     patient_id: str
@@ -336,85 +511,100 @@ class PatientPolicyState:
     # beats are emitted a little after their samples, so pauses are judged against this
     beats_complete_ts_ms: int | None = None
     last_beat_ts_ms: int | None = None
-    unusable_until_ts_ms: int | None = None  # end of the latest unusable ECG chunk
-    quality_usable: bool = True
-    quality: float | None = None
-    lead_off_since_ts_ms: int | None = None
-    noisy_since_ts_ms: int | None = None
-    recent_flags: list[list[int]] = field(default_factory=list)  # [[r_ts_ms, 0|1], ...]
-    flagged_ts_ms: list[int] = field(default_factory=list)  # flagged beats, last 60 s
-    run_len: int = 0
-    run_start_ts_ms: int | None = None
-    run_rr_ms: list[float] = field(default_factory=list)
-    tachy_since_ts_ms: int | None = None
-    brady_since_ts_ms: int | None = None
-    irregular_since_ts_ms: int | None = None
+    unusable_until_ts_ms: int | None = None  # end of the latest unusable ECG stretch
+    quality_usable: bool = True  # latest ECG chunk
+    quality: float | None = None  # latest ECG chunk
     last_hr_ts_ms: int | None = None
-    rr_window: list[list[float]] = field(default_factory=list)  # [[ts_ms, rr_ms], ...]
-    last_tick_wall_ms: int | None = None
-    progress_wall_ms: int | None = None
-    event_ts_at_last_tick_ms: int | None = None
-    open_alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    open_alerts: dict[str, OpenAlert] = field(default_factory=dict)
     cleared_at_ts_ms: dict[str, int] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (plain lists, dicts, numbers, strings, booleans, ``None``)."""
-        d = asdict(self)
-        d["version"] = STATE_VERSION
-        return d
 
-    def to_json(self) -> bytes:
-        """Compact JSON of :meth:`to_dict`, without its deep copy (hot path: the worker
-        writes every changed state to its changelog)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["version"] = STATE_VERSION
-        return json.dumps(d, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> PatientPolicyState:
-        """Inverse of :meth:`to_json`; the freshly parsed objects need no copy."""
-        d = json.loads(raw)
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"policy state version must be {STATE_VERSION}, got {d.get('version')!r}")
-        if not isinstance(d.get("patient_id"), str):
-            raise ValueError(f"policy state needs a patient_id string, got {d.get('patient_id')!r}")
-        # Keys added by a later release take their defaults, so states written before an
-        # upgrade still load from the changelog.
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PatientPolicyState:
-        """Inverse of :meth:`to_dict`; rejects another state version."""
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"policy state version must be {STATE_VERSION}, got {d.get('version')!r}")
-        if not isinstance(d.get("patient_id"), str):
-            raise ValueError(f"policy state needs a patient_id string, got {d.get('patient_id')!r}")
-        names = {f.name for f in fields(cls)}  # missing keys take defaults, as in from_json
-        return cls(**copy.deepcopy({k: v for k, v in d.items() if k in names}))
+_SHARED_FIELDS = tuple((f.name, f.default) for f in fields(PatientPolicyState)
+                       if f.name not in ("patient_id", "conditions", "open_alerts",
+                                         "cleared_at_ts_ms"))
+_ALERT_FIELDS = tuple(f.name for f in fields(OpenAlert))
 
 
-@dataclass(slots=True)
-class _Finding:
-    """A condition seen at one instant (internal)."""
+class _StateCodec:
+    """Copy and (de)serialise one condition's state dataclass; only non-default fields
+    are written, so a condition that has seen nothing costs nothing in the changelog."""
 
-    condition: str
-    priority: Priority
-    ts_ms: int  # event time of the evidence
-    onset_ts_ms: int
-    rule: str
-    severity: float  # higher is worse; used to decide whether an update is worth sending
-    next_step: float  # how much worse it must get (absolute) before an update
-    details: dict[str, Any]
-    score: float | None = None
-    threshold: float | None = None
-    model_version: str | None = None
-    signal_quality: float | None = None
+    __slots__ = ("kind", "defaults", "containers")
+
+    def __init__(self, kind: type[Any]) -> None:
+        self.kind = kind
+        empty = kind()
+        self.defaults = tuple((f.name, getattr(empty, f.name)) for f in fields(kind))
+        self.containers = tuple(isinstance(v, (list, dict)) for _, v in self.defaults)
+
+    def copy(self, state: Any) -> Any:
+        # one level deep: inner lists are replaced, never mutated; positional arguments
+        # because dataclasses.replace costs several times more on this hot path
+        args = []
+        for (n, _), container in zip(self.defaults, self.containers):
+            v = getattr(state, n)
+            args.append((list(v) if isinstance(v, list) else dict(v)) if container else v)
+        return self.kind(*args)
+
+    def encode(self, state: Any) -> dict[str, Any]:
+        out = {}
+        for n, default in self.defaults:
+            v = getattr(state, n)
+            if v != default:
+                out[n] = v
+        return out
+
+    def decode(self, d: Any, where: str) -> Any:
+        if not isinstance(d, dict):
+            raise PolicyStateError(f"policy state {where} must be an object, got {d!r}")
+        names = {n for n, _ in self.defaults}
+        # keys written by a later release are dropped; missing keys take their defaults
+        return self.kind(**{k: v for k, v in d.items() if k in names})
 
 
+# The flat version-1 layout: which of its keys became which condition's state fields.
+_V1_CONDITION_FIELDS: dict[str, dict[str, str]] = {
+    "ventricular_run": {"run_len": "run_len", "run_start_ts_ms": "run_start_ts_ms",
+                        "run_rr_ms": "run_rr_ms"},
+    "tachycardia": {"tachy_since_ts_ms": "since_ts_ms"},
+    "bradycardia": {"brady_since_ts_ms": "since_ts_ms"},
+    "frequent_ectopy": {"flagged_ts_ms": "flagged_ts_ms"},
+    "irregular_rhythm": {"irregular_since_ts_ms": "since_ts_ms", "rr_window": "rr_window"},
+    "anomalous_beats": {"recent_flags": "recent_flags"},
+    "lead_off": {"lead_off_since_ts_ms": "since_ts_ms"},
+    "signal_noisy": {"noisy_since_ts_ms": "since_ts_ms"},
+    "no_data": {"last_tick_wall_ms": "last_tick_wall_ms", "progress_wall_ms": "progress_wall_ms",
+                "event_ts_at_last_tick_ms": "event_ts_at_last_tick_ms"},
+}
+
+
+def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """Version-1 state (one flat object) -> the version-2 layout."""
+    out: dict[str, Any] = {k: d[k] for k in ("patient_id", "open_alerts", "cleared_at_ts_ms")
+                           if k in d}
+    out.update((name, d[name]) for name, _ in _SHARED_FIELDS if name in d)
+    out["conditions"] = {cond: {new: d[old] for old, new in m.items() if old in d}
+                         for cond, m in _V1_CONDITION_FIELDS.items()}
+    out["version"] = STATE_VERSION
+    return out
+
+
+# ---------------------------------------------------------------------------- policy
 Result = tuple[list[AlertEvent], PatientPolicyState]
+
+
+class _Call:
+    """One ``on_*`` call: the working copy of the state, the events so far, the context,
+    and which condition states are already this call's own copies."""
+
+    __slots__ = ("st", "out", "ctx", "owned")
+
+    def __init__(self, st: PatientPolicyState, ctx: RuleContext) -> None:
+        self.st = st
+        self.out: list[AlertEvent] = []
+        self.ctx = ctx
+        self.owned: set[str] = set()
 
 
 class AlertPolicy:
@@ -423,7 +613,7 @@ class AlertPolicy:
     Parameters
     ----------
     config
-        Validated policy settings.
+        Validated policy settings; ``config.registry`` names the conditions.
 
     Notes
     -----
@@ -434,13 +624,35 @@ class AlertPolicy:
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config if config is not None else PolicyConfig()
+        cfg = self.config
+        #: The configured condition objects, in dispatch order.
+        self.conditions: tuple[Condition[Any, Any], ...] = tuple(
+            cls(cfg.conditions[cls.name]) for cls in cfg.registry)
+        conds = self.conditions
+        self._consumers: dict[type[Any], tuple[Condition[Any, Any], ...]] = {}
+        for c in conds:
+            for kind in c.consumes:
+                self._consumers[kind] = self._consumers.get(kind, ()) + (c,)
+        self._derived: dict[Stream, tuple[Condition[Any, Any], ...]] = {
+            s: tuple(c for c in conds if c.derived_from == s) for s in ("ecg", "hr")}
+        self._cleared_by_data = tuple(c for c in conds if c.cleared_by_data is not None)
+        self._clear_after_s: dict[str, float | None] = {
+            c.name: None if c.cleared_by_data is not None
+            else cfg.alarms.clear_after_s if c.category == "physiological"
+            else cfg.alarms.technical_clear_s
+            for c in conds}
+        self._codecs = {c.name: _StateCodec(c.state_type) for c in conds}
+        self._intakes: dict[type[Any], Callable[[_Call, Any], None]] = {
+            ScoredBeat: self._beat, HRObservation: self._hr, QualityObservation: self._quality,
+            Tick: self._tick, StreamGap: self._gap}
 
     # ------------------------------------------------------------------ public API
     def initial_state(self, patient_id: str) -> PatientPolicyState:
         """Fresh state for a patient never seen before."""
         if not patient_id:
             raise ValueError(f"patient_id must be a non-empty string, got {patient_id!r}")
-        return PatientPolicyState(patient_id=patient_id)
+        return PatientPolicyState(patient_id=patient_id,
+                                  conditions={c.name: c.new_state() for c in self.conditions})
 
     def on_beats(self, state: PatientPolicyState, beats: Sequence[ScoredBeat]) -> Result:
         """Apply scored beats (any order; sorted by ``r_ts_ms`` here).
@@ -450,38 +662,25 @@ class AlertPolicy:
         (events, new_state)
             Alert events in the order they happened, and the patient's new state.
         """
-        st = _copy_state(state)
-        out: list[AlertEvent] = []
+        call = self._begin(state)
         for beat in sorted(beats, key=lambda b: b.r_ts_ms):
-            self._check_patient(st, beat.patient_id)
-            self._on_beat(st, out, beat)
-        return out, st
+            self._check_patient(call.st, beat.patient_id)
+            self._beat(call, beat)
+        return call.out, call.st
 
     def on_hr(self, state: PatientPolicyState, obs: HRObservation) -> Result:
         """Apply one heart-rate observation (limits, sustained rates, irregularity)."""
-        st = _copy_state(state)
-        out: list[AlertEvent] = []
-        self._check_patient(st, obs.patient_id)
-        self._on_hr(st, out, obs)
-        return out, st
+        return self.on_observation(state, obs)
 
     def on_quality(self, state: PatientPolicyState, obs: QualityObservation) -> Result:
         """Apply the signal quality of one ECG chunk (technical alerts, suppression)."""
-        st = _copy_state(state)
-        out: list[AlertEvent] = []
-        self._check_patient(st, obs.patient_id)
-        self._on_quality(st, out, obs)
-        return out, st
+        return self.on_observation(state, obs)
 
     def on_gap(self, state: PatientPolicyState, start_ts_ms: int, end_ts_ms: int) -> Result:
         """The device's stream has a hole (lost messages or a restarted signal segment)
         from ``start_ts_ms`` to ``end_ts_ms``: no ECG-derived finding may span it (a data
         gap is not a pause). Raises nothing itself; silence is ``no_data``'s job."""
-        st = _copy_state(state)
-        if end_ts_ms > start_ts_ms:
-            st.unusable_until_ts_ms = _max(st.unusable_until_ts_ms, int(end_ts_ms))
-            self._reset_ecg_pending(st)
-        return [], st
+        return self.on_observation(state, StreamGap(int(start_ts_ms), int(end_ts_ms)))
 
     def on_tick(self, state: PatientPolicyState, now_ms: int, *,
                 event_ts_ms: int | None = None) -> Result:
@@ -501,402 +700,319 @@ class AlertPolicy:
             complete. ``None`` uses what the state has seen (chunk ends and beats). A pause
             fires when it is ``pause_s`` past the last beat while the signal is usable.
         """
-        st = _copy_state(state)
-        out: list[AlertEvent] = []
-        cfg = self.config
-        if event_ts_ms is not None:
-            st.ecg_ts_ms = _max(st.ecg_ts_ms, event_ts_ms)
-            st.last_event_ts_ms = _max(st.last_event_ts_ms, event_ts_ms)
-            st.beats_complete_ts_ms = _max(st.beats_complete_ts_ms, event_ts_ms)
+        return self.on_observation(state, Tick(now_ms, event_ts_ms))
 
-        # no data: wall time since the patient's event time last advanced
-        no_data_ms = int(cfg.no_data_s * 1000)
-        if (st.last_tick_wall_ms is None or now_ms - st.last_tick_wall_ms > no_data_ms
-                or st.last_event_ts_ms != st.event_ts_at_last_tick_ms
-                or st.progress_wall_ms is None):
-            st.progress_wall_ms = now_ms
-        st.last_tick_wall_ms = now_ms
-        st.event_ts_at_last_tick_ms = st.last_event_ts_ms
-        silent_ms = now_ms - st.progress_wall_ms
-        if st.last_event_ts_ms is not None and silent_ms >= no_data_ms:
-            rec = st.open_alerts.get("no_data")
-            if rec is None:
-                self._present(st, out, _Finding(
-                    "no_data", "medium", now_ms, st.last_event_ts_ms,
-                    f"no message for {silent_ms / 1000:.0f} s of wall time "
-                    f"(limit {cfg.no_data_s:g} s)",
-                    0.0, math.inf,
-                    {"silent_s": silent_ms / 1000, "last_event_ts_ms": st.last_event_ts_ms,
-                     "detected_wall_ms": now_ms}))
+    def on_observation(self, state: PatientPolicyState, obs: object) -> Result:
+        """Apply one observation of any type a condition consumes.
 
-        # pause seen from the absence of beats while the ECG is good
-        # (counted from the later of the last beat and the end of the last unusable stretch)
-        # Judged up to where beat detection is complete when the caller says so: a chunk
-        # end is later than that, and counting the detector's own lag as "no beat" would
-        # turn a 2.5 s sinus pause into a false 4 s alarm.
-        complete = (st.beats_complete_ts_ms if st.beats_complete_ts_ms is not None
-                    else st.ecg_ts_ms)
-        if st.quality_usable and st.last_beat_ts_ms is not None and complete is not None:
-            since = _max(st.unusable_until_ts_ms, st.last_beat_ts_ms)
-            gap_ms = complete - since
-            if gap_ms >= cfg.pause_s * 1000:
-                self._present(st, out, self._pause_finding(
-                    st, complete, since, gap_ms,
-                    f"no beat for {gap_ms / 1000:.1f} s with a usable signal "
-                    f"(limit {cfg.pause_s:g} s)"))
-        return out, st
+        Scored beats, heart-rate and quality observations, :class:`StreamGap` and
+        :class:`Tick` have their own bookkeeping; any other type must follow
+        :class:`streaming.conditions.Observation`.
 
-    # ------------------------------------------------------------------ handlers
-    def _check_patient(self, st: PatientPolicyState, patient_id: str) -> None:
+        Raises
+        ------
+        TypeError
+            No condition consumes observations of this type.
+        ValueError
+            The observation belongs to another patient.
+        """
+        intake = self._intakes.get(type(obs), self._other)
+        call = self._begin(state)
+        if isinstance(obs, (ScoredBeat, HRObservation, QualityObservation)):
+            self._check_patient(call.st, obs.patient_id)
+        intake(call, obs)
+        return call.out, call.st
+
+    # ------------------------------------------------------------------ serialiser
+    def state_to_json(self, state: PatientPolicyState) -> bytes:
+        """Compact JSON of a patient's state (hot path: the worker writes every changed
+        state to its changelog). Defaults are left out; states of conditions this policy
+        does not run are dropped."""
+        d: dict[str, Any] = {"version": STATE_VERSION, "patient_id": state.patient_id}
+        for name, default in _SHARED_FIELDS:
+            v = getattr(state, name)
+            if v != default:
+                d[name] = v
+        conds: dict[str, Any] = {}
+        for name, codec in self._codecs.items():
+            s = state.conditions.get(name)
+            if s is not None:
+                enc = codec.encode(s)
+                if enc:
+                    conds[name] = enc
+        if conds:
+            d["conditions"] = conds
+        if state.open_alerts:
+            d["open_alerts"] = {k: {n: getattr(r, n) for n in _ALERT_FIELDS}
+                                for k, r in state.open_alerts.items()}
+        if state.cleared_at_ts_ms:
+            d["cleared_at_ts_ms"] = state.cleared_at_ts_ms
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    def state_from_json(self, raw: bytes | str) -> PatientPolicyState:
+        """Inverse of :meth:`state_to_json`; also reads the flat version-1 layout.
+
+        Raises
+        ------
+        PolicyStateError
+            Not JSON, another version, or a broken layout.
+        """
+        try:
+            d = json.loads(raw)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise PolicyStateError(f"policy state is not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise PolicyStateError(f"policy state must be a JSON object, got {type(d).__name__}")
+        version = d.get("version")
+        if version == 1:
+            d = _migrate_v1(d)
+        elif version != STATE_VERSION:
+            raise PolicyStateError(
+                f"policy state version must be {STATE_VERSION} (or 1, migrated on load), "
+                f"got {version!r}")
+        pid = d.get("patient_id")
+        if not isinstance(pid, str) or not pid:
+            raise PolicyStateError(f"policy state needs a patient_id string, got {pid!r}")
+        shared = {name: d[name] for name, _ in _SHARED_FIELDS if name in d}
+        raw_conds = d.get("conditions", {})
+        alerts = d.get("open_alerts", {})
+        cleared = d.get("cleared_at_ts_ms", {})
+        for key, v in (("conditions", raw_conds), ("open_alerts", alerts),
+                       ("cleared_at_ts_ms", cleared)):
+            if not isinstance(v, dict):
+                raise PolicyStateError(f"policy state {key} must be an object, got {v!r}")
+        conditions = {}
+        for c in self.conditions:
+            enc = raw_conds.get(c.name)
+            conditions[c.name] = (c.new_state() if enc is None
+                                  else self._codecs[c.name].decode(enc, f"conditions.{c.name}"))
+        try:
+            open_alerts = {k: OpenAlert(**{n: r[n] for n in _ALERT_FIELDS})
+                           for k, r in alerts.items()}
+        except (KeyError, TypeError) as e:
+            raise PolicyStateError(f"policy state open_alerts record is broken: {e!r}") from None
+        return PatientPolicyState(patient_id=pid, **shared, conditions=conditions,
+                                  open_alerts=open_alerts, cleared_at_ts_ms=dict(cleared))
+
+    # ------------------------------------------------------------------ intake
+    def _begin(self, state: PatientPolicyState) -> _Call:
+        # Condition states are copied only when a rule is about to run (see _state_of);
+        # open-alert records are frozen and replaced, never mutated.
+        st = PatientPolicyState(
+            state.patient_id, state.device_id, state.last_event_ts_ms, state.ecg_ts_ms,
+            state.beats_complete_ts_ms, state.last_beat_ts_ms, state.unusable_until_ts_ms,
+            state.quality_usable, state.quality, state.last_hr_ts_ms, dict(state.conditions),
+            dict(state.open_alerts), dict(state.cleared_at_ts_ms))
+        ctx = RuleContext(st, st.open_alerts, self.config.signal.min_quality,
+                          self.config.limits_for(st.patient_id))
+        return _Call(st, ctx)
+
+    @staticmethod
+    def _check_patient(st: PatientPolicyState, patient_id: str) -> None:
         if patient_id != st.patient_id:
             raise ValueError(
                 f"event for patient {patient_id!r} applied to the state of {st.patient_id!r}")
 
-    def _on_beat(self, st: PatientPolicyState, out: list[AlertEvent], b: ScoredBeat) -> None:
-        cfg = self.config
-        ts = b.r_ts_ms
+    def _beat(self, call: _Call, b: ScoredBeat) -> None:
+        st, ts = call.st, b.r_ts_ms
         st.device_id = b.device_id
         st.last_event_ts_ms = _max(st.last_event_ts_ms, ts)
         st.ecg_ts_ms = _max(st.ecg_ts_ms, ts)
-        self._clear_no_data(st, out, ts)
-        prev_beat = st.last_beat_ts_ms
-        st.last_beat_ts_ms = _max(prev_beat, ts)
+        self._data_arrived(call, ts)
+        st.last_beat_ts_ms = _max(st.last_beat_ts_ms, ts)
         in_unusable = st.unusable_until_ts_ms is not None and ts <= st.unusable_until_ts_ms
-        if in_unusable or b.signal_quality < cfg.min_quality:
-            # suppressed: ECG-derived conditions are not raised and pending counters reset
-            self._reset_ecg_pending(st)
-            return
-        model: dict[str, Any] = {"score": b.score, "threshold": b.threshold, "model_version": b.model_version,
-                 "signal_quality": b.signal_quality}
+        unusable = in_unusable or b.signal_quality < self.config.signal.min_quality
+        self._dispatch(call, ScoredBeat, b, ts, ("ecg",) if unusable else (), sweep=True)
 
-        # pause from the RR interval; the gap must not overlap an unusable stretch
-        if b.rr_ms is not None and b.rr_ms >= cfg.pause_s * 1000:
-            prev_ts = int(round(ts - b.rr_ms))
-            if st.unusable_until_ts_ms is None or prev_ts >= st.unusable_until_ts_ms:
-                f = self._pause_finding(st, ts, prev_ts, b.rr_ms,
-                                        f"RR {b.rr_ms / 1000:.1f} s >= pause limit "
-                                        f"{cfg.pause_s:g} s")
-                f.signal_quality = b.signal_quality
-                self._present(st, out, f)
-
-        st.recent_flags.append([ts, int(b.flagged)])
-        del st.recent_flags[:-cfg.ectopy_n]
-
-        # frequent ectopy: flagged beats within the last 60 s, cleared below a lower rate
-        if b.flagged:
-            st.flagged_ts_ms.append(ts)
-        st.flagged_ts_ms = [t for t in st.flagged_ts_ms if t > ts - _ECTOPY_WINDOW_MS]
-        per_min = len(st.flagged_ts_ms)
-        if per_min >= cfg.frequent_ectopy_per_min and b.flagged:
-            # Severity is the rate over the span the flagged beats cover, so a window that
-            # is still filling up (count rising at a steady rate) does not look "worse".
-            span_ms = max(ts - st.flagged_ts_ms[0], 1)
-            rate = round(min((per_min - 1) * 60_000 / span_ms, 600.0), 1)
-            self._present(st, out, _Finding(
-                "frequent_ectopy", "medium", ts, st.flagged_ts_ms[0],
-                f"{per_min} flagged beats in 60 s >= {cfg.frequent_ectopy_per_min}/min",
-                rate, self._rate_step(rate),
-                {"flagged_per_min": per_min, "estimated_rate_per_min": rate}, **model))
-        elif per_min >= cfg.frequent_ectopy_clear_per_min and "frequent_ectopy" in st.open_alerts:
-            self._hold(st, "frequent_ectopy", ts)
-
-        # ventricular run: consecutive flagged beats, each with a short RR
-        if b.flagged and b.rr_ms is not None and b.rr_ms < cfg.vrun_max_rr_ms:
-            if st.run_len == 0:
-                st.run_start_ts_ms = ts
-                st.run_rr_ms = []
-            st.run_len += 1
-            st.run_rr_ms.append(float(b.rr_ms))
-            if st.run_len >= cfg.vrun_min_beats:
-                assert st.run_start_ts_ms is not None
-                mean_rr = sum(st.run_rr_ms) / len(st.run_rr_ms)
-                self._present(st, out, _Finding(
-                    "ventricular_run", "high", ts, st.run_start_ts_ms,
-                    f"{st.run_len} consecutive flagged beats with RR < "
-                    f"{cfg.vrun_max_rr_ms:g} ms",
-                    float(st.run_len), self._rate_step(st.run_len),
-                    {"run_length_beats": st.run_len, "rate_bpm": round(60_000 / mean_rr, 1)},
-                    **model))
-        else:
-            st.run_len = 0
-            st.run_start_ts_ms = None
-            st.run_rr_ms = []
-
-        # k-of-n persistence for anomalous beats (said only when nothing above says it)
-        n_flagged = sum(f for _, f in st.recent_flags)
-        if n_flagged >= cfg.ectopy_k and b.flagged:
-            if not any(c in st.open_alerts for c in _SUBSUMES_ANOMALOUS):
-                onset = next(t for t, f in st.recent_flags if f)
-                self._present(st, out, _Finding(
-                    "anomalous_beats", "low", ts, onset,
-                    f"{n_flagged} of {len(st.recent_flags)} beats above threshold "
-                    f"{b.threshold:.3g}",
-                    float(n_flagged), self._rate_step(n_flagged),
-                    {"flagged_beats": n_flagged, "window_beats": len(st.recent_flags)},
-                    **model))
-        elif n_flagged >= cfg.ectopy_k and "anomalous_beats" in st.open_alerts:
-            self._hold(st, "anomalous_beats", ts)
-
-
-        for cond in _ECG_CONDITIONS:
-            self._maybe_clear(st, out, cond, ts, cfg.clear_after_s)
-
-    def _on_hr(self, st: PatientPolicyState, out: list[AlertEvent], obs: HRObservation) -> None:
-        cfg = self.config
-        ts = obs.ts_ms
+    def _hr(self, call: _Call, obs: HRObservation) -> None:
+        st, ts = call.st, obs.ts_ms
         st.device_id = obs.device_id
         st.last_event_ts_ms = _max(st.last_event_ts_ms, ts)
-        self._clear_no_data(st, out, ts)
-        if not math.isfinite(obs.hr_bpm) or (obs.quality is not None
-                                             and obs.quality < cfg.min_quality):
-            st.tachy_since_ts_ms = st.brady_since_ts_ms = st.irregular_since_ts_ms = None
-            st.rr_window = []
-            st.last_hr_ts_ms = ts
-            return
-        gap_ok = (st.last_hr_ts_ms is not None
-                  and ts - st.last_hr_ts_ms <= cfg.sustain_max_gap_s * 1000)
+        self._data_arrived(call, ts)
+        sig = self.config.signal
+        unusable = not math.isfinite(obs.hr_bpm) or (obs.quality is not None
+                                                     and obs.quality < sig.min_quality)
+        call.ctx.hr_continuous = (not unusable and st.last_hr_ts_ms is not None
+                                  and ts - st.last_hr_ts_ms <= sig.hr_max_gap_s * 1000)
         st.last_hr_ts_ms = ts
-        low, brady, tachy, high = cfg.limits_for(st.patient_id)
-        hr = float(obs.hr_bpm)
-        sustain_ms = cfg.sustain_s * 1000
-        common: dict[str, Any] = {"signal_quality": obs.quality}
-        hr_step = cfg.update_hr_delta_bpm
+        self._dispatch(call, HRObservation, obs, ts, ("hr",) if unusable else (), sweep=True)
 
-        # tachycardia: hard limit at once (high), soft limit sustained (medium)
-        st.tachy_since_ts_ms = (st.tachy_since_ts_ms if gap_ok and st.tachy_since_ts_ms
-                                is not None else ts) if hr > tachy else None
-        if st.tachy_since_ts_ms is not None:
-            lasted = ts - st.tachy_since_ts_ms
-            det = {"hr_bpm": hr, "limit_bpm": tachy, "hard_limit_bpm": high,
-                   "sustained_s": lasted / 1000}
-            if hr > high:
-                self._present(st, out, _Finding(
-                    "tachycardia", "high", ts, st.tachy_since_ts_ms,
-                    f"HR {hr:.0f} bpm above hard limit {high:g} bpm", hr, hr_step, det,
-                    **common))
-            elif lasted >= sustain_ms:
-                self._present(st, out, _Finding(
-                    "tachycardia", "medium", ts, st.tachy_since_ts_ms,
-                    f"HR above {tachy:g} bpm for {lasted / 1000:.0f} s "
-                    f"(limit {cfg.sustain_s:g} s)", hr, hr_step, det, **common))
-            elif "tachycardia" in st.open_alerts:
-                self._hold(st, "tachycardia", ts)
-        elif "tachycardia" in st.open_alerts and hr > tachy - cfg.hr_hysteresis_bpm:
-            self._hold(st, "tachycardia", ts)
-
-        # bradycardia, mirrored; severity is the negated rate so that higher is worse
-        st.brady_since_ts_ms = (st.brady_since_ts_ms if gap_ok and st.brady_since_ts_ms
-                                is not None else ts) if hr < brady else None
-        if st.brady_since_ts_ms is not None:
-            lasted = ts - st.brady_since_ts_ms
-            det = {"hr_bpm": hr, "limit_bpm": brady, "hard_limit_bpm": low,
-                   "sustained_s": lasted / 1000}
-            if hr < low:
-                self._present(st, out, _Finding(
-                    "bradycardia", "high", ts, st.brady_since_ts_ms,
-                    f"HR {hr:.0f} bpm below hard limit {low:g} bpm", -hr, hr_step, det,
-                    **common))
-            elif lasted >= sustain_ms:
-                self._present(st, out, _Finding(
-                    "bradycardia", "medium", ts, st.brady_since_ts_ms,
-                    f"HR below {brady:g} bpm for {lasted / 1000:.0f} s "
-                    f"(limit {cfg.sustain_s:g} s)", -hr, hr_step, det, **common))
-            elif "bradycardia" in st.open_alerts:
-                self._hold(st, "bradycardia", ts)
-        elif "bradycardia" in st.open_alerts and hr < brady + cfg.hr_hysteresis_bpm:
-            self._hold(st, "bradycardia", ts)
-
-        # irregular rhythm: normalised RMSSD of RR over the window, or the HR model's score
-        window_ms = cfg.irregular_window_s * 1000
-        st.rr_window.extend([float(ts), float(rr)] for rr in obs.rr_ms
-                            if math.isfinite(rr) and 200.0 <= rr <= 3000.0)
-        st.rr_window = [p for p in st.rr_window if p[0] > ts - window_ms]
-        rrs = [p[1] for p in st.rr_window]
-        nrmssd: float | None = None
-        frac = 0.0
-        if len(rrs) >= cfg.irregular_min_intervals:
-            mean_rr = sum(rrs) / len(rrs)
-            steps = [abs(b - a) for a, b in zip(rrs, rrs[1:])]
-            nrmssd = math.sqrt(sum(d * d for d in steps) / len(steps)) / mean_rr
-            frac = sum(d > cfg.irregular_nrmssd * mean_rr for d in steps) / len(steps)
-        by_rr = (nrmssd is not None and nrmssd >= cfg.irregular_nrmssd
-                 and frac >= cfg.irregular_min_fraction)
-        by_model = (obs.hr_score is not None and obs.hr_threshold is not None
-                    and obs.hr_score >= obs.hr_threshold)
-        if by_rr or by_model:
-            if not (gap_ok and st.irregular_since_ts_ms is not None):
-                st.irregular_since_ts_ms = ts
-            lasted = ts - st.irregular_since_ts_ms
-            if lasted >= cfg.irregular_sustain_s * 1000 or "irregular_rhythm" in st.open_alerts:
-                why = (f"RR normalised RMSSD {nrmssd:.2f} >= {cfg.irregular_nrmssd:g}, "
-                       f"{frac:.0%} of beat-to-beat changes irregular"
-                       if by_rr else
-                       f"HR model score {obs.hr_score:.3g} >= threshold {obs.hr_threshold:.3g}")
-                self._present(st, out, _Finding(
-                    "irregular_rhythm", "medium", ts, st.irregular_since_ts_ms,
-                    f"{why} for {lasted / 1000:.0f} s", nrmssd or 0.0,
-                    max((nrmssd or 0.0) * (cfg.update_rate_factor - 1), 0.05),
-                    {"rr_nrmssd": None if nrmssd is None else round(nrmssd, 4),
-                     "rr_intervals": len(rrs), "hr_bpm": hr, "sustained_s": lasted / 1000},
-                    score=obs.hr_score, threshold=obs.hr_threshold,
-                    signal_quality=obs.quality))
-        else:
-            st.irregular_since_ts_ms = None
-
-        for cond in _HR_CONDITIONS:
-            self._maybe_clear(st, out, cond, ts, cfg.clear_after_s)
-
-    def _on_quality(self, st: PatientPolicyState, out: list[AlertEvent],
-                    obs: QualityObservation) -> None:
-        cfg = self.config
+    def _quality(self, call: _Call, obs: QualityObservation) -> None:
+        st = call.st
         end = obs.ts_ms + obs.duration_ms
         st.device_id = obs.device_id
         st.last_event_ts_ms = _max(st.last_event_ts_ms, end)
         st.ecg_ts_ms = _max(st.ecg_ts_ms, end)
-        self._clear_no_data(st, out, obs.ts_ms)
-        noisy = (obs.noisy or obs.quality < cfg.min_quality) and not obs.lead_off
-        st.lead_off_since_ts_ms = (
-            (st.lead_off_since_ts_ms if st.lead_off_since_ts_ms is not None else obs.ts_ms)
-            if obs.lead_off else None)
-        st.noisy_since_ts_ms = (
-            (st.noisy_since_ts_ms if st.noisy_since_ts_ms is not None else obs.ts_ms)
-            if noisy else None)
+        self._data_arrived(call, obs.ts_ms)
         st.quality = obs.quality
-        st.quality_usable = not (obs.lead_off or noisy)
+        st.quality_usable = not (obs.lead_off or obs.noisy
+                                 or obs.quality < self.config.signal.min_quality)
         if not st.quality_usable:
             st.unusable_until_ts_ms = _max(st.unusable_until_ts_ms, end)
-            self._reset_ecg_pending(st)
+        self._dispatch(call, QualityObservation, obs, end,
+                       () if st.quality_usable else ("ecg",), sweep=True)
 
-        for cond, since, need_s, prio, what in (
-                ("lead_off", st.lead_off_since_ts_ms, cfg.lead_off_s, "medium", "lead off"),
-                ("signal_noisy", st.noisy_since_ts_ms, cfg.noisy_s, "low",
-                 f"signal noisy or quality < {cfg.min_quality:g}")):
-            if since is None:
-                continue
-            lasted = end - since
-            if lasted >= need_s * 1000 or cond in st.open_alerts:
-                self._present(st, out, _Finding(
-                    cond, prio, end, since,  # type: ignore[arg-type]
-                    f"{what} for {lasted / 1000:.1f} s (limit {need_s:g} s)", 0.0, math.inf,
-                    {"lasted_s": lasted / 1000}, signal_quality=obs.quality))
-        for cond in _TECH_CONDITIONS:
-            self._maybe_clear(st, out, cond, end, cfg.technical_clear_s)
-
-    # ------------------------------------------------------------------ helpers
-    def _pause_finding(self, st: PatientPolicyState, ts: int, onset: int, gap_ms: float,
-                       rule: str) -> _Finding:
-        return _Finding("pause", "high", ts, onset, rule, gap_ms / 1000,
-                        self._rate_step(gap_ms / 1000), {"pause_s": round(gap_ms / 1000, 3)},
-                        signal_quality=st.quality)
-
-    def _rate_step(self, value: float) -> float:
-        return max(value * (self.config.update_rate_factor - 1.0), 1.0)
-
-    def _reset_ecg_pending(self, st: PatientPolicyState) -> None:
-        st.recent_flags = []
-        st.flagged_ts_ms = []
-        st.run_len = 0
-        st.run_start_ts_ms = None
-        st.run_rr_ms = []
-
-    def _hold(self, st: PatientPolicyState, cond: str, ts: int) -> None:
-        """The condition is still inside its hysteresis band: keep the open alert alive."""
-        rec = st.open_alerts.get(cond)
-        if rec is not None:
-            rec["last_present_ts_ms"] = max(rec["last_present_ts_ms"], ts)
-
-    def _present(self, st: PatientPolicyState, out: list[AlertEvent], f: _Finding) -> None:
-        cfg = self.config
-        rec = st.open_alerts.get(f.condition)
-        if rec is not None:
-            rec["last_present_ts_ms"] = max(rec["last_present_ts_ms"], f.ts_ms)
-            rises = PRIORITY_ORDER[f.priority] > PRIORITY_ORDER[rec["priority"]]
-            worse = f.severity >= rec["next_update_severity"]
-            due = f.ts_ms - rec["last_emit_ts_ms"] >= cfg.update_min_interval_s * 1000
-            if rises or (worse and due):
-                if rises:
-                    rec["priority"] = f.priority
-                self._fill(rec, f)
-                rec["revision"] += 1
-                out.append(self._event(st, rec, "updated", f.ts_ms))
+    def _gap(self, call: _Call, gap: StreamGap) -> None:
+        if gap.end_ts_ms <= gap.start_ts_ms:
             return
-        cleared_at = st.cleared_at_ts_ms.get(f.condition)
+        st = call.st
+        st.unusable_until_ts_ms = _max(st.unusable_until_ts_ms, gap.end_ts_ms)
+        self._dispatch(call, StreamGap, gap, gap.end_ts_ms, ("ecg",), sweep=False)
+
+    def _tick(self, call: _Call, tick: Tick) -> None:
+        st = call.st
+        if tick.event_ts_ms is not None:
+            st.ecg_ts_ms = _max(st.ecg_ts_ms, tick.event_ts_ms)
+            st.last_event_ts_ms = _max(st.last_event_ts_ms, tick.event_ts_ms)
+            st.beats_complete_ts_ms = _max(st.beats_complete_ts_ms, tick.event_ts_ms)
+        self._dispatch(call, Tick, tick, tick.now_ms, (), sweep=False)
+
+    def _other(self, call: _Call, obs: Any) -> None:
+        """An observation type added after these (an :class:`Observation`): data at
+        ``obs.ts_ms``. A reading below ``signal.min_quality`` makes its conditions'
+        streams unusable; one inside an unusable ECG stretch suppresses its ECG-derived
+        conditions."""
+        if type(obs) not in self._consumers:
+            raise TypeError(f"no condition consumes observations of type {type(obs).__name__}")
+        st, ts = call.st, obs.ts_ms
+        self._check_patient(st, obs.patient_id)
+        st.device_id = obs.device_id
+        st.last_event_ts_ms = _max(st.last_event_ts_ms, ts)
+        self._data_arrived(call, ts)
+        low = obs.quality is not None and obs.quality < self.config.signal.min_quality
+        in_unusable = st.unusable_until_ts_ms is not None and ts <= st.unusable_until_ts_ms
+        streams = {c.derived_from for c in self._consumers[type(obs)]}
+        unusable = tuple(s for s in _STREAMS
+                         if s in streams and (low or (s == "ecg" and in_unusable)))
+        self._dispatch(call, type(obs), obs, ts, unusable, sweep=True)
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, call: _Call, kind: type[Any], obs: Any, ts: int,
+                  unusable: tuple[Stream, ...], *, sweep: bool) -> None:
+        """Suppress what the ``unusable`` streams derive (their states start afresh), run
+        the other consumers' rules in registry order, then (``sweep``) clear their open
+        alerts that have been absent long enough at ``ts``."""
+        for stream in unusable:
+            for c in self._derived[stream]:
+                call.st.conditions[c.name] = c.new_state()
+                call.owned.add(c.name)
+        consumers = self._consumers.get(kind, ())
+        if unusable:
+            consumers = tuple(c for c in consumers if c.derived_from not in unusable)
+        for c in consumers:
+            decision = c.observe(self._state_of(call, c), obs, call.ctx)
+            if decision is not None:
+                self._apply(call, c, decision)
+        if sweep:
+            for c in consumers:
+                after_s = self._clear_after_s[c.name]
+                if after_s is not None:
+                    self._maybe_clear(call, c.name, ts, after_s)
+
+    def _state_of(self, call: _Call, c: Condition[Any, Any]) -> Any:
+        states = call.st.conditions
+        if c.name not in call.owned:
+            s = states.get(c.name)
+            states[c.name] = c.new_state() if s is None else self._codecs[c.name].copy(s)
+            call.owned.add(c.name)
+        return states[c.name]
+
+    def _data_arrived(self, call: _Call, ts: int) -> None:
+        for c in self._cleared_by_data:
+            if c.name in call.st.open_alerts:
+                self._clear(call, c.name, ts, cast(str, c.cleared_by_data))
+
+    def _apply(self, call: _Call, c: Condition[Any, Any], d: Decision) -> None:
+        if isinstance(d, Finding):
+            if not any(s in call.st.open_alerts for s in c.subsumed_by):
+                self._present(call, c, d)
+        elif isinstance(d, Hold):
+            self._hold(call, c.name, d.ts_ms)
+        elif c.name in call.st.open_alerts:
+            self._clear(call, c.name, d.ts_ms, d.rule)
+
+    # ------------------------------------------------------------------ alert lifecycle
+    def _present(self, call: _Call, c: Condition[Any, Any], f: Finding) -> None:
+        alarms, st = self.config.alarms, call.st
+        rec = st.open_alerts.get(c.name)
+        if rec is not None:
+            last_present = max(rec.last_present_ts_ms, f.ts_ms)
+            rises = PRIORITY_ORDER[f.priority] > PRIORITY_ORDER[rec.priority]
+            worse = f.severity >= rec.next_update_severity
+            due = f.ts_ms - rec.last_emit_ts_ms >= alarms.update_min_interval_s * 1000
+            if rises or (worse and due):
+                rec = self._record(rec.alert_id, c, f.priority if rises else rec.priority,
+                                   rec.onset_ts_ms, rec.revision + 1, last_present, f)
+                st.open_alerts[c.name] = rec
+                call.out.append(self._event(st, rec, "updated", f.ts_ms))
+            elif last_present != rec.last_present_ts_ms:
+                st.open_alerts[c.name] = rec.held(last_present)
+            return
+        onset = f.onset_ts_ms
+        cleared_at = st.cleared_at_ts_ms.get(c.name)
         if cleared_at is not None:
-            in_cooldown = f.ts_ms - cleared_at < cfg.cooldown_s * 1000
-            exempt = f.priority == "high" and cfg.high_ignores_cooldown
+            in_cooldown = f.ts_ms - cleared_at < alarms.cooldown_s * 1000
+            exempt = f.priority == "high" and alarms.high_ignores_cooldown
             if in_cooldown and not exempt:
                 return
             # a new episode never reuses the previous one's id
-            f.onset_ts_ms = max(f.onset_ts_ms, cleared_at + 1)
-        rec = {
-            "alert_id": f"{st.patient_id}:{f.condition}:{f.onset_ts_ms}",
-            "condition": f.condition,
-            "category": CONDITIONS[f.condition],
-            "priority": f.priority,
-            "onset_ts_ms": f.onset_ts_ms,
-            "revision": 1,
-            "last_present_ts_ms": f.ts_ms,
-        }
-        self._fill(rec, f)
-        st.open_alerts[f.condition] = rec
-        out.append(self._event(st, rec, "raised", f.ts_ms))
+            onset = max(onset, cleared_at + 1)
+        rec = self._record(f"{st.patient_id}:{c.name}:{onset}", c, f.priority, onset, 1,
+                           f.ts_ms, f)
+        st.open_alerts[c.name] = rec
+        call.out.append(self._event(st, rec, "raised", f.ts_ms))
 
-    def _fill(self, rec: dict[str, Any], f: _Finding) -> None:
-        rec.update(rule=f.rule, details=dict(f.details), score=f.score, threshold=f.threshold,
-                   model_version=f.model_version, signal_quality=f.signal_quality,
-                   last_emit_ts_ms=f.ts_ms,
-                   # JSON has no infinity: "never update" is a large finite sentinel
-                   next_update_severity=(f.severity + f.next_step
-                                         if math.isfinite(f.next_step) else _NEVER))
+    def _record(self, alert_id: str, c: Condition[Any, Any], priority: Priority, onset: int,
+                revision: int, last_present: int, f: Finding) -> OpenAlert:
+        alarms = self.config.alarms
+        if f.update == "never":
+            next_severity = _NEVER
+        elif f.update == "hr_delta":
+            next_severity = f.severity + alarms.update_hr_delta_bpm
+        else:
+            next_severity = f.severity + max(f.severity * (alarms.update_rate_factor - 1.0),
+                                             f.min_step)
+        return OpenAlert(
+            alert_id=alert_id, condition=c.name, category=c.category, priority=priority,
+            onset_ts_ms=onset, revision=revision, last_present_ts_ms=last_present,
+            rule=f.rule, details=dict(f.details), score=f.score, threshold=f.threshold,
+            model_version=f.model_version, signal_quality=f.signal_quality,
+            last_emit_ts_ms=f.ts_ms, next_update_severity=next_severity)
 
-    def _maybe_clear(self, st: PatientPolicyState, out: list[AlertEvent], cond: str, ts: int,
-                     after_s: float) -> None:
-        rec = st.open_alerts.get(cond)
-        if rec is None or ts - rec["last_present_ts_ms"] < after_s * 1000:
+    @staticmethod
+    def _hold(call: _Call, name: str, ts: int) -> None:
+        """The condition is still inside its hysteresis band: keep the open alert alive."""
+        rec = call.st.open_alerts.get(name)
+        if rec is not None and ts > rec.last_present_ts_ms:
+            call.st.open_alerts[name] = rec.held(ts)
+
+    def _maybe_clear(self, call: _Call, name: str, ts: int, after_s: float) -> None:
+        rec = call.st.open_alerts.get(name)
+        if rec is None or ts - rec.last_present_ts_ms < after_s * 1000:
             return
-        self._clear(st, out, cond, ts,
-                    f"{cond} absent for {(ts - rec['last_present_ts_ms']) / 1000:.0f} s "
+        self._clear(call, name, ts,
+                    f"{name} absent for {(ts - rec.last_present_ts_ms) / 1000:.0f} s "
                     f"(clear after {after_s:g} s)")
 
-    def _clear_no_data(self, st: PatientPolicyState, out: list[AlertEvent], ts: int) -> None:
-        if "no_data" in st.open_alerts:
-            self._clear(st, out, "no_data", ts, "data received again")
+    def _clear(self, call: _Call, name: str, ts: int, rule: str) -> None:
+        st = call.st
+        rec = st.open_alerts.pop(name)
+        rec = replace(rec, revision=rec.revision + 1, rule=rule)
+        st.cleared_at_ts_ms[name] = ts
+        call.out.append(self._event(st, rec, "cleared", ts))
 
-    def _clear(self, st: PatientPolicyState, out: list[AlertEvent], cond: str, ts: int,
-               rule: str) -> None:
-        rec = st.open_alerts.pop(cond)
-        rec["revision"] += 1
-        rec["rule"] = rule
-        rec["detected_ts_ms"] = ts
-        st.cleared_at_ts_ms[cond] = ts
-        out.append(self._event(st, rec, "cleared", ts))
-
-    def _event(self, st: PatientPolicyState, rec: Mapping[str, Any], action: str,
+    @staticmethod
+    def _event(st: PatientPolicyState, rec: OpenAlert, action: AlertAction,
                ts: int) -> AlertEvent:
         return AlertEvent(
-            alert_id=rec["alert_id"], revision=rec["revision"], action=action,  # type: ignore[arg-type]
-            patient_id=st.patient_id, device_id=st.device_id, condition=rec["condition"],
-            category=rec["category"], priority=rec["priority"],
-            onset_ts_ms=rec["onset_ts_ms"], detected_ts_ms=ts, rule=rec["rule"],
-            score=rec["score"], threshold=rec["threshold"],
-            model_version=rec["model_version"], signal_quality=rec["signal_quality"],
-            details=dict(rec["details"]))
-
-
-def _copy_state(state: PatientPolicyState) -> PatientPolicyState:
-    """Copy deep enough that the policy never mutates the caller's state.
-
-    Inner ``[ts, value]`` pairs are replaced, never mutated, so sharing them is safe; open
-    alert records are mutated and are copied (their ``details`` dicts are replaced).
-    """
-    kw = {f.name: getattr(state, f.name) for f in fields(PatientPolicyState)}
-    for name, value in kw.items():
-        if isinstance(value, list):
-            kw[name] = list(value)
-    kw["open_alerts"] = {k: dict(v) for k, v in state.open_alerts.items()}
-    kw["cleared_at_ts_ms"] = dict(state.cleared_at_ts_ms)
-    return PatientPolicyState(**kw)
+            alert_id=rec.alert_id, revision=rec.revision, action=action,
+            patient_id=st.patient_id, device_id=st.device_id, condition=rec.condition,
+            category=rec.category, priority=rec.priority, onset_ts_ms=rec.onset_ts_ms,
+            detected_ts_ms=ts, rule=rec.rule, score=rec.score, threshold=rec.threshold,
+            model_version=rec.model_version, signal_quality=rec.signal_quality,
+            details=dict(rec.details))
 
 
 def _max(a: int | None, b: int) -> int:
     return b if a is None else max(a, b)
+

@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from streaming.conditions import (
+    AnomalousBeats,
+    AnomalousBeatsState,
+    FrequentEctopySettings,
+    IrregularRhythmSettings,
+    Pause,
+)
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
 from streaming.policy import (
     AlertPolicy,
@@ -120,13 +127,19 @@ def test_clears_only_after_condition_absent_for_clear_after_s() -> None:
         evs = s.beat()
         if evs:
             break
-        if sum(f for _, f in s.state.recent_flags) >= 3:
+        if sum(f for _, f in _recent_flags(s)) >= 3:
             last_present = s.t
         assert s.t - (last_present or before) < 30_000
     assert [(e.action, e.revision) for e in evs] == [("cleared", 2)]
     assert last_present is not None and s.t - last_present >= 30_000
     assert s.t - last_present < 30_000 + 800
     assert evs[0].alert_id == s.events[0].alert_id
+
+
+def _recent_flags(s: Sim) -> list[list[int]]:
+    st = s.state.conditions[AnomalousBeats.name]
+    assert isinstance(st, AnomalousBeatsState)
+    return st.recent_flags
 
 
 def test_one_open_alert_per_condition_updates_not_repeats() -> None:
@@ -170,7 +183,8 @@ def _raise_and_clear_anomalous(s: Sim) -> None:
 
 
 def test_cooldown_blocks_reraise_then_new_episode_has_new_id() -> None:
-    s = Sim(PolicyConfig(frequent_ectopy_per_min=20, frequent_ectopy_clear_per_min=10))
+    s = Sim(PolicyConfig(conditions={
+        "frequent_ectopy": FrequentEctopySettings(per_min=20, clear_per_min=10)}))
     _raise_and_clear_anomalous(s)
     cleared_at = s.events[-1].detected_ts_ms
     assert s.beats(3, flagged=True) == []  # within cooldown_s = 60
@@ -371,7 +385,9 @@ def test_short_ventricular_run_in_sinus_rhythm_is_not_irregular_rhythm() -> None
 
     assert feed(PolicyConfig()) == []
     # the RMSSD alone would have paged someone:
-    assert [e.condition for e in feed(PolicyConfig(irregular_min_fraction=0.0))] == ["irregular_rhythm"]
+    no_fraction = PolicyConfig(conditions={
+        "irregular_rhythm": IrregularRhythmSettings(min_fraction=0.0)})
+    assert [e.condition for e in feed(no_fraction)] == ["irregular_rhythm"]
 
 
 def test_irregular_from_hr_model_score_sustained() -> None:
@@ -450,10 +466,10 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
     s.hr(s.t, 130.0, rr_ms=(800.0, 810.0))
     s.quality(s.t, noisy=True, quality=0.2)
     s.tick(1000, event_ts_ms=s.t)
-    d = s.state.to_dict()
-    restored = PatientPolicyState.from_dict(json.loads(json.dumps(d)))
+    d = s.policy.state_to_json(s.state)
+    restored = s.policy.state_from_json(d)
     assert restored == s.state
-    assert restored.to_dict() == d
+    assert s.policy.state_to_json(restored) == d
     twin = Sim()
     twin.state, twin.t, twin.n = restored, s.t, s.n
     for sim in (s, twin):
@@ -467,12 +483,12 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
 def test_input_state_is_not_mutated() -> None:
     p = AlertPolicy()
     st = p.initial_state(PID)
-    before = st.to_dict()
+    before = p.state_to_json(st)
     b = ScoredBeat(beat_id="p1:1", patient_id=PID, device_id="d1", r_ts_ms=T0, rr_ms=5000.0,
                    score=0.9, threshold=0.3, flagged=True, signal_quality=1.0,
                    model_version="m")
     evs, new = p.on_beats(st, [b])
-    assert evs and st.to_dict() == before and new.to_dict() != before
+    assert evs and p.state_to_json(st) == before and p.state_to_json(new) != before
 
 
 def test_state_with_open_alerts_is_not_mutated_by_later_calls() -> None:
@@ -482,12 +498,12 @@ def test_state_with_open_alerts_is_not_mutated_by_later_calls() -> None:
     s.hr(s.t, 190.0, rr_ms=(800.0, 810.0))
     assert s.state.open_alerts
     frozen = s.state
-    before = json.dumps(frozen.to_dict(), sort_keys=True)
+    before = s.policy.state_to_json(frozen)
     s.beats(100)  # holds, updates and clears the open alerts in later states
     s.hr(s.t, 80.0)
     s.quality(s.t, lead_off=True, quality=0.0)
     assert any(e.action == "cleared" for e in s.events)
-    assert json.dumps(frozen.to_dict(), sort_keys=True) == before
+    assert s.policy.state_to_json(frozen) == before
 
 
 def test_event_for_other_patient_is_rejected() -> None:
@@ -497,26 +513,27 @@ def test_event_for_other_patient_is_rejected() -> None:
         p.on_hr(p.initial_state(PID), obs)
 
 
-def test_from_dict_rejects_other_version() -> None:
-    d = AlertPolicy().initial_state(PID).to_dict()
+def test_state_from_json_rejects_other_version() -> None:
+    p = AlertPolicy()
+    d = json.loads(p.state_to_json(p.initial_state(PID)))
     d["version"] = 99
     with pytest.raises(ValueError, match="99"):
-        PatientPolicyState.from_dict(d)
+        p.state_from_json(json.dumps(d))
 
 
 # ---------------------------------------------------------------- config
 def test_example_yaml_loads() -> None:
     cfg = load_policy_config(REPO / "deploy" / "policy.example.yaml")
-    assert cfg.pause_s == 4.0 and cfg.ectopy_k == 3
+    assert cfg.settings(Pause).pause_s == 4.0 and cfg.settings(AnomalousBeats).k == 3
     assert cfg.limits_for("demo-patient-001") == (30.0, 50.0, 110.0, 160.0)
     assert cfg.limits_for("someone-else") == (30.0, 50.0, 120.0, 180.0)
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("pause_seconds: 4\n", "pause_seconds"),
-    ("pause_s: fast\n", "pause_s"),
-    ("ectopy_k: 9\nectopy_n: 8\n", "ectopy_k"),
-    ("brady_bpm: 130\n", "hr_low_bpm < brady_bpm"),
+    ("pause:\n  pause_seconds: 4\n", "pause.pause_seconds"),
+    ("pause:\n  pause_s: fast\n", "pause.pause_s"),
+    ("anomalous_beats:\n  k: 9\n  n: 8\n", "anomalous_beats.k"),
+    ("hr_limits:\n  brady_bpm: 130\n", "hr_low_bpm < brady_bpm"),
     ("patient_limits:\n  p9:\n    hr_hi: 150\n", "patient_limits.p9.hr_hi"),
     ("patient_limits:\n  p9:\n    tachy_bpm: 200\n", "patient_limits.p9"),
     ("- a\n- b\n", "mapping"),
