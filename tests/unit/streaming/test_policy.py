@@ -480,6 +480,63 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
     assert s.events and [e.to_dict() for e in s.events] == [e.to_dict() for e in twin.events]
 
 
+# A version-1 state (the flat JSON of the previous release) taken from the old policy
+# after _v1_before, with the events the old policy produced for _v1_after from there.
+V1_FIXTURE = Path(__file__).parent / "data" / "policy_state_v1.json"
+
+
+def _v1_before(s: Sim) -> None:
+    """Leaves something in every part of the version-1 state."""
+    s.tick(5_000_000)
+    s.beats(5)
+    s.beats(3, rr_ms=450, flagged=True)  # ventricular_run, cleared later
+    s.beats(45)
+    for _ in range(3):
+        s.beats(3)
+        s.beat(flagged=True)  # flags pending for frequent ectopy and anomalous beats
+    s.beat(rr_ms=4300)  # pause, open
+    rng = random.Random(3)
+    for i in range(35):  # tachycardia and irregular rhythm (both medium, open)
+        s.hr(s.t + i * 1000, 135.0, rr_ms=(rng.uniform(350, 700), rng.uniform(350, 700)))
+    s.quality(s.t, noisy=True, quality=0.3)  # a noisy stretch begins
+    s.t += 1000
+    s.quality(s.t, lead_off=True, quality=0.0)
+    s.t += 1000
+    s.quality(s.t)
+    s.beats(2, rr_ms=450, flagged=True)  # a ventricular run in progress
+    s.tick(5_001_000, event_ts_ms=s.t)
+
+
+def _v1_after(s: Sim) -> None:
+    s.beat(rr_ms=450, flagged=True)
+    hr_t = s.t + 40_000
+    for i in range(50):
+        s.hr(hr_t + i * 1000, 135.0 if i < 10 else 80.0)
+    s.beats(80)
+    s.quality(s.t, duration_ms=4000, lead_off=True, quality=0.0)
+    s.t += 4000
+    for i in range(8):
+        s.quality(s.t + i * 1000)
+    s.tick(5_100_000)
+    for i in range(40):
+        s.tick(5_101_000 + i * 1000)
+    s.beats(3)
+
+
+def test_version_1_state_loads_and_continues_as_the_old_policy_did() -> None:
+    fixture = json.loads(V1_FIXTURE.read_text())
+    s = Sim()
+    s.state = s.policy.state_from_json(json.dumps(fixture["state"]))
+    s.t, s.n = fixture["t"], fixture["n"]
+    assert set(s.state.open_alerts) == {"frequent_ectopy", "pause", "tachycardia"}
+    _v1_after(s)
+    assert [e.to_dict() for e in s.events] == fixture["events_after"]
+    # and the same input from the start gives the same state as the migrated one
+    fresh = Sim()
+    _v1_before(fresh)
+    assert fresh.state == s.policy.state_from_json(json.dumps(fixture["state"]))
+
+
 def test_input_state_is_not_mutated() -> None:
     p = AlertPolicy()
     st = p.initial_state(PID)
