@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from abc import ABC, abstractmethod
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
@@ -48,24 +49,32 @@ __all__ = [
     "bounded",
     "check_settings",
     "VentricularRunSettings",
+    "VentricularRunState",
     "VentricularRun",
     "PauseSettings",
+    "PauseState",
     "Pause",
+    "SustainedRateState",
     "TachycardiaSettings",
     "Tachycardia",
     "BradycardiaSettings",
     "Bradycardia",
     "FrequentEctopySettings",
+    "FrequentEctopyState",
     "FrequentEctopy",
     "IrregularRhythmSettings",
+    "IrregularRhythmState",
     "IrregularRhythm",
     "AnomalousBeatsSettings",
+    "AnomalousBeatsState",
     "AnomalousBeats",
+    "StretchState",
     "LeadOffSettings",
     "LeadOff",
     "SignalNoisySettings",
     "SignalNoisy",
     "NoDataSettings",
+    "NoDataState",
     "NoData",
     "REGISTRY",
     "conditions_table",
@@ -262,7 +271,7 @@ SettingsT = TypeVar("SettingsT")
 StateT = TypeVar("StateT")
 
 
-class Condition(Generic[SettingsT, StateT]):
+class Condition(ABC, Generic[SettingsT, StateT]):
     """One alert condition: settings, per-patient state type, rule and description.
 
     Class attributes
@@ -319,9 +328,9 @@ class Condition(Generic[SettingsT, StateT]):
         state: StateT = self.state_type()
         return state
 
+    @abstractmethod
     def observe(self, state: StateT, obs: Any, ctx: RuleContext) -> Decision | None:
         """Decide from one observation of a type in :attr:`consumes`; may update ``state``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings!r})"
