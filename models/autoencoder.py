@@ -190,7 +190,8 @@ class LSTMAutoencoder:
     timesteps, channels : int
         Input shape [n, timesteps, channels] (ECG 80 x 3, heart rate 32 x 2).
     score : ReconstructionScore
-        The kind's score (and training loss).
+        The kind's score (and training loss); kept as the ``scoring`` attribute, which
+        the bundle writer and the TFLite runtime reuse.
     name, version : str
         Identify the model in bundles and alerts.
     enc_units, latent_units, dec_units : int
