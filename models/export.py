@@ -1,8 +1,13 @@
-"""Export stage: convert the Keras beat autoencoder to TFLite with builtin ops only.
+"""Export stage: convert a Keras autoencoder (any detector kind) to TFLite with builtin ops only.
+
+The input shape [batch, timesteps, channels] is taken from the Keras model, so one
+export serves the ECG beat model and the heart-rate window model. Three flavours: a
+float32 batch-1 model for the edge, a full-integer int8 model with float32 I/O, and a
+fixed-batch float32 model for servers.
 
 The int8 model is full-integer quantised (weights and activations int8; LSTM cell
 state int16, as TFLite's integer LSTM kernel requires) calibrated on representative
-normal beats, with **float32 input and output**: the only float ops are one QUANTIZE
+normal inputs, with **float32 input and output**: the only float ops are one QUANTIZE
 at the input and one DEQUANTIZE at the output, and the runtime computes the squared
 error against the float input. An int8 output would quantise the reconstruction error
 itself to 1/256 of the output range, which costs more score resolution than it saves.
@@ -20,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from models.detector import BEAT_LENGTH, N_CHANNELS
+from models.autoencoder import DetectorError
 
 __all__ = ["ExportError", "ExportReport", "export_tflite", "tflite_op_names"]
 
@@ -29,7 +34,7 @@ __all__ = ["ExportError", "ExportReport", "export_tflite", "tflite_op_names"]
 _FORBIDDEN_PREFIXES = ("Flex",)
 
 
-class ExportError(Exception):
+class ExportError(DetectorError):
     """Conversion produced a model that is not builtin-ops-only, or failed."""
 
 
@@ -78,17 +83,18 @@ def export_tflite(
     batch_size: int = 1,
     int8_io: bool = False,
 ) -> ExportReport:
-    """Convert a tf_keras beat model to a ``.tflite`` file with a fixed input shape.
+    """Convert a tf_keras autoencoder to a ``.tflite`` file with a fixed input shape.
 
     Parameters
     ----------
     model : tf_keras.Model or LSTMAutoencoder
-        Model mapping [b, 80, 3] -> [b, 80, 3].
+        Model mapping [b, timesteps, channels] -> [b, timesteps, channels]; the shape
+        and the input tensor's name are read from it.
     path : str or Path
         Output file (written atomically: temp file + ``os.replace``).
     representative : np.ndarray, optional
-        float32 [n, 80, 3] normal beats for int8 calibration (required when ``int8``;
-        a few hundred beats from several patients is plenty).
+        float32 [n, timesteps, channels] normal inputs for int8 calibration (required
+        when ``int8``; a few hundred inputs from several patients is plenty).
     int8 : bool
         Full-integer quantisation with ``TFLITE_BUILTINS_INT8`` (16x8 activations
         are not used).
@@ -109,18 +115,23 @@ def export_tflite(
     import tensorflow as tf
 
     keras_model = getattr(model, "keras_model", model)
+    shape = tuple(keras_model.input_shape)
+    if len(shape) != 3 or shape[1] is None or shape[2] is None:
+        raise ValueError(f"model input must be [batch, timesteps, channels] with fixed timesteps and channels, got {shape}")
+    timesteps, channels = int(shape[1]), int(shape[2])
+    input_name = str(keras_model.input_names[0])
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if int8_io and not int8:
         raise ValueError("int8_io=True needs int8=True")
     if int8:
         if representative is None:
-            raise ValueError("int8 export needs representative normal beats, got None")
+            raise ValueError("int8 export needs representative normal inputs, got representative=None")
         rep = np.asarray(representative, dtype=np.float32)
-        if rep.ndim != 3 or rep.shape[1:] != (BEAT_LENGTH, N_CHANNELS) or rep.shape[0] == 0:
-            raise ValueError(f"representative must have shape [n>0, {BEAT_LENGTH}, {N_CHANNELS}], got {rep.shape}")
+        if rep.ndim != 3 or rep.shape[1:] != (timesteps, channels) or rep.shape[0] == 0:
+            raise ValueError(f"representative must have shape [n>0, {timesteps}, {channels}], got {rep.shape}")
 
-    spec = tf.TensorSpec([int(batch_size), BEAT_LENGTH, N_CHANNELS], tf.float32, name="beat")
+    spec = tf.TensorSpec([int(batch_size), timesteps, channels], tf.float32, name=input_name)
     fn = tf.function(lambda x: keras_model(x, training=False))
     concrete = fn.get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras_model)

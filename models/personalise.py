@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from models.detector import Normaliser, validate_fpr
+from models.autoencoder import validate_fpr
+from models.ecg.features import Normaliser
 
 __all__ = ["PatientCalibration"]
 

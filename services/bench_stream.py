@@ -41,7 +41,7 @@ def model_ceiling(model_dir: Path, runtime: str, seconds: float = 5.0, batch: in
     """Beats per second the detector alone scores, on realistic synthetic beats."""
     from models.beats import beat_features, segment_record
     from models.signal import preprocess_record
-    from models.detector import make_model_input
+    from models.ecg.features import make_model_input
     from models.synthetic import synth_ecg
 
     from services.pipelines import beat_spec, load_ecg_bundle
@@ -50,7 +50,7 @@ def model_ceiling(model_dir: Path, runtime: str, seconds: float = 5.0, batch: in
     rec = synth_ecg(120.0, 250, seed=11)
     beats = segment_record(preprocess_record(rec.signal_mv, 250), beat_spec(b))
     wf, rr = beat_features(beats)
-    x = make_model_input(wf, rr, b.meta.normaliser)
+    x = make_model_input(wf, rr, b.meta.input.normaliser)
     x = np.resize(x, (batch,) + x.shape[1:]).astype(np.float32)
     b.detector.score(x)  # warm-up (graph tracing)
     n, t0 = 0, time.perf_counter()

@@ -4,8 +4,8 @@
 preprocessing, beat segmentation, scoring and alert policy as the streaming worker
 (:mod:`services.replay` over :mod:`streaming.pipeline`), scoring with
 ``ai_edge_litert`` only. TensorFlow is never imported (a test checks ``sys.modules``).
-The ``.tflite`` file's folder must hold the bundle's ``bundle.json`` (sample rate, beat
-window, normaliser, threshold).
+The ``.tflite`` file's folder must hold the bundle's ``bundle.json`` (beat window,
+normaliser, and this file's own threshold); every file hash is checked first.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import Bundle, read_meta
-from models.tflite_runtime import TFLiteDetector
+from models.bundle import load_tflite_file
 from streaming.events import AlertEvent
 
 from services.pipelines import build_ecg_pipeline, build_policy
@@ -31,10 +30,8 @@ __all__ = ["main", "run_edge"]
 
 def run_edge(model: Path, record: Path, policy_file: Path | None = None, threads: int = 1,
              quiet: bool = False) -> dict:
-    meta = read_meta(model.parent)
-    det = TFLiteDetector(model, name=meta.name, version=meta.version, threshold=meta.threshold,
-                         rr_weight=meta.rr_weight, num_threads=threads)
-    bundle = Bundle(path=model.parent, meta=meta, detector=det, runtime="tflite")
+    bundle = load_tflite_file(model, num_threads=threads, kind="ecg")
+    det = bundle.detector
     ecg = build_ecg_pipeline(bundle, build_policy(policy_file))
     src = RecordSource(record.parent, record.name)
 
@@ -52,7 +49,7 @@ def run_edge(model: Path, record: Path, policy_file: Path | None = None, threads
     wall = time.perf_counter() - t0
     # Latency of the model alone, one beat per invoke as on a device (an LSTM's cost
     # does not depend on the values, so a zero beat of the bundle's shape is enough).
-    x1 = np.zeros((1, meta.beat_length, 3), dtype=np.float32)
+    x1 = np.zeros((1, bundle.meta.architecture.timesteps, bundle.meta.architecture.channels), dtype=np.float32)
     for _ in range(20):
         det.score(x1)
     n_timed, t1 = 200, time.perf_counter()
@@ -63,6 +60,8 @@ def run_edge(model: Path, record: Path, policy_file: Path | None = None, threads
         "record": record.name,
         "model": str(model),
         "model_size_kb": round(model.stat().st_size / 1024, 1),
+        "runtime": bundle.runtime,
+        "threshold": bundle.threshold,
         "beats": len(res.scored),
         "flagged": sum(s.flagged for s in res.scored),
         "alerts_raised": sum(a.action == "raised" for a in res.alerts),

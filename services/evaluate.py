@@ -86,7 +86,7 @@ def evaluate(records_dir: Path, out: Path, scores_dir: Path, model_dir: Path, st
             if plots_dir:
                 from models.plots import plot_score_trace
 
-                plot_score_trace(plots_dir / f"{name}_scores.png", t, sc, bundle.meta.threshold,
+                plot_score_trace(plots_dir / f"{name}_scores.png", t, sc, bundle.threshold,
                                  ref_t, ref_c, f"record {name}: ECG anomaly score")
         if hr is not None and plots_dir and res.hr:
             from models.plots import plot_hr_trace
@@ -104,7 +104,7 @@ def evaluate(records_dir: Path, out: Path, scores_dir: Path, model_dir: Path, st
     report = {
         "schema": EVALUATION_SCHEMA,
         "model": {"name": bundle.meta.name, "version": bundle.meta.version, "runtime": runtime,
-                  "threshold": bundle.meta.threshold, "threshold_fpr": bundle.meta.threshold_fpr},
+                  "threshold": bundle.threshold, "threshold_fpr": bundle.meta.threshold_fpr},
         "stream": stream,
         "records": per_record,
         "pooled": pool(evaluations) if evaluations else {},

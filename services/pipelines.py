@@ -13,10 +13,12 @@ from pathlib import Path
 
 from models.beats import BeatSpec
 from models.bundle import Bundle, load_bundle
+from models.ecg.features import ECGInput
+from models.hr.features import HRInput
 from streaming.pipeline import ECGPipeline, HRPipeline, HRScorer
 from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
 
-__all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "wall_clock_ms"]
+__all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "load_ecg_bundle", "wall_clock_ms"]
 
 log = logging.getLogger("cardiowatch.pipelines")
 HR_STEP = 8  # new RR intervals between heart-rate windows, as the HR bundle was validated
@@ -26,9 +28,15 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _ecg_input(bundle: Bundle) -> ECGInput:
+    inp = bundle.meta.input
+    if not isinstance(inp, ECGInput):
+        raise ValueError(f"{bundle.path} is a {bundle.meta.kind!r} bundle, the ECG stream needs an 'ecg' bundle")
+    return inp
+
+
 def beat_spec(bundle: Bundle) -> BeatSpec:
-    m = bundle.meta
-    return BeatSpec(rate_hz=m.sample_rate_hz, pre_s=m.beat_pre_s, post_s=m.beat_post_s)
+    return _ecg_input(bundle).beat
 
 
 def build_policy(policy_file: Path | None) -> AlertPolicy:
@@ -38,8 +46,9 @@ def build_policy(policy_file: Path | None) -> AlertPolicy:
 def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
                        clock_ms: Callable[[], int] = wall_clock_ms) -> ECGPipeline:
     m = bundle.meta
-    return ECGPipeline(detector=bundle.detector, normaliser=m.normaliser, threshold=m.threshold,
-                       model_version=f"{m.name}@{m.version}", policy=policy,
+    # The runtime's own threshold: an int8 model runs at the threshold set on int8 scores.
+    return ECGPipeline(detector=bundle.detector, normaliser=_ecg_input(bundle).normaliser,
+                       threshold=bundle.threshold, model_version=f"{m.name}@{m.version}", policy=policy,
                        spec=beat_spec(bundle), clock_ms=clock_ms)
 
 
@@ -51,19 +60,20 @@ def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: s
         return HRPipeline(None, policy, step=HR_STEP, clock_ms=clock_ms)
     import numpy as np
 
-    from models.hr_detector import RR_MAX_S, RR_MIN_S, load_hr_bundle
-
-    detector = load_hr_bundle(Path(hr_model_dir), runtime="keras" if runtime == "keras" else "tflite")
+    bundle = load_bundle(Path(hr_model_dir), runtime="keras" if runtime == "keras" else "tflite", kind="hr")
+    spec = bundle.meta.input
+    assert isinstance(spec, HRInput)  # kind="hr" guarantees it
+    lo, hi = spec.rr_clip_s
 
     def make_window(rr_ms: np.ndarray) -> np.ndarray:
         # Pauses and dropped beats fall outside the model's RR range; the policy's own
         # pause rule covers them, the model sees them clipped.
-        return np.clip(np.asarray(rr_ms, dtype=np.float64) / 1000.0, RR_MIN_S, RR_MAX_S)[None, :]
+        return spec.make_input(np.clip(np.asarray(rr_ms, dtype=np.float64) / 1000.0, lo, hi)[None, :])
 
     # A window of `window` beats is scored every HR_STEP new beats (the bundle's rule).
-    return HRPipeline(HRScorer(detector, detector.window, make_window), policy, step=HR_STEP,
+    return HRPipeline(HRScorer(bundle.detector, spec.window_beats, make_window), policy, step=HR_STEP,
                       clock_ms=clock_ms)
 
 
 def load_ecg_bundle(model_dir: Path, runtime: str = "keras") -> Bundle:
-    return load_bundle(model_dir, runtime=runtime, server=runtime == "tflite")
+    return load_bundle(model_dir, runtime=runtime, server=runtime == "tflite", kind="ecg")  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ from typing import Any, Literal
 import numpy as np
 
 from models.beats import BeatSpec, ECGFrontEnd, FrontEndState, beat_features
-from models.detector import Detector, Normaliser, make_model_input
+from models.autoencoder import Detector
+from models.ecg.features import Normaliser, make_model_input
 from models.personalise import PatientCalibration
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
@@ -274,13 +275,14 @@ class ECGPipeline:
 
     Parameters
     ----------
-    detector : models.detector.Detector
-        Scores model inputs built by :func:`models.detector.make_model_input`.
-    normaliser : models.detector.Normaliser
+    detector : models.autoencoder.Detector
+        Scores model inputs built by :func:`models.ecg.features.make_model_input`.
+    normaliser : models.ecg.features.Normaliser
         The bundle's global normaliser; patients calibrate their own from it.
     threshold : float
-        The bundle's operating threshold (from a false-positive rate on held-out
-        normal beats); a patient's calibrated threshold never goes below it.
+        The bundle's operating threshold for the detector's runtime (from a
+        false-positive rate on that runtime's scores of held-out normal beats); a
+        patient's calibrated threshold never goes below it.
     model_version : str
         Recorded on every score and alert.
     policy : streaming.policy.AlertPolicy

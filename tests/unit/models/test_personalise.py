@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.detector import LSTMAutoencoder, Normaliser, make_model_input
+from models.autoencoder import LSTMAutoencoder
+from models.ecg.features import BEAT_LENGTH, N_CHANNELS, ECGScore, Normaliser, make_model_input
+from models.ecg.train import beats_from_signal
 from models.personalise import PatientCalibration
 from models.synthetic import Event, synth_ecg
-from models.train import beats_from_signal
 
 G = Normaliser(center=0.0, scale=1.0)
 
@@ -71,7 +72,7 @@ def test_calibration_pays_off_for_unusual_amplitude() -> None:
     w = np.concatenate([p.waveforms for p in train])
     r = np.concatenate([p.rr_context for p in train])
     gnorm = Normaliser.fit(w)
-    det = LSTMAutoencoder(enc_units=8, latent_units=4, dec_units=8)
+    det = LSTMAutoencoder(BEAT_LENGTH, N_CHANNELS, ECGScore(), enc_units=8, latent_units=4, dec_units=8)
     det.fit(make_model_input(w, r, gnorm), make_model_input(w[:100], r[:100], gnorm), epochs=3, batch_size=64, seed=0, progress=False)
     val = _rec(450, 60.0, [])
     g_thr = det.infer_threshold(make_model_input(val.waveforms, val.rr_context, gnorm), fpr=0.02)

@@ -1,4 +1,4 @@
-"""Training stage: patient-wise split, data hash, beat labelling, CLI, end-to-end bundle."""
+"""ECG training stage: patient-wise split, data hash, beat labelling, CLI, end-to-end bundle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from models.bundle import load_bundle, read_meta
 from models.synthetic import Event, synth_ecg
-from models.train import _split, beats_from_signal, main, train_ecg, training_data_hash
+from models.ecg.train import _split, beats_from_signal, main, train_ecg, training_data_hash
 
 
 def test_split_is_patient_wise_and_seeded() -> None:
@@ -59,9 +59,11 @@ def test_end_to_end_synthetic_bundle(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     meta = read_meta(out)
-    assert meta.threshold_fpr == 0.02 and meta.training_config["data"]["kind"] == "synthetic"
+    assert meta.kind == "ecg" and meta.threshold_fpr == 0.02 and meta.training_config["data"]["kind"] == "synthetic"
     assert printed["heldout"]["n_beats_V"] > 0 and 0.0 <= printed["heldout"]["auroc_V_vs_N"] <= 1.0
     assert meta.metrics["heldout"] == printed["heldout"]
     assert len(meta.training_data_sha256) == 64
     b = load_bundle(out, runtime="tflite")
-    assert b.detector.threshold == meta.threshold
+    assert b.detector.threshold == meta.threshold("tflite")
+    assert printed["thresholds"] == meta.thresholds() and printed["threshold"] == meta.threshold("keras")
+    assert set(printed["thresholds"]) == {"keras", "tflite", "tflite-int8", "tflite-server"}

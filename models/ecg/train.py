@@ -1,10 +1,10 @@
-"""Training stage: fit the beat LSTM autoencoder on normal beats, set its threshold, write the bundle.
+"""ECG training stage: fit the beat LSTM autoencoder on normal beats, calibrate its thresholds, write the bundle.
 
 Data come from WFDB folders (:mod:`models.records`, annotated beats) or from the
 project's synthetic generator (:mod:`models.synthetic`, one seed per "patient").
 Records are split BY PATIENT into train (fit), val (early stopping) and calib
-(threshold at a stated FPR on their normal beats); no patient's beats appear in two
-splits. Beats go through the same front end as the live stream
+(each runtime's threshold at a stated FPR on their normal beats); no patient's beats
+appear in two splits. Beats go through the same front end as the live stream
 (:func:`models.signal.preprocess_record`, :func:`models.beats.segment_record`,
 :func:`models.beats.beat_features`); detected beats are labelled by the nearest
 annotation within 150 ms.
@@ -21,15 +21,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.detector import LSTMAutoencoder, Normaliser, make_model_input, validate_fpr
+from models.autoencoder import LSTMAutoencoder, validate_fpr
+from models.ecg.features import BEAT_LENGTH, N_CHANNELS, ECGInput, ECGScore, Normaliser, make_model_input
 
-__all__ = ["LabelledBeats", "TrainResult", "beats_from_signal", "main", "synthetic_eval_patients", "train_ecg"]
+__all__ = [
+    "LabelledBeats",
+    "TrainResult",
+    "beats_from_signal",
+    "evaluate_detector",
+    "main",
+    "synthetic_eval_patients",
+    "train_ecg",
+    "training_data_hash",
+]
 
 # A detected beat takes the label of the nearest annotation within this window
 # (AAMI EC57 beat-matching tolerance).
 _MATCH_TOL_S = 0.15
 # Beat-quality floor for training / threshold beats (noisy beats are not "normal data").
 _MIN_QUALITY = 0.5
+# Training loop settings of the ECG model (Adam step, early-stopping patience).
+LEARNING_RATE = 2e-3
+PATIENCE = 4
 
 
 @dataclass(frozen=True)
@@ -62,11 +75,25 @@ class LabelledBeats:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What :func:`train_ecg` produced."""
+    """What :func:`train_ecg` produced.
+
+    Attributes
+    ----------
+    bundle_path : Path
+        The bundle folder.
+    metrics : dict
+        Training and held-out metrics (as stored in the bundle).
+    history : dict
+        Keras loss history.
+    thresholds : dict
+        Runtime -> its threshold as written to the bundle (``tflite-server`` for the
+        server export).
+    """
 
     bundle_path: Path
     metrics: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 def beats_from_signal(
@@ -267,12 +294,13 @@ def train_ecg(
     epochs, batch_size, seed : int
         Training loop; the seed fixes the split, the data and the weights.
     fpr : float
-        Target false-positive rate on held-out normal beats for the threshold.
+        Target false-positive rate on held-out normal beats; every runtime's threshold
+        is calibrated on its own scores of the calib patients' normal beats.
     eval_patients : int
         Synthetic held-out patients with PVC / vrun events for AUROC (synthetic mode;
         with records, the calib records' V beats are used instead).
     enc_units, latent_units, dec_units, rr_weight, mixed_precision
-        Model settings (:class:`models.detector.LSTMAutoencoder`).
+        Model settings (:class:`models.autoencoder.LSTMAutoencoder`, :class:`models.ecg.features.ECGScore`).
     name, version : str
         Bundle identity.
     split : tuple
@@ -286,14 +314,14 @@ def train_ecg(
     -------
     TrainResult
     """
-    from models.bundle import write_bundle
+    from models.bundle import read_meta, write_bundle
 
     validate_fpr(fpr)
     if not records and int(synthetic_patients) < 3:
         raise ValueError(f"give WFDB record folders or synthetic_patients >= 3, got records={list(records)} synthetic_patients={synthetic_patients}")
     if records:
         patients = _records_beats([Path(r) for r in records], progress)
-        source = {"kind": "wfdb", "folders": [str(r) for r in records]}
+        source: dict[str, Any] = {"kind": "wfdb", "folders": [str(r) for r in records]}
     else:
         seeds = [int(seed) * 10_000 + i for i in range(int(synthetic_patients))]
         patients = [_synthetic_normal_patient(s, synthetic_duration_s) for s in _progress(seeds, progress, "synthetic patients")]
@@ -310,8 +338,23 @@ def train_ecg(
     x_va = make_model_input(w_va, r_va, normaliser)
     x_ca = make_model_input(w_ca, r_ca, normaliser)
 
-    det = LSTMAutoencoder(name=name, version=version, enc_units=enc_units, latent_units=latent_units, dec_units=dec_units, rr_weight=rr_weight, mixed_precision=mixed_precision)
-    history = det.fit(x_tr, x_va, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress)
+    det = LSTMAutoencoder(
+        timesteps=BEAT_LENGTH,
+        channels=N_CHANNELS,
+        score=ECGScore(rr_weight=rr_weight),
+        name=name,
+        version=version,
+        enc_units=enc_units,
+        latent_units=latent_units,
+        dec_units=dec_units,
+        mixed_precision=mixed_precision,
+        input_name="beat",
+    )
+    history = det.fit(
+        x_tr, x_va, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress, patience=PATIENCE, learning_rate=LEARNING_RATE
+    )
+    # The Keras threshold, for the held-out metrics below; write_bundle calibrates every
+    # runtime (this one included, to the same value) on the same calib beats.
     threshold = det.infer_threshold(x_ca, fpr)
 
     metrics: dict[str, Any] = {
@@ -335,7 +378,8 @@ def train_ecg(
         "fpr": float(fpr),
         "split_fractions": list(split),
         "optimizer": "adam",
-        "early_stopping": "val_loss, patience 4, best weights restored",
+        "learning_rate": LEARNING_RATE,
+        "early_stopping": f"val_loss, patience {PATIENCE}, best weights restored",
         "beat_min_quality": _MIN_QUALITY,
     }
     # Calibration beats from several patients spread the int8 ranges over real variation.
@@ -343,16 +387,17 @@ def train_ecg(
     path = write_bundle(
         out_dir,
         det,
-        normaliser,
-        threshold_fpr=fpr,
+        ECGInput(normaliser=normaliser),
+        calibration=x_ca,
+        fpr=fpr,
+        representative=rep,
         training_data_sha256=training_data_hash(patients),
         seed=seed,
-        representative=rep,
         training_config=config,
         metrics=metrics,
         server_batch_size=server_batch_size,
     )
-    return TrainResult(bundle_path=path, metrics=metrics, history=history)
+    return TrainResult(bundle_path=path, metrics=metrics, history=history, thresholds=read_meta(path).thresholds())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import json
 
-    print(json.dumps({"bundle": str(res.bundle_path), **res.metrics}, indent=2))
+    print(json.dumps({"bundle": str(res.bundle_path), **res.metrics, "thresholds": res.thresholds}, indent=2))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""ECG beat detector kind: beat input tensor, its score, training data and training."""
