@@ -188,7 +188,8 @@ def _extend(noise: np.ndarray, n: int) -> np.ndarray:
     """Rewind the noise as often as needed, each copy shifted to join the last one."""
     if noise.size >= n:
         return noise[:n]
-    parts, last = [], None
+    parts: list[np.ndarray] = []
+    last: float | None = None
     while sum(p.size for p in parts) < n:
         seg = noise if last is None else noise - noise[0] + last
         parts.append(seg)
