@@ -43,8 +43,9 @@ def replay(source: BeatSource | RRSource, patient_id: str, ecg: ECGPipeline | No
     worker gets them from Kafka. An :class:`RRSource` needs ``ecg`` None.
     """
     rr_only = isinstance(source, RRSource)
-    if rr_only and ecg is not None:
-        raise ValueError(f"source {source.name!r} is RR-only (no ECG samples): ecg must be None")
+    if isinstance(source, RRSource) and ecg is not None:
+        raise ValueError(f"source {source.name!r} is RR-only (no ECG samples): ecg must be None, "
+                         f"got {type(ecg).__name__}")
     w = Wearable(patient_id, f"replay-{patient_id}", source, base_ts_ms)
     out = ReplayResult()
     ecg_state = hr_state = None
