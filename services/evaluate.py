@@ -139,6 +139,25 @@ class _NoiseCache:
         return self._got[k]
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """How every record of a run is replayed and judged."""
+
+    stream: str
+    bundle: Any  # models.bundle.Bundle
+    policy: AlertPolicy
+    hr_model_dir: Path | None
+    runtime: str
+    annotation: str
+    fs: float | None
+    channel: int | str | None
+    noise: _NoiseCache
+    noise_continuous: bool
+    scores_dir: Path
+    plots_dir: Path | None
+    rules: EpisodeRules
+
+
 @dataclass
 class _Run:
     """What one record (under one noise condition) gave."""
@@ -148,37 +167,37 @@ class _Run:
     episodes: EpisodeEvaluation
 
 
-def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, stream: str, bundle, policy: AlertPolicy,
-                  hr_model_dir: Path | None, runtime: str, annotation: str, fs: float | None,
-                  channel: int | str | None, noise: _NoiseCache | None, continuous: bool,
-                  scores_dir: Path, plots_dir: Path | None, rules: EpisodeRules) -> _Run:
+def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, setup: _Setup) -> _Run:
+    """Replay one record under one noise condition and judge it."""
+    u = setup
     entry: dict[str, Any] = {"record": ref.name, "folder": str(ref.folder),
                              "noise": None if cond.record is None else {"record": cond.record}}
     src: RecordSource | RRSource
     if ref.has_signal:
-        rec = load_record(ref.folder, ref.name, channel=channel, annotation=annotation)
+        rec = load_record(ref.folder, ref.name, channel=u.channel, annotation=u.annotation)
         if cond.record is not None:
-            assert noise is not None
-            z, z_fs = noise.get(cond.record, rec.lead_index)
+            z, z_fs = u.noise.get(cond.record, rec.lead_index)
             mix = add_noise(rec.signal_mv, rec.beat_samples, z, rec.sample_rate_hz, cond.snr_db,
-                            aami_classes=rec.aami_classes, noise_rate_hz=z_fs, continuous=continuous)
+                            aami_classes=rec.aami_classes, noise_rate_hz=z_fs,
+                            continuous=u.noise_continuous)
             rec = replace(rec, signal_mv=mix.signal_mv)
-            entry["noise"] = {"record": cond.record, "continuous": continuous, **mix.to_dict()}
+            entry["noise"] = {"record": cond.record, "continuous": u.noise_continuous, **mix.to_dict()}
         ann: BeatAnnotations = rec.annotations()
         src = RecordSource.from_record(rec)
         entry.update(source="signal", lead=rec.lead)
     else:
-        if stream != "hr":
+        if u.stream != "hr":
             raise ValueError(f"record {ref.key!r} has no signal (annotation-only): it replays "
-                             f"with --stream hr, got --stream {stream}")
-        ann = load_annotations(ref.folder, ref.name, annotation, fs)
+                             f"with --stream hr, got --stream {u.stream}")
+        ann = load_annotations(ref.folder, ref.name, u.annotation, u.fs)
         src = RRSource.from_annotations(ann)
         entry.update(source="rr-only", lead=None)
     duration_s = ann.duration_s
     entry["duration_s"] = round(duration_s, 3)
-    ecg = build_ecg_pipeline(bundle, policy) if stream in ("ecg", "both") else None
-    hr = build_hr_pipeline(hr_model_dir, policy, runtime="keras" if runtime == "keras" else "tflite") \
-        if stream in ("hr", "both") else None
+    ecg = build_ecg_pipeline(u.bundle, u.policy) if u.stream in ("ecg", "both") else None
+    hr = build_hr_pipeline(u.hr_model_dir, u.policy,
+                           runtime="keras" if u.runtime == "keras" else "tflite") \
+        if u.stream in ("hr", "both") else None
     # An RR-only day is ~86,000 heart-rate messages: batches of 5 minutes (the worker takes
     # whatever Kafka hands it) keep the model calls few; the policy sees the same sequence.
     res = replay(src, f"rec-{key}", ecg, hr, chunks_per_batch=30 if ref.has_signal else 300)
@@ -186,7 +205,7 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, stream: str, bundle
 
     ref_t, ref_c = ann.beat_times_s, np.asarray(ann.aami_classes)
     truth = truth_episodes(ref_t, ref_c, ann.rhythm_annotations, ann.vf_annotations,
-                           ann.sample_rate_hz, duration_s, rules)
+                           ann.sample_rate_hz, duration_s, u.rules)
     beats: RecordEvaluation | None = None
     stem = _file_stem(key)
     if ecg is not None:
@@ -194,7 +213,7 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, stream: str, bundle
         t = np.array([(s.r_ts_ms - BASE_TS_MS) / 1000.0 for s in res.scored])
         sc = np.array([s.score for s in res.scored])
         fl = np.array([s.flagged for s in res.scored], dtype=bool)
-        with open(scores_dir / f"{stem}.csv", "w", newline="") as f:
+        with open(u.scores_dir / f"{stem}.csv", "w", newline="") as f:
             wr = csv.writer(f)
             wr.writerow(["time_s", "score", "flagged"])
             for a, b, c in zip(t, sc, fl):
@@ -203,16 +222,16 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, stream: str, bundle
                                 np.round(t * fs_ecg).astype(int), sc, fl, fs_ecg, name=key,
                                 exclude_s=[(e.start_s, e.end_s) for e in truth.vf])
         entry.update(beats.to_dict())
-        if plots_dir:
+        if u.plots_dir:
             from models.plots import plot_score_trace
 
-            plot_score_trace(plots_dir / f"{stem}_scores.png", t, sc, bundle.meta.threshold,
+            plot_score_trace(u.plots_dir / f"{stem}_scores.png", t, sc, u.bundle.meta.threshold,
                              ref_t, ref_c, f"record {key}: ECG anomaly score")
-    if hr is not None and plots_dir and res.hr:
+    if hr is not None and u.plots_dir and res.hr:
         from models.plots import plot_hr_trace
 
         scored_hr = [o for o in res.hr if o.hr_score is not None]
-        plot_hr_trace(plots_dir / f"{stem}_hr.png",
+        plot_hr_trace(u.plots_dir / f"{stem}_hr.png",
                       np.array([(o.ts_ms - BASE_TS_MS) / 1000 for o in res.hr]),
                       np.array([o.hr_bpm for o in res.hr]),
                       score_time_s=np.array([(o.ts_ms - BASE_TS_MS) / 1000 for o in scored_hr]) if scored_hr else None,
@@ -221,13 +240,13 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, stream: str, bundle
                       events=[("AF", e.start_s, e.end_s) for e in truth.af],
                       title=f"record {key}: heart rate")
     spans = alert_spans(res.alerts)
-    ep = evaluate_episodes(key, truth, spans, ref_t, ref_c, duration_s, rules)
+    ep = evaluate_episodes(key, truth, spans, ref_t, ref_c, duration_s, u.rules)
     entry["alerts"] = [_alert_json(a, v) for a, v in zip(spans, ep.verdicts)]
     entry["episodes"] = ep.to_dict()
-    if plots_dir:
+    if u.plots_dir:
         from models.plots import plot_alert_timeline
 
-        plot_alert_timeline(plots_dir / f"{stem}_alerts.png", max(duration_s, 1e-3),
+        plot_alert_timeline(u.plots_dir / f"{stem}_alerts.png", max(duration_s, 1e-3),
                             {k: [(e.start_s, e.end_s) for e in getattr(truth, k)]
                              for k in ("vt", "vf", "af", "afl") if getattr(truth, k)},
                             [(a.condition, a.priority, a.raised_s, a.end_s(duration_s)) for a in spans],
@@ -286,7 +305,12 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
     noise_cache = _NoiseCache(Path(noise_dir) if noise_dir else folders[0].parent / "nstdb")
     bundle = load_ecg_bundle(model_dir, runtime)
     policy = build_policy(policy_file)
-    rules = EpisodeRules(tachy_bpm=policy.config.tachy_bpm, brady_bpm=policy.config.brady_bpm)
+    setup = _Setup(stream=stream, bundle=bundle, policy=policy, hr_model_dir=hr_model_dir,
+                   runtime=runtime, annotation=annotation, fs=fs, channel=channel,
+                   noise=noise_cache, noise_continuous=noise_continuous, scores_dir=scores_dir,
+                   plots_dir=plots_dir,
+                   rules=EpisodeRules(tachy_bpm=policy.config.tachy_bpm,
+                                      brady_bpm=policy.config.brady_bpm))
     scores_dir.mkdir(parents=True, exist_ok=True)
     if plots_dir:
         plots_dir.mkdir(parents=True, exist_ok=True)
@@ -295,9 +319,7 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
     jobs = [(c, r) for c in conditions for r in refs]
     for cond, ref in tqdm(jobs, desc="evaluate", unit="record", file=sys.stderr):
         key = ref.key if cond.record is None else f"{ref.key}@{cond.label}"
-        run = _evaluate_one(ref, key, cond, stream, bundle, policy, hr_model_dir, runtime,
-                            annotation, fs, channel, noise_cache, noise_continuous, scores_dir,
-                            plots_dir, rules)
+        run = _evaluate_one(ref, key, cond, setup)
         per_record[key] = run.entry
         by_condition[cond.label].append(run)
     all_runs = [r for runs in by_condition.values() for r in runs]
