@@ -8,6 +8,10 @@ Pure numpy functions used by ``cardiowatch evaluate``. Conventions:
 - Scores are "higher = more anomalous". AUROC is the Mann-Whitney probability that a
   positive outscores a negative, ties counted one half; it is NaN when a class is empty.
 - Beat classes are the AAMI classes ``N, S, V, F, Q``.
+- QRS sensitivity and positive predictivity leave out ventricular fibrillation, as
+  ANSI/AAMI EC57 does: reference beats and detections inside an excluded interval
+  (``exclude_s``, the VF/VFL truth episodes) are not counted; how many were left out is
+  reported. Scores, AUROCs and flagged fractions use every matched beat, as before.
 """
 
 from __future__ import annotations
@@ -253,6 +257,8 @@ class RecordEvaluation:
     matched_classes: np.ndarray = field(repr=False)
     matched_scores: np.ndarray = field(repr=False)
     matched_flagged: np.ndarray = field(repr=False)
+    excluded_reference: int = 0
+    excluded_detections: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (NaN becomes ``None``; raw arrays omitted)."""
@@ -269,7 +275,20 @@ class RecordEvaluation:
             "flagged_fraction": {k: _jsonable(v) for k, v in self.flagged_fraction.items()},
             "n_false_positive_rate": _jsonable(self.n_false_positive_rate),
             "false_detections_flagged": self.false_detections_flagged,
+            "qrs_excluded": {"reference": self.excluded_reference,
+                             "detections": self.excluded_detections},
         }
+
+
+def _inside(samples: np.ndarray, fs: float, intervals_s: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Mask of the samples whose time lies in any closed interval ``[start_s, end_s]``."""
+    t = np.asarray(samples, dtype=np.float64) / fs
+    m = np.zeros(t.shape, dtype=bool)
+    for lo, hi in intervals_s:
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi >= lo):
+            raise ValueError(f"exclude_s intervals must be finite with end >= start, got {(lo, hi)}")
+        m |= (t >= lo) & (t <= hi)
+    return m
 
 
 def _auroc_groups(classes: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -289,6 +308,7 @@ def evaluate_record(
     *,
     window_s: float = 0.150,
     name: str = "",
+    exclude_s: Sequence[tuple[float, float]] = (),
 ) -> RecordEvaluation:
     """Evaluate one record's detected, scored and flagged beats against the reference.
 
@@ -305,6 +325,9 @@ def evaluate_record(
         Beat match tolerance, seconds.
     name : str
         Record name, carried into the result.
+    exclude_s : sequence of (start_s, end_s)
+        Intervals (seconds from the record start) left out of QRS Se/+P: the record's
+        ventricular flutter/fibrillation episodes (EC57).
 
     Returns
     -------
@@ -323,7 +346,11 @@ def evaluate_record(
             f"got {det.size}, {scores.size}, {flagged.size}"
         )
     m = match_beats(ref, det, fs, window_s)
-    se, ppv = qrs_sensitivity_ppv(m)
+    ref_out = _inside(ref, fs, exclude_s)
+    det_out = _inside(det, fs, exclude_s)
+    qrs = m if not (ref_out.any() or det_out.any()) else match_beats(
+        ref[~ref_out], det[~det_out], fs, window_s)
+    se, ppv = qrs_sensitivity_ppv(qrs)
     r_idx, d_idx = m.pairs[:, 0], m.pairs[:, 1]
     mc, ms, mf = cls[r_idx], scores[d_idx], flagged[d_idx]
     unmatched = np.ones(det.size, dtype=bool)
@@ -331,9 +358,9 @@ def evaluate_record(
     ff = flagged_fraction_by_class(mc, mf)
     return RecordEvaluation(
         name=name,
-        tp=m.tp,
-        fn=m.fn,
-        fp=m.fp,
+        tp=qrs.tp,
+        fn=qrs.fn,
+        fp=qrs.fp,
         qrs_sensitivity=se,
         qrs_ppv=ppv,
         reference_counts=aami_counts(cls),
@@ -345,6 +372,8 @@ def evaluate_record(
         matched_classes=mc,
         matched_scores=ms,
         matched_flagged=mf,
+        excluded_reference=int(ref_out.sum()),
+        excluded_detections=int(det_out.sum()),
     )
 
 
@@ -379,4 +408,6 @@ def pool(evaluations: Iterable[RecordEvaluation]) -> dict[str, Any]:
         "flagged_fraction": {k: _jsonable(v) for k, v in ff.items()},
         "n_false_positive_rate": _jsonable(ff["N"]),
         "false_detections_flagged": sum(e.false_detections_flagged for e in evs),
+        "qrs_excluded": {"reference": sum(e.excluded_reference for e in evs),
+                         "detections": sum(e.excluded_detections for e in evs)},
     }

@@ -1,4 +1,5 @@
-"""Evaluation plots: score traces with reference annotations, ROC curves, heart-rate traces.
+"""Evaluation plots: score traces with reference annotations, ROC curves, heart-rate traces,
+alert timelines against the reference episodes.
 
 matplotlib with the non-interactive Agg backend (no display needed). Every function
 writes one PNG, creating parent folders, and returns its path.
@@ -15,9 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_score_trace", "plot_roc", "plot_hr_trace", "CLASS_COLOURS"]
+__all__ = ["plot_score_trace", "plot_roc", "plot_hr_trace", "plot_alert_timeline", "CLASS_COLOURS",
+           "EPISODE_COLOURS", "PRIORITY_COLOURS"]
 
 CLASS_COLOURS: dict[str, str] = {"N": "tab:green", "S": "tab:orange", "V": "tab:red", "F": "tab:purple", "Q": "tab:gray"}
+EPISODE_COLOURS: dict[str, str] = {"vt": "tab:red", "vf": "tab:purple", "af": "tab:orange", "afl": "gold"}
+PRIORITY_COLOURS: dict[str, str] = {"high": "red", "medium": "darkorange", "low": "steelblue"}
 
 
 def _same_length(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
@@ -154,11 +158,70 @@ def plot_hr_trace(
             ax_s.legend(loc="upper right", fontsize=8)
         ax_s.set_ylabel("HR-model score")
         panels.append(ax_s)
+    labelled: set[str] = set()
     for kind, start_s, end_s in events:
         for i, ax in enumerate(panels):
-            ax.axvspan(start_s, end_s, color="tab:orange", alpha=0.2, label=kind if i == 0 else None)
+            # one legend entry per kind, not per episode (a day of AF has dozens)
+            first = i == 0 and kind not in labelled
+            ax.axvspan(start_s, end_s, color="tab:orange", alpha=0.2, label=kind if first else None)
+        labelled.add(kind)
     if events:
         ax_hr.legend(loc="upper right", fontsize=8)
     panels[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_alert_timeline(
+    path: str | Path,
+    duration_s: float,
+    episodes: Mapping[str, Sequence[tuple[float, float]]],
+    alerts: Sequence[tuple[str, str, float, float]],
+    title: str = "",
+) -> Path:
+    """Plot a record's alerts against its reference episodes.
+
+    Parameters
+    ----------
+    path : path-like
+        PNG to write.
+    duration_s : float
+        Record length (the x axis, in hours when longer than 2 h, else seconds).
+    episodes : mapping kind -> [(start_s, end_s), ...]
+        Truth episodes (``vt``, ``vf``, ``af``, ``afl``) drawn as bands over all rows.
+    alerts : sequence of (condition, priority, raised_s, end_s)
+        One bar per alert from when it was raised to when it was cleared (or the record
+        end), on one row per condition, coloured by priority.
+    title : str
+        Figure title.
+    """
+    if not (np.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s}")
+    scale, unit = (3600.0, "h") if duration_s > 7200 else (1.0, "s")
+    conditions = sorted({a[0] for a in alerts})
+    rows = {c: i for i, c in enumerate(conditions)}
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * max(len(conditions), 1)))
+    for kind, spans in episodes.items():
+        colour = EPISODE_COLOURS.get(kind, "tab:gray")
+        for k, (lo, hi) in enumerate(spans):
+            ax.axvspan(lo / scale, max(hi, lo + 0.5) / scale, color=colour, alpha=0.3, lw=0,
+                       label=f"truth {kind.upper()} ({len(spans)})" if k == 0 else None)
+    seen: set[str] = set()
+    for cond, prio, lo, hi in alerts:
+        if prio not in PRIORITY_COLOURS:
+            raise ValueError(f"alert priority must be one of {sorted(PRIORITY_COLOURS)}, got {prio!r}")
+        width = max(hi - lo, duration_s / 2000.0)  # a short alert stays visible
+        ax.broken_barh([(lo / scale, width / scale)], (rows[cond] - 0.35, 0.7),
+                       color=PRIORITY_COLOURS[prio], label=prio if prio not in seen else None)
+        seen.add(prio)
+    ax.set_yticks(range(len(conditions)), conditions)
+    ax.set_ylim(-0.6, max(len(conditions), 1) - 0.4)
+    ax.set_xlim(0, duration_s / scale)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_title(title)
+    if episodes or alerts:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, borderaxespad=0)
     fig.tight_layout()
     return _save(fig, path)

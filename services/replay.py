@@ -4,6 +4,9 @@ The evaluator and the edge runner use this to feed a record, chunk by chunk, as 
 exact wire messages a wearable sends (:class:`services.simulator.Wearable`) into the
 same :class:`~streaming.pipeline.ECGPipeline` and :class:`~streaming.pipeline.HRPipeline`
 the Faust agents call.
+
+An RR-only source (:class:`services.simulator.RRSource`: an annotation-only record)
+sends heart-rate messages only, through the heart-rate core alone.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from streaming.events import AlertEvent, HRObservation, ScoredBeat
 from streaming.pipeline import DeadLetter, ECGPipeline, HRPipeline, InMessage
 
-from services.simulator import BeatSource, Wearable
+from services.simulator import BeatSource, RRSource, Wearable
 
 __all__ = ["ReplayResult", "replay"]
 
@@ -30,11 +33,19 @@ class ReplayResult:
     chunks: int = 0
 
 
-def replay(source: BeatSource, patient_id: str, ecg: ECGPipeline | None, hr: HRPipeline | None,
-           base_ts_ms: int = BASE_TS_MS, chunks_per_batch: int = 30,
+def replay(source: BeatSource | RRSource, patient_id: str, ecg: ECGPipeline | None,
+           hr: HRPipeline | None, base_ts_ms: int = BASE_TS_MS, chunks_per_batch: int = 30,
            on_batch: Callable[[ReplayResult, Sequence[ScoredBeat], Sequence[AlertEvent], int], None] | None = None,
            max_chunks: int | None = None) -> ReplayResult:
-    """Replay ``source`` to its end (or ``max_chunks``) through the given pipelines."""
+    """Replay ``source`` to its end (or ``max_chunks``) through the given pipelines.
+
+    ``chunks_per_batch`` chunks (seconds) make one batch of consumed messages, as the
+    worker gets them from Kafka. An :class:`RRSource` needs ``ecg`` None.
+    """
+    rr_only = isinstance(source, RRSource)
+    if isinstance(source, RRSource) and ecg is not None:
+        raise ValueError(f"source {source.name!r} is RR-only (no ECG samples): ecg must be None, "
+                         f"got {type(ecg).__name__}")
     w = Wearable(patient_id, f"replay-{patient_id}", source, base_ts_ms)
     out = ReplayResult()
     ecg_state = hr_state = None
@@ -46,12 +57,20 @@ def replay(source: BeatSource, patient_id: str, ecg: ECGPipeline | None, hr: HRP
             if max_chunks is not None and out.chunks >= max_chunks:
                 done = True
                 break
-            e, h = w.step()
-            if e is None:
-                done = True
-                break
+            if rr_only:
+                advanced, h = w.step_rr()
+                e = None
+                if not advanced:
+                    done = True
+                    break
+            else:
+                e, h = w.step()
+                if e is None:
+                    done = True
+                    break
             out.chunks += 1
-            ecg_msgs.append(InMessage(patient_id.encode(), e, 0, offset))
+            if e is not None:
+                ecg_msgs.append(InMessage(patient_id.encode(), e, 0, offset))
             if h is not None:
                 hr_msgs.append(InMessage(patient_id.encode(), h, 0, offset))
             offset += 1

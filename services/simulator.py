@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,9 +29,13 @@ from streaming.schemas import encode_ecg, encode_hr
 
 from services.settings import KafkaSettings
 
+if TYPE_CHECKING:
+    from models.records import BeatAnnotations, Record
+
 __all__ = [
     "BeatSource",
     "RecordSource",
+    "RRSource",
     "Wearable",
     "parse_events",
     "demo_cohort",
@@ -53,18 +57,33 @@ class BeatSource(Protocol):
 
 
 class RecordSource:
-    """A WFDB record replayed from its start; ``exhausted`` once it has been sent."""
+    """A WFDB record replayed from its start; ``exhausted`` once it has been sent.
 
-    def __init__(self, folder: Path, name: str, channel: int = 0) -> None:
-        from models.records import load_record
+    ``channel`` ``None`` loads ``MLII`` when the record has it, else lead 0.
+    """
 
-        rec = load_record(folder, name, channel=channel)
+    def __init__(self, folder: Path, name: str, channel: int | str | None = None,
+                 record: Record | None = None) -> None:
+        if record is None:
+            from models.records import load_record
+
+            record = load_record(folder, name, channel=channel)
+        rec = record
         self.name = name
         self.sample_rate_hz = float(rec.sample_rate_hz)
         self.signal_mv = np.asarray(rec.signal_mv, dtype=np.float64)
         self.beat_times_s = np.asarray(rec.beat_samples, dtype=np.float64) / self.sample_rate_hz
         self.beat_classes = np.asarray(rec.aami_classes)
         self.n_emitted = 0
+
+    @classmethod
+    def from_record(cls, record: Record) -> RecordSource:
+        """A source for an already loaded (e.g. noise-stressed) record."""
+        return cls(Path("."), record.name, record=record)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.signal_mv) / self.sample_rate_hz
 
     @property
     def exhausted(self) -> bool:
@@ -80,13 +99,50 @@ class RecordSource:
         return [(float(t), str(c)) for t, c in zip(self.beat_times_s[m], self.beat_classes[m])]
 
 
+class RRSource:
+    """An annotation-only record (beat times, no samples): what a watch or chest strap that
+    reports only heart rate and RR intervals sends. A :class:`Wearable` steps it with
+    :meth:`Wearable.step_rr`; ``duration_s`` ends it.
+
+    Parameters
+    ----------
+    folder, name
+        Where ``{name}.{annotation}`` is.
+    annotation
+        Annotation extension (``"ecg"`` for nsr2db / chf2db, ``"atr"`` for ltafdb).
+    fs
+        The annotations' rate when the record gives none (ltafdb: 128).
+    """
+
+    def __init__(self, folder: Path, name: str, annotation: str = "atr", fs: float | None = None,
+                 annotations: BeatAnnotations | None = None) -> None:
+        if annotations is None:
+            from models.records import load_annotations
+
+            annotations = load_annotations(folder, name, annotation, fs)
+        self.name = name
+        self.sample_rate_hz = float(annotations.sample_rate_hz)  # the annotations' clock
+        self.beat_times_s = annotations.beat_times_s
+        self.beat_classes = np.asarray(annotations.aami_classes)
+        self.duration_s = float(annotations.duration_s)
+
+    @classmethod
+    def from_annotations(cls, annotations: BeatAnnotations) -> RRSource:
+        return cls(Path("."), annotations.name, annotations=annotations)
+
+    def beats_between(self, t0_s: float, t1_s: float) -> list[tuple[float, str]]:
+        # day-long records: a binary search, not a mask over 100,000 beats per second
+        lo, hi = np.searchsorted(self.beat_times_s, [t0_s, t1_s], side="left")
+        return [(float(t), str(c)) for t, c in zip(self.beat_times_s[lo:hi], self.beat_classes[lo:hi])]
+
+
 @dataclass
 class Wearable:
     """One simulated device: turns a source into ECG chunks and heart-rate samples."""
 
     patient_id: str
     device_id: str
-    source: BeatSource
+    source: BeatSource | RRSource
     start_ts_ms: int
     chunk_s: float = 1.0
     seq: int = 0  # ECG chunks sent
@@ -97,6 +153,8 @@ class Wearable:
 
     def step(self) -> tuple[bytes | None, bytes | None]:
         """Advance by one chunk; return (ECG message, heart-rate message or None)."""
+        if isinstance(self.source, RRSource):
+            raise TypeError(f"source {self.source.name!r} is RR-only (no samples): use step_rr")
         fs = self.source.sample_rate_hz
         n = int(round(self.chunk_s * fs))
         x = self.source.next_chunk(n)
@@ -106,6 +164,32 @@ class Wearable:
         ts_ms = self.start_ts_ms + int(round(t0 * 1000))
         ecg = encode_ecg(self.patient_id, self.device_id, self.seq, ts_ms, fs, x[None, :])
         t1 = t0 + len(x) / fs
+        hr = self._heart_rate(t0, t1, ts_ms)
+        self.seq += 1
+        self._t_s = t1
+        return ecg, hr
+
+    def step_rr(self) -> tuple[bool, bytes | None]:
+        """Advance an RR-only source (:class:`RRSource`, no samples) by one chunk of time.
+
+        Returns
+        -------
+        (advanced, heart-rate message or None)
+            ``advanced`` is False once the source's ``duration_s`` has been sent.
+        """
+        if not isinstance(self.source, RRSource):
+            raise TypeError(f"step_rr needs an RRSource, got {type(self.source).__name__}: use step")
+        duration_s = self.source.duration_s
+        t0 = self._t_s
+        if t0 >= duration_s:
+            return False, None
+        t1 = min(t0 + self.chunk_s, duration_s)
+        hr = self._heart_rate(t0, t1, self.start_ts_ms + int(round(t0 * 1000)))
+        self._t_s = t1
+        return True, hr
+
+    def _heart_rate(self, t0: float, t1: float, ts_ms: int) -> bytes | None:
+        """The on-board beat detector: the heart-rate message for the beats in [t0, t1)."""
         rr_ms = []
         for t, _label in self.source.beats_between(t0, t1):
             if self._last_beat_s is not None:
@@ -120,9 +204,7 @@ class Wearable:
                 hr = encode_hr(self.patient_id, self.device_id, self.hr_seq, ts_ms, hr_bpm,
                                [v for v in rr_ms if 150.0 <= v <= 20000.0])
                 self.hr_seq += 1
-        self.seq += 1
-        self._t_s = t1
-        return ecg, hr
+        return hr
 
 
 def parse_events(spec: str) -> dict[str, list[Event]]:

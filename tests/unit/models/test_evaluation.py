@@ -175,6 +175,33 @@ def test_evaluate_record_validates_lengths():
         evaluate_record(ref, cls, det, scores[:-1], flagged, fs)
 
 
+def test_qrs_figures_leave_out_vf_episodes():
+    fs = 100.0
+    # beats every second; during VF (10-20 s) the reference has no beats, the detector
+    # fires on flutter waves 4 times a second, and one reference beat sits on the bound
+    ref = np.array([100 * k for k in range(10)] + [2000, 2100])
+    cls = ["N"] * ref.size
+    vf_det = np.arange(1000, 2000, 25)  # 40 false detections inside VF
+    det = np.concatenate([ref[:-1], vf_det])  # the last reference beat (21 s) is missed
+    scores = np.linspace(0, 1, det.size)
+    flagged = scores > 0.9
+    plain = evaluate_record(ref, cls, det, scores, flagged, fs)
+    assert (plain.tp, plain.fn, plain.fp) == (11, 1, 40)
+    ev = evaluate_record(ref, cls, det, scores, flagged, fs, exclude_s=[(10.0, 20.0)])
+    # the beat at 20.0 s (on the closed bound) and its detection are left out too
+    assert (ev.tp, ev.fn, ev.fp) == (10, 1, 0)
+    assert ev.qrs_ppv == 1.0 and ev.qrs_sensitivity == pytest.approx(10 / 11)
+    assert (ev.excluded_reference, ev.excluded_detections) == (1, 41)
+    # everything else is computed as before, over every matched beat
+    assert ev.matched_counts == plain.matched_counts
+    assert ev.false_detections_flagged == plain.false_detections_flagged
+    assert ev.to_dict()["qrs_excluded"] == {"reference": 1, "detections": 41}
+    p = pool([ev, plain])
+    assert p["qrs_excluded"] == {"reference": 1, "detections": 41} and p["fp"] == 40
+    with pytest.raises(ValueError, match="exclude_s"):
+        evaluate_record(ref, cls, det, scores, flagged, fs, exclude_s=[(20.0, 10.0)])
+
+
 def test_pool_pools_scores_not_mean_of_aurocs():
     fs = 100.0
     # record A: N scores high-ish, V higher -> AUROC 1 ; record B likewise AUROC 1,
@@ -217,6 +244,22 @@ def test_plots_write_png(tmp_path):
     )
     for p in (p1, p2, p3):
         assert _png_ok(p)
+
+
+def test_alert_timeline_png(tmp_path):
+    from models.plots import plot_alert_timeline
+
+    p = plot_alert_timeline(tmp_path / "t" / "alerts.png", 1800.0,
+                            {"vt": [(100.0, 104.0)], "af": [(300.0, 900.0), (1000.0, 1200.0)]},
+                            [("ventricular_run", "high", 101.0, 140.0),
+                             ("irregular_rhythm", "medium", 330.0, 950.0),
+                             ("anomalous_beats", "low", 1500.0, 1500.5)], title="rec 1")
+    assert _png_ok(p)
+    assert _png_ok(plot_alert_timeline(tmp_path / "day.png", 86_400.0, {}, [], title="quiet day"))
+    with pytest.raises(ValueError, match="priority"):
+        plot_alert_timeline(tmp_path / "x.png", 60.0, {}, [("pause", "urgent", 1.0, 2.0)])
+    with pytest.raises(ValueError, match="duration_s"):
+        plot_alert_timeline(tmp_path / "x.png", 0.0, {}, [])
 
 
 def test_plot_validates_lengths(tmp_path):

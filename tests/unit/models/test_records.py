@@ -1,10 +1,18 @@
-"""WFDB loading: a tiny record written with wfdb from synthetic data and read back."""
+"""WFDB loading: tiny records written with wfdb from synthetic data and read back, and the
+real PhysioNet signal and annotation-only records."""
 
 import numpy as np
 import pytest
 import wfdb
 
-from models.records import AAMI_CLASSES, list_records, load_record
+from models.records import (
+    AAMI_CLASSES,
+    has_signal,
+    list_annotated,
+    list_records,
+    load_annotations,
+    load_record,
+)
 from models.synthetic import Event, synth_ecg
 
 
@@ -62,7 +70,102 @@ def test_aami_mapping():
 
 
 def test_physionet_record_if_present(shared_data_dir):
-    names = list_records(shared_data_dir)
+    # the records live in one folder per database (README of the data folder)
+    names = list_records(shared_data_dir / "mitdb-ds1")
     assert names
-    r = load_record(shared_data_dir, names[0])
+    r = load_record(shared_data_dir / "mitdb-ds1", names[0])
     assert r.signal_mv.ndim == 1 and r.beat_samples.size > 0
+
+
+def _write(tmp_path, name, leads, symbols, samples, aux):
+    rec = synth_ecg(20, 360, seed=2)
+    sig = np.stack([rec.signal_mv * (k + 1) for k in range(len(leads))], axis=1)
+    wfdb.wrsamp(name, fs=360, units=["mV"] * len(leads), sig_name=leads, p_signal=sig,
+                fmt=["212"] * len(leads), adc_gain=[200.0] * len(leads), baseline=[0] * len(leads),
+                write_dir=str(tmp_path))
+    wfdb.wrann(name, "atr", np.asarray(samples), symbol=symbols, aux_note=aux, write_dir=str(tmp_path))
+    return rec
+
+
+def test_mlii_is_preferred_and_an_explicit_channel_wins(tmp_path):
+    rec = _write(tmp_path, "r114", ["V5", "MLII"], ["N", "N"], [100, 400], ["", ""])
+    r = load_record(tmp_path, "r114")
+    assert r.lead == "MLII" and r.lead_index == 1
+    np.testing.assert_allclose(r.signal_mv, 2 * rec.signal_mv, atol=0.01)
+    assert load_record(tmp_path, "r114", channel=0).lead == "V5"
+    assert load_record(tmp_path, "r114", channel="V5").lead_index == 0
+
+
+def test_no_mlii_loads_lead_zero(tmp_path):
+    _write(tmp_path, "r800", ["ECG1", "ECG2"], ["N"], [100], [""])
+    assert load_record(tmp_path, "r800").lead == "ECG1"
+
+
+def test_vf_brackets_and_flutter_waves(tmp_path):
+    # MIT-BIH 207 style: rhythm change, '[' onset, '!' flutter waves, ']' end
+    symbols = ["+", "N", "N", "[", "+", "!", "!", "]", "+", "N"]
+    samples = [1, 300, 600, 900, 905, 1000, 1100, 2000, 2005, 2300]
+    aux = ["(N", "", "", "", "(VFL\x00", "", "", "", "(N", ""]
+    _write(tmp_path, "r207", ["MLII"], symbols, samples, aux)
+    r = load_record(tmp_path, "r207")
+    assert r.vf_annotations == ((900, "["), (2000, "]"))
+    assert r.rhythm_annotations == ((1, "(N"), (905, "(VFL"), (2005, "(N"))
+    np.testing.assert_array_equal(r.beat_samples, [300, 600, 2300])  # '!' is not a beat
+    ann = r.annotations()
+    assert ann.end_sample == len(r.signal_mv) and ann.duration_s == pytest.approx(20.0)
+
+
+def test_annotation_only_record_from_a_zero_signal_header(tmp_path):
+    (tmp_path / "nsr900.hea").write_text("nsr900 0 128 0\n")
+    wfdb.wrann("nsr900", "ecg", np.array([128, 256, 400, 540]), symbol=["N", "N", "~", "V"],
+               write_dir=str(tmp_path), fs=128)
+    assert not has_signal(tmp_path, "nsr900")
+    with pytest.raises(ValueError, match="load_annotations"):
+        load_record(tmp_path, "nsr900", annotation="ecg")
+    a = load_annotations(tmp_path, "nsr900", "ecg")
+    assert a.sample_rate_hz == 128.0 and list(a.aami_classes) == ["N", "N", "V"]
+    np.testing.assert_allclose(a.beat_times_s, [1.0, 2.0, 540 / 128])
+    assert a.end_sample == 541
+    with pytest.raises(ValueError, match="128"):
+        load_annotations(tmp_path, "nsr900", "ecg", fs=250)
+    assert list_annotated(tmp_path, "ecg") == ["nsr900"]
+
+
+def test_annotation_only_record_without_header_needs_fs(tmp_path):
+    wfdb.wrann("lt01", "atr", np.array([128, 256]), symbol=["N", "N"], write_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="fs"):
+        load_annotations(tmp_path, "lt01", "atr")
+    assert load_annotations(tmp_path, "lt01", "atr", fs=128).duration_s == pytest.approx(257 / 128)
+    with pytest.raises(FileNotFoundError):
+        load_annotations(tmp_path, "lt02", "atr", fs=128)
+
+
+@pytest.mark.data
+def test_real_nsr2db_annotation_only_record(shared_data_dir):
+    a = load_annotations(shared_data_dir / "nsr2db", "nsr001", "ecg")
+    assert a.sample_rate_hz == 128.0
+    assert 20 * 3600 < a.duration_s < 26 * 3600  # about a day of beats
+    assert a.beat_samples.size > 100_000 and not a.rhythm_annotations
+    rr = np.diff(a.beat_times_s)
+    assert 0.5 < float(np.median(rr)) < 1.3  # a normal resting RR
+
+
+@pytest.mark.data
+def test_real_ltafdb_record_needs_fs_and_has_af(shared_data_dir):
+    folder = shared_data_dir / "ltafdb"
+    assert list_annotated(folder, "atr") == ["00", "01", "03", "05"]
+    with pytest.raises(ValueError, match="128"):
+        load_annotations(folder, "00", "atr")
+    a = load_annotations(folder, "00", "atr", fs=128)
+    kinds = {aux for _, aux in a.rhythm_annotations}
+    assert {"(AFIB", "(N"} <= kinds
+    assert 18 * 3600 < a.duration_s < 26 * 3600
+
+
+@pytest.mark.data
+def test_real_mitdb_114_loads_mlii_and_207_has_vf_brackets(shared_data_dir):
+    folder = shared_data_dir / "mitdb-ds1"
+    assert load_record(folder, "114").lead == "MLII"
+    r = load_record(folder, "207")
+    assert [s for _, s in r.vf_annotations][:2] == ["[", "]"]
+    assert "!" not in set(r.beat_symbols)
