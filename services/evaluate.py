@@ -263,6 +263,12 @@ def _pooled(runs: Sequence[_Run]) -> dict[str, Any]:
     return out
 
 
+def _episode_rules(policy) -> EpisodeRules:
+    # The policy's default soft limits judge heart-rate alerts that carry no limit of their own.
+    _low, brady, tachy, _high = policy.config.limits_for("")
+    return EpisodeRules(tachy_bpm=tachy, brady_bpm=brady)
+
+
 def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, model_dir: Path,
              stream: str, plots_dir: Path | None, runtime: str = "keras",
              hr_model_dir: Path | None = None, names: list[str] | None = None, *,
@@ -309,8 +315,7 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
                    runtime=runtime, annotation=annotation, fs=fs, channel=channel,
                    noise=noise_cache, noise_continuous=noise_continuous, scores_dir=scores_dir,
                    plots_dir=plots_dir,
-                   rules=EpisodeRules(tachy_bpm=policy.config.tachy_bpm,
-                                      brady_bpm=policy.config.brady_bpm))
+                   rules=_episode_rules(policy))
     scores_dir.mkdir(parents=True, exist_ok=True)
     if plots_dir:
         plots_dir.mkdir(parents=True, exist_ok=True)
