@@ -573,6 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            noise_span_s=tuple(a.noise_span) if a.noise_span else None,
                            cache_dir=a.cache_dir, progress=log)
     res = train_vf(sets, fpr=a.fpr, l2=a.l2, settings=settings, n_folds=a.folds, seed=a.seed)
+    # the noisy copies' figures hold patients out, not the noise itself unless a span is given
+    res.doc["training"]["noise_span_s"] = list(a.noise_span) if a.noise_span else "all"
+    res.doc["training"]["snrs_db"] = snrs
     update_extras(a.bundle, files={FILE_NAME: res.detector.to_bytes()}, extra={EXTRA_KEY: res.doc})
     if a.report:
         a.report.write_text(json.dumps({"summary": res.cv.summary, "records": res.cv.records,
