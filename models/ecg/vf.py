@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,10 +490,18 @@ class VFDetector:
         """The ``vf_detector.npz`` file: weights, standardisation and feature names (the
         settings travel in ``bundle.json``)."""
         header = {"format": _FORMAT, "model": "logistic", "feature_names": list(self.feature_names)}
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8), "coef": self.coef,
+                  "intercept": np.array([self.intercept]), "mean": self.mean, "scale": self.scale}
+        # np.savez stamps each member with the current time; a fixed stamp makes the file
+        # (and so the bundle's hash of it) a function of the weights alone
         buf = io.BytesIO()
-        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-                            coef=self.coef, intercept=np.array([self.intercept]), mean=self.mean,
-                            scale=self.scale)
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, a in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+                zf.writestr(info, member.getvalue())
         return buf.getvalue()
 
     @classmethod
