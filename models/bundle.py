@@ -44,7 +44,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -75,6 +75,7 @@ __all__ = [
     "load_bundle",
     "load_tflite_file",
     "read_meta",
+    "update_extras",
     "write_bundle",
 ]
 
@@ -604,6 +605,75 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def update_extras(bundle_dir: str | Path, files: Mapping[str, str | Path | bytes] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> BundleMeta:
+    """Add or replace extra files and ``extra`` sections of an existing bundle, atomically.
+
+    The bundle is checked first (every listed file's hash), copied into a temporary
+    sibling folder, changed there (new files written, every hash recomputed, the given
+    top-level ``extra`` keys replaced, the others kept), read back, then swapped into
+    place like :func:`write_bundle` does: a failure leaves the old bundle untouched.
+    Model files and thresholds are never changed.
+
+    Parameters
+    ----------
+    bundle_dir : str or Path
+        An existing bundle folder.
+    files : mapping of file name -> path or bytes, optional
+        Extra files to add or replace (plain names, not a model file of the bundle).
+    extra : mapping, optional
+        Top-level keys of the ``extra`` section to add or replace (JSON-serialisable).
+
+    Returns
+    -------
+    BundleMeta
+        The updated ``bundle.json``.
+
+    Raises
+    ------
+    BundleError
+        The bundle is missing or corrupt, or a file name is not allowed.
+    """
+    out = Path(bundle_dir)
+    meta = read_meta(out)
+    files = dict(files or {})
+    models = {m.file for m in meta.runtimes.values()} | ({meta.server.file} if meta.server else set())
+    for fname in files:
+        _check_file_name(fname, "files")
+        if fname in models or fname in _MODEL_FILES:
+            raise BundleError(f"files: {fname!r} is a model file of the bundle; retrain to change it")
+    try:
+        extra_doc = json.loads(json.dumps({**meta.extra, **dict(extra or {})}, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"extra must be JSON-serialisable: {exc}") from exc
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for fp in out.iterdir():
+            if fp.is_file() and fp.name != META_FILE:
+                shutil.copyfile(fp, tmp / fp.name)
+        for fname, src in files.items():
+            if isinstance(src, bytes):
+                (tmp / fname).write_bytes(src)
+            else:
+                shutil.copyfile(src, tmp / fname)
+        hashes = {name: _sha256_file(tmp / name) for name in sorted(set(meta.files) | set(files))}
+        new = replace(meta, files=hashes, extra=extra_doc)
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(new.to_json_dict(), fh, indent=2, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        checked = read_meta(tmp)  # the reader accepts what we wrote, hashes included
+        os.chmod(tmp, 0o755)
+        for fp in tmp.iterdir():
+            os.chmod(fp, 0o644)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return checked
 
 
 def read_meta(path: str | Path, verify_files: bool = True) -> BundleMeta:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("services.broker", "fetch, start, stop the local Apache Kafka broker"),
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
+    "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),
     "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),
     "crossval": ("services.crossval", "leave-patient-out folds: train a bundle per fold, evaluate held-out patients"),
     "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),

@@ -15,6 +15,7 @@ from models.beats import BeatSpec
 from models.ecg.scorer import load_scorer
 from models.bundle import Bundle, load_bundle
 from models.ecg.features import ECGInput
+from models.ecg.vf import load_vf_detector
 from models.hr.features import HRInput
 from streaming.pipeline import ECGPipeline, HRPipeline, HRScorer
 from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
@@ -47,9 +48,13 @@ def build_policy(policy_file: Path | None) -> AlertPolicy:
 def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
                        clock_ms: Callable[[], int] = wall_clock_ms) -> ECGPipeline:
     m = bundle.meta
+    # A bundle made before the VF detector has none: the pipeline runs without it.
+    vf = load_vf_detector(bundle.path, m.extra)
+    if vf is None:
+        log.warning("ECG bundle %s has no VF detector: no ventricular_fibrillation alerts", bundle.path)
     # The runtime's own threshold: an int8 model runs at the threshold set on int8 scores.
     return ECGPipeline(scorer=load_scorer(bundle), model_version=f"{m.name}@{m.version}", policy=policy,
-                       spec=beat_spec(bundle), clock_ms=clock_ms)
+                       spec=beat_spec(bundle), clock_ms=clock_ms, vf_detector=vf)
 
 
 def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: str = "keras",

@@ -31,7 +31,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from streaming.errors import PolicyConfigError
-from streaming.events import Category, HRObservation, Priority, QualityObservation, ScoredBeat
+from streaming.events import (
+    Category,
+    HRObservation,
+    Priority,
+    QualityObservation,
+    ScoredBeat,
+    VFObservation,
+)
 
 __all__ = [
     "Tick",
@@ -51,6 +58,9 @@ __all__ = [
     "VentricularRunSettings",
     "VentricularRunState",
     "VentricularRun",
+    "VentricularFibrillationSettings",
+    "VentricularFibrillationState",
+    "VentricularFibrillation",
     "PauseSettings",
     "PauseState",
     "Pause",
@@ -430,6 +440,80 @@ class VentricularRun(Condition[VentricularRunSettings, VentricularRunState]):
             f"{state.run_len} consecutive flagged beats with RR < {s.max_rr_ms:g} ms",
             float(state.run_len),
             {"run_length_beats": state.run_len, "rate_bpm": round(60_000 / mean_rr, 1)})
+
+
+# ---------------------------------------------------------- ventricular fibrillation
+@dataclass(frozen=True, slots=True)
+class VentricularFibrillationSettings:
+    """Consecutive ECG windows the VF detector scores above its threshold."""
+
+    section: ClassVar[str] = "ventricular_fibrillation"
+    # 4 s windows every 1 s: the first window wholly inside VF ends 4 s after onset, so
+    # 4 in a row alarm about 7 s after onset (monitor standards ask for <= 10 s).
+    consecutive_windows: int = bounded(4, 1, 60)
+    # windows further apart than this (a stream gap) do not continue a run
+    max_step_s: float = bounded(1.5, 0.1, 60.0)
+    # no window above threshold for this long: the episode is over
+    clear_s: float = bounded(30.0, 0.0, 3600.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(slots=True)
+class VentricularFibrillationState:
+    run_windows: int = 0
+    run_start_ts_ms: int | None = None  # start of the run's first window
+    last_ts_ms: int | None = None  # end of the latest window seen
+    last_above_ts_ms: int | None = None  # end of the latest window above threshold
+
+
+class VentricularFibrillation(Condition[VentricularFibrillationSettings, VentricularFibrillationState]):
+    """VF / flutter decided from the signal itself (:mod:`models.ecg.vf`), not from beats:
+    VF has no QRS complexes for a beat rule to count."""
+
+    name = "ventricular_fibrillation"
+    category = "physiological"
+    settings_type = VentricularFibrillationSettings
+    state_type = VentricularFibrillationState
+    consumes = (VFObservation,)
+    derived_from = "ecg"
+    rows = (("high", "``consecutive_windows`` consecutive ECG windows (4 s, one every 1 s) "
+                     "with VF probability above the VF detector's threshold; clears after "
+                     "``clear_s`` without one"),)
+
+    def observe(self, state: VentricularFibrillationState, obs: VFObservation,
+                ctx: RuleContext) -> Decision | None:
+        s, ts = self.settings, obs.ts_ms
+        contiguous = state.last_ts_ms is not None and 0 < ts - state.last_ts_ms <= s.max_step_s * 1000
+        state.last_ts_ms = ts
+        is_open = ctx.is_open(self.name)
+        unusable = ctx.facts.unusable_until_ts_ms
+        if unusable is not None and ts - obs.duration_ms < unusable:
+            # the window reaches into a lead-off, noisy or missing stretch: not evidence
+            # either way (the policy suppresses windows that end inside one)
+            state.run_windows, state.run_start_ts_ms = 0, None
+            return Hold(ts) if is_open else None
+        if not obs.probability > obs.threshold:
+            state.run_windows, state.run_start_ts_ms = 0, None
+            if not is_open:
+                return None
+            if state.last_above_ts_ms is not None and ts - state.last_above_ts_ms < s.clear_s * 1000:
+                return Hold(ts)
+            return Clear(ts, f"no ECG window with VF probability above threshold for {s.clear_s:g} s")
+        if not contiguous or state.run_start_ts_ms is None:
+            state.run_windows, state.run_start_ts_ms = 0, ts - obs.duration_ms
+        state.run_windows += 1
+        state.last_above_ts_ms = ts
+        if state.run_windows < s.consecutive_windows and not is_open:
+            return None
+        return Finding(
+            "high", ts, state.run_start_ts_ms,
+            f"{state.run_windows} consecutive ECG windows with VF probability "
+            f"{obs.probability:.2f} > threshold {obs.threshold:.2f}",
+            details={"vf_windows": state.run_windows, "vf_probability": round(obs.probability, 4)},
+            score=obs.probability, threshold=obs.threshold, model_version=obs.model_version,
+            signal_quality=obs.quality)
 
 
 # ----------------------------------------------------------------------------- pause
@@ -899,6 +983,7 @@ class NoData(Condition[NoDataSettings, NoDataState]):
 #: priorities first; a condition comes after those that subsume it.
 REGISTRY: tuple[type[Condition[Any, Any]], ...] = (
     VentricularRun,
+    VentricularFibrillation,
     Pause,
     Tachycardia,
     Bradycardia,

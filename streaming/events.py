@@ -21,6 +21,7 @@ __all__ = [
     "ScoredBeat",
     "HRObservation",
     "QualityObservation",
+    "VFObservation",
     "AlertEvent",
 ]
 
@@ -91,6 +92,24 @@ class QualityObservation:
     quality: float  # 0..1
     lead_off: bool
     noisy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VFObservation:
+    """The ventricular-fibrillation detector's score of one ECG window (models.ecg.vf).
+
+    ``ts_ms`` is the window's end (the event time its score is known); the window covers
+    ``[ts_ms - duration_ms, ts_ms)``. ``quality`` is that of the chunk the window ends in.
+    """
+
+    patient_id: str
+    device_id: str
+    ts_ms: int
+    duration_ms: int
+    probability: float  # 0..1
+    threshold: float
+    quality: float | None = None
+    model_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

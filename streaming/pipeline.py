@@ -9,7 +9,8 @@ One batch of consumed messages goes through::
     -> ECG front end per chunk (models.beats: band-pass, resample, QRS, beats, SQI)
     -> beat context per patient (models.ecg.beatfeatures: the patient's own dominant beat)
     -> ONE autoencoder call and ONE beat-classifier call for every beat of every patient
-       in the batch (models.ecg.scorer) -> alert policy (streaming.policy)
+       in the batch (models.ecg.scorer), and one VF-detector call for every due signal
+       window when the bundle has one (models.ecg.vf) -> alert policy (streaming.policy)
 
 Per-patient state is a small dataclass that packs to bytes, so the worker keeps it in
 a Faust table backed by a changelog topic and a restarted worker resumes where it was.
@@ -34,8 +35,9 @@ from models.beats import WARMUP_S, BeatSpec, ECGFrontEnd, FrontEndState
 from models.autoencoder import Detector
 from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
+from models.ecg.vf import VFDetector, due_windows
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
-from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
+from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat, VFObservation
 from streaming.policy import AlertPolicy
 from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
 
@@ -226,6 +228,10 @@ class _Pending:
     beats: list[Any]
     seg_t0_ms: float  # event time of sample 0 of the segment these beats belong to
     gap: tuple[int, int] | None = None  # a hole in the stream just before this step
+    # VF-detector windows that end in this chunk: absolute end samples in the segment
+    # and the band-passed windows [k, window]
+    vf_ends: np.ndarray | None = None
+    vf_windows: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +269,7 @@ class ECGBatchResult:
     model_calls: int
     model_batch_sizes: list[int]
     model_seconds: float
+    vf: list[VFObservation] = field(default_factory=list)
 
     @property
     def gaps(self) -> int:
@@ -284,16 +291,27 @@ class ECGPipeline:
         Must match the bundle's beat window.
     clock_ms : callable
         Wall clock for ``produced_wall_ms`` only (injected so tests control it).
+    vf_detector : models.ecg.vf.VFDetector, optional
+        Scores every window of band-passed signal on its grid (one call per batch) into
+        a :class:`~streaming.events.VFObservation` for the policy. None (a bundle made
+        before it): no VF observations.
     """
 
     def __init__(self, scorer: BeatScorer, model_version: str, policy: AlertPolicy, spec: BeatSpec,
-                 clock_ms: Callable[[], int]) -> None:
+                 clock_ms: Callable[[], int], vf_detector: VFDetector | None = None) -> None:
         self.scorer = scorer
         self.model_version = model_version
         self.policy = policy
         self.spec = spec
         self.clock_ms = clock_ms
         self._front_ends: dict[float, ECGFrontEnd] = {}
+        self.vf_detector = vf_detector
+        if vf_detector is not None:
+            vs = vf_detector.settings
+            if vs.rate_hz != spec.rate_hz:
+                raise ValueError(f"vf_detector runs at {vs.rate_hz} Hz, the front end at {spec.rate_hz} Hz")
+            if vs.threshold is None:
+                raise ValueError("vf_detector has no threshold")
 
     def front_end(self, sample_rate_hz: float) -> ECGFrontEnd:
         fe = self._front_ends.get(sample_rate_hz)
@@ -352,20 +370,29 @@ class ECGPipeline:
                     # nothing ECG-derived may span the hole, nor the new segment's warm-up
                     gap = (int(old_end), int(chunk.ts_ms + WARMUP_S * 1000))
                 assert st.front is not None  # _advance started a segment if there was none
+                prev_buf = st.front.seg.buf
                 res, st.front = self.front_end(chunk.sample_rate_hz).process(
                     st.front, chunk.samples_mv[0])
                 self._keep_strip(st, res.filtered, chunk)
                 q = QualityObservation(pid, chunk.device_id, chunk.ts_ms, int(chunk.duration_ms),
                                        float(res.quality), bool(res.lead_off), bool(res.noisy))
                 quality.append(q)
-                pending.append(_Pending(st, q, list(res.beats), st.seg_t0_ms, gap))
+                item = _Pending(st, q, list(res.beats), st.seg_t0_ms, gap)
+                if self.vf_detector is not None:
+                    vs = self.vf_detector.settings
+                    item.vf_ends, item.vf_windows = due_windows(
+                        np.concatenate([prev_buf, res.filtered.astype(np.float32)]),
+                        st.front.seg.n_total, vs.window, vs.hop, res.n_out)
+                pending.append(item)
                 valid += 1
             except Exception as exc:  # invalid input or a bug: keep the message, go on
                 dead.append(DeadLetter.from_error("ecg", exc, m))
 
-        scored, alerts, sizes, model_seconds = self._score_and_decide(pending)
+        vf = self._score_vf(pending)
+        scored, alerts, sizes, model_seconds = self._score_and_decide(pending, vf)
         return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
-                              gap_notes, len(sizes), sizes, model_seconds)
+                              gap_notes, len(sizes), sizes, model_seconds,
+                              [o for obs in vf.values() for o in obs])
 
     def flush(self, states: Mapping[str, ECGPatientState]) -> ECGBatchResult:
         """End of a finite stream (a replayed record): emit the beats still waiting for
@@ -384,7 +411,37 @@ class ECGPipeline:
         return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, [], len(sizes), sizes,
                               model_seconds)
 
-    def _score_and_decide(self, pending: list[_Pending]
+    def _score_vf(self, pending: list[_Pending]) -> dict[int, list[VFObservation]]:
+        """One VF-detector call for every window due in the batch -> observations per step.
+
+        A window that starts inside a segment's warm-up (filter start transient) gets
+        quality 0, like the beats there, so the policy does not trust it."""
+        det = self.vf_detector
+        items = [(i, p) for i, p in enumerate(pending) if p.vf_ends is not None and len(p.vf_ends)]
+        if det is None or not items:
+            return {}
+        vs = det.settings
+        prob = det.score(np.concatenate([p.vf_windows for _, p in items if p.vf_windows is not None]))
+        assert vs.threshold is not None  # checked in __init__
+        warm = self.spec.rate_hz * WARMUP_S
+        out: dict[int, list[VFObservation]] = {}
+        start = 0
+        for i, p in items:
+            assert p.vf_ends is not None
+            q = p.quality.quality if p.quality is not None else None
+            device = p.quality.device_id if p.quality is not None else p.st.device_id
+            obs = []
+            for end, pr in zip(p.vf_ends.tolist(), prob[start:start + len(p.vf_ends)].tolist()):
+                ts = int(round(p.seg_t0_ms + end * 1000.0 / self.spec.rate_hz))
+                obs.append(VFObservation(
+                    p.st.patient_id, device, ts, int(round(vs.window_s * 1000)), float(pr),
+                    float(vs.threshold), 0.0 if end - vs.window < warm else q, self.model_version))
+            start += len(p.vf_ends)
+            out[i] = obs
+        return out
+
+    def _score_and_decide(self, pending: list[_Pending],
+                          vf: Mapping[int, Sequence[VFObservation]] | None = None,
                           ) -> tuple[list[ScoredBeat], list[AlertEvent], list[int], float]:
         """One autoencoder and one classifier call for every beat of every patient, then,
         step by step in stream order, the policy."""
@@ -436,6 +493,9 @@ class ECGPipeline:
                 st.beats_scored += len(beat_events)
                 scored.extend(beat_events)
                 ev, st.policy = self.policy.on_beats(st.policy, beat_events)
+                alerts.extend(ev)
+            for o in (vf or {}).get(i, ()):
+                ev, st.policy = self.policy.on_observation(st.policy, o)
                 alerts.extend(ev)
             if q is not None and st.sample_rate_hz is not None:
                 # A long enough stretch without a beat is itself the finding (no beat will

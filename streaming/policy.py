@@ -11,38 +11,41 @@ per-patient state, its rule and its line in this table; :data:`~streaming.condit
 lists them. Semantics (IEC 60601-1-8 spirit: say only what matters, never miss a high
 priority); a key names the condition's own YAML section unless qualified:
 
-=====================  ==========  ==========================================================
-condition              priority    rule
-=====================  ==========  ==========================================================
-``ventricular_run``    high        >= ``min_beats`` ventricular beats in a row (the first
-                                   classified V, the next with run evidence >=
-                                   ``continue_p``), mean RR <= ``max_rr_ms``; without a beat
-                                   classifier: consecutive flagged beats, each with RR <
-                                   ``max_rr_ms``
-``pause``              high        a beat with RR >= ``pause_s``, or (tick) no beat for
-                                   ``pause_s`` of ECG event time while the signal is good
-``tachycardia``        high        HR above the hard limit ``hr_limits.hr_high_bpm``
-                                   (immediately)
-                       medium      HR above ``hr_limits.tachy_bpm`` sustained for
-                                   ``sustain_s``
-``bradycardia``        high        HR below the hard limit ``hr_limits.hr_low_bpm``
-                                   (immediately)
-                       medium      HR below ``hr_limits.brady_bpm`` sustained for
-                                   ``sustain_s``
-``frequent_ectopy``    medium      >= ``per_min`` flagged beats in 60 s; clears below
-                                   ``clear_per_min``
-``irregular_rhythm``   medium      normalised RMSSD of RR over ``window_s`` >= ``nrmssd``
-                                   with >= ``min_fraction`` of beat-to-beat changes that
-                                   large (or HR-model score >= its threshold), sustained for
-                                   ``sustain_s``
-``anomalous_beats``    low         ``k`` of the last ``n`` beats flagged (not while
-                                   ventricular_run or frequent_ectopy is open)
-``lead_off``           medium      technical: lead off for ``lead_off_s``
-``signal_noisy``       low         technical: noisy / quality below ``signal.min_quality``
-                                   for ``noisy_s``
-``no_data``            medium      technical: (tick) event time has not advanced for
-                                   ``no_data_s`` of wall time
-=====================  ==========  ==========================================================
+=============================  ==========  ==========================================================
+condition                      priority    rule
+=============================  ==========  ==========================================================
+``ventricular_run``            high        >= ``min_beats`` ventricular beats in a row (the first
+                                           classified V, the next with run evidence >=
+                                           ``continue_p``), mean RR <= ``max_rr_ms``; without a beat
+                                           classifier: consecutive flagged beats, each with RR <
+                                           ``max_rr_ms``
+``ventricular_fibrillation``   high        ``consecutive_windows`` consecutive ECG windows (4 s, one
+                                           every 1 s) with VF probability above the VF detector's
+                                           threshold; clears after ``clear_s`` without one
+``pause``                      high        a beat with RR >= ``pause_s``, or (tick) no beat for
+                                           ``pause_s`` of ECG event time while the signal is good
+``tachycardia``                high        HR above the hard limit ``hr_limits.hr_high_bpm``
+                                           (immediately)
+                               medium      HR above ``hr_limits.tachy_bpm`` sustained for
+                                           ``sustain_s``
+``bradycardia``                high        HR below the hard limit ``hr_limits.hr_low_bpm``
+                                           (immediately)
+                               medium      HR below ``hr_limits.brady_bpm`` sustained for
+                                           ``sustain_s``
+``frequent_ectopy``            medium      >= ``per_min`` flagged beats in 60 s; clears below
+                                           ``clear_per_min``
+``irregular_rhythm``           medium      normalised RMSSD of RR over ``window_s`` >= ``nrmssd``
+                                           with >= ``min_fraction`` of beat-to-beat changes that
+                                           large (or HR-model score >= its threshold), sustained for
+                                           ``sustain_s``
+``anomalous_beats``            low         ``k`` of the last ``n`` beats flagged (not while
+                                           ventricular_run or frequent_ectopy is open)
+``lead_off``                   medium      technical: lead off for ``lead_off_s``
+``signal_noisy``               low         technical: noisy / quality below ``signal.min_quality``
+                                           for ``noisy_s``
+``no_data``                    medium      technical: (tick) event time has not advanced for
+                                           ``no_data_s`` of wall time
+=============================  ==========  ==========================================================
 
 Heart-rate limits are clinician limits: they apply beside the models, whatever the model
 scores; ``hr_limits`` holds the defaults and ``patient_limits`` overrides them per patient.

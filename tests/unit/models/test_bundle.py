@@ -21,6 +21,7 @@ from models.bundle import (
     load_bundle,
     load_tflite_file,
     read_meta,
+    update_extras,
     write_bundle,
 )
 from models.ecg.features import ECGInput, Normaliser
@@ -321,3 +322,73 @@ def test_shipped_bundles_load_with_their_thresholds() -> None:
         load_bundle(SHIPPED_HR, runtime="tflite-int8")
     b = load_bundle(SHIPPED_HR, runtime="tflite", kind="hr")
     assert b.threshold == hr.threshold("tflite")
+
+
+# ---------------------------------------------------------------- update_extras
+def _sha(p: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_update_extras_adds_and_replaces_files_and_sections(bundle_dir: Path, tmp_path: Path) -> None:
+    d = _copy(bundle_dir, tmp_path)
+    before = read_meta(d)
+    src = tmp_path / "vf.npz"
+    src.write_bytes(b"vf weights")
+    meta = update_extras(d, files={"vf_detector.npz": src, "classifier.bin": b"new weights"},
+                         extra={"vf_detector": {"file": "vf_detector.npz", "threshold": 0.5}})
+    assert meta == read_meta(d)  # what it returns is what is on disk, hashes checked
+    assert (d / "vf_detector.npz").read_bytes() == b"vf weights"
+    assert (d / "classifier.bin").read_bytes() == b"new weights"
+    for name in ("vf_detector.npz", "classifier.bin", "notes.txt", *MODEL_FILES):
+        assert meta.files[name] == _sha(d / name)
+    # other sections of extra are kept; the given top-level keys replaced or added
+    assert meta.extra == {**before.extra, "vf_detector": {"file": "vf_detector.npz", "threshold": 0.5}}
+    assert meta.extra_files == ("classifier.bin", "notes.txt", "vf_detector.npz")
+    # models and thresholds untouched
+    assert (meta.runtimes, meta.server, meta.input, meta.created) == (before.runtimes, before.server,
+                                                                     before.input, before.created)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "vf.npz"]  # no temp folder left
+    update_extras(d, extra={"vf_detector": {"file": "vf_detector.npz", "threshold": 0.7}})
+    assert read_meta(d).extra["vf_detector"]["threshold"] == 0.7
+
+
+def test_update_extras_is_atomic(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.bundle as mb
+
+    d = _copy(bundle_dir, tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+
+    def boom(tmp: Path, out: Path) -> None:
+        assert (tmp / "vf_detector.npz").is_file()  # the new bundle was complete
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(mb, "_swap_into_place", boom)
+    with pytest.raises(OSError, match="killed"):
+        update_extras(d, files={"vf_detector.npz": b"x"}, extra={"vf_detector": {}})
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize(("files", "extra", "match"), [
+    ({"model_int8.tflite": b"x"}, None, "is a model file of the bundle"),
+    ({"bundle.json": b"x"}, None, "not a plain file name"),
+    ({"../x.bin": b"x"}, None, "not a plain file name"),
+    (None, {"x": float("nan")}, "extra must be JSON-serialisable"),
+])
+def test_update_extras_validates(bundle_dir: Path, tmp_path: Path, files: Any, extra: Any, match: str) -> None:
+    d = _copy(bundle_dir, tmp_path)
+    before = read_meta(d)
+    with pytest.raises(BundleError, match=match):
+        update_extras(d, files=files, extra=extra)
+    assert read_meta(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_update_extras_refuses_a_corrupt_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    d = _copy(bundle_dir, tmp_path)
+    (d / "notes.txt").write_text("tampered")
+    with pytest.raises(BundleError, match="notes.txt: sha256 does not match"):
+        update_extras(d, files={"vf_detector.npz": b"x"})
+    assert not (d / "vf_detector.npz").exists()

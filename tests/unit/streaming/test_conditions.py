@@ -53,7 +53,8 @@ PID = "p1"
 def test_registry_names_match_the_public_tables() -> None:
     assert list(CONDITIONS) == [c.name for c in REGISTRY]
     assert CONDITIONS == {
-        "ventricular_run": "physiological", "pause": "physiological",
+        "ventricular_run": "physiological", "ventricular_fibrillation": "physiological",
+        "pause": "physiological",
         "tachycardia": "physiological", "bradycardia": "physiological",
         "frequent_ectopy": "physiological", "irregular_rhythm": "physiological",
         "anomalous_beats": "physiological", "lead_off": "technical",

@@ -295,3 +295,89 @@ def test_heart_rate_only_patient_gets_no_data_after_silence():
     nd = [a for a in alerts if a.condition == "no_data"]
     assert len(nd) == 1 and nd[0].category == "technical"
     assert HRPatientState.from_bytes(st.to_bytes(hr.policy), hr.policy).to_bytes(hr.policy) == st.to_bytes(hr.policy)
+
+
+# ---------------------------------------------------------------- VF windows
+FLUTTER_AT_S = 40
+
+
+def _sinus_then_flutter(seconds: int = 80, flutter_hz: float = 4.5, amp_mv: float = 0.8):
+    """A synthetic patient in sinus rhythm, then from FLUTTER_AT_S a 4.5 Hz flutter-like
+    oscillation (no beats)."""
+    from models.records import Record
+    from models.synthetic import synth_ecg
+    from services.simulator import RecordSource
+
+    rec = synth_ecg(seconds, sample_rate_hz=250, seed=4)
+    x = rec.signal_mv.copy()
+    t = np.arange(x.size) / 250.0
+    on = t >= FLUTTER_AT_S
+    x[on] = amp_mv * np.sin(2 * np.pi * flutter_hz * (t[on] - FLUTTER_AT_S))
+    keep = rec.beat_samples < FLUTTER_AT_S * 250
+    r = Record("flutter", x, 250.0, "synthetic", rec.beat_samples[keep], np.asarray(rec.beat_labels)[keep],
+               np.array(["N" if s == "N" else "V" for s in np.asarray(rec.beat_labels)[keep]]), ())
+    return RecordSource.from_record(r)
+
+
+def _wire(pid: str, source, seconds: int):
+    w = Wearable(pid, f"dev-{pid}", source, T0)
+    return as_msgs(pid, [w.step()[0] for _ in range(seconds)])
+
+
+def _run_vf(p, msgs, batch):
+    states, obs, alerts = {}, [], []
+    for i in range(0, len(msgs), batch):
+        r = p.process(msgs[i:i + batch], states)
+        states.update(r.states)
+        obs += r.vf
+        alerts += r.alerts
+    return obs, alerts
+
+
+@pytest.mark.parametrize("batch", [1, 7, 30])
+def test_vf_windows_are_scored_on_the_stream_grid_and_alarm_within_10_s(bundle, batch):
+    msgs = _wire("p-vf", _sinus_then_flutter(), 80)
+    p = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    assert p.vf_detector is not None, "the shipped ECG bundle ships a VF detector"
+    obs, alerts = _run_vf(p, msgs, batch)
+    # one 4 s window per second of stream time, ending on the second, from 4 s on
+    assert [o.ts_ms - T0 for o in obs] == [1000 * s for s in range(4, 81)]
+    assert all(o.duration_ms == 4000 and o.threshold == p.vf_detector.threshold for o in obs)
+    assert all(o.quality == 0.0 for o in obs if o.ts_ms - 4000 < T0 + 3000)  # filter warm-up
+    sinus = [o for o in obs if o.ts_ms <= T0 + FLUTTER_AT_S * 1000]
+    assert sum(o.probability > o.threshold for o in sinus) == 0
+    vf = [a for a in alerts if a.condition == "ventricular_fibrillation"]
+    assert [(a.action, a.priority) for a in vf] == [("raised", "high")]
+    assert 0 < vf[0].detected_ts_ms - (T0 + FLUTTER_AT_S * 1000) <= 10_000
+    assert vf[0].strip is not None  # the ECG strip rides on the alert like any other
+    # the scores do not depend on how chunks were batched (up to float rounding in the
+    # batched matrix product)
+    ref, _ = _run_vf(build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9), msgs, 80)
+    np.testing.assert_allclose([o.probability for o in obs], [o.probability for o in ref], rtol=1e-9, atol=1e-15)
+
+
+def test_vf_detector_is_called_once_per_batch(bundle):
+    p = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    real, calls = p.vf_detector, []
+
+    class Counting:
+        settings = real.settings
+
+        def score(self, windows):
+            calls.append(len(windows))
+            return real.score(windows)
+
+    p.vf_detector = Counting()
+    a = _wire("p-a", _sinus_then_flutter(), 20)
+    b = _wire("p-b", _sinus_then_flutter(), 20)
+    r = p.process([m for pair in zip(a, b) for m in pair], {})
+    assert calls == [2 * 17] and len(r.vf) == 34  # both patients' windows, 4..20 s, one call
+
+
+def test_a_bundle_without_a_vf_detector_runs_without_it(bundle):
+    from streaming.pipeline import ECGPipeline
+
+    p0 = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    p = ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms)
+    obs, alerts = _run_vf(p, _wire("p-vf", _sinus_then_flutter(), 60), 10)
+    assert obs == [] and not [a for a in alerts if a.condition == "ventricular_fibrillation"]
