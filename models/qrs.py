@@ -37,6 +37,18 @@ _SEARCH_HALF_S = 0.08  # refinement half-window around the integrator peak
 _BASELINE_HALF_S = 0.25
 _T_WAVE_S = 0.36  # candidates closer than this to the last QRS get the T-wave test
 _LEARN_S = 2.0
+# A tall but smooth T wave can be as large as the QRS before it (qtdb sele0604, svdb 847)
+# or carry a good share of its 5-18 Hz energy (sele0111): within _T_SMOOTH_S x sqrt(RR)
+# of the last QRS, a candidate with well under its slope, or with under 40 % of its
+# integrator energy and clearly less slope, is a T wave even when not smaller. A premature
+# ventricular beat is wide but keeps most of the slope, or is far larger (ptp limits).
+# Values chosen on the tuning half of the records (DS1, paced, half of qtdb).
+_T_SMOOTH_S = 0.42
+_T_SMOOTH_SLOPE = 0.45  # slope ratio below which a not-much-larger candidate is a T wave
+_T_SMOOTH_PTP = 1.2
+_T_WEAK_VAL = 0.4  # integrator-energy ratio ...
+_T_WEAK_SLOPE = 0.65  # ... with this slope ratio ...
+_T_WEAK_PTP = 1.0  # ... and not larger: a T wave
 _SILENCE_S = 2.5  # no QRS for this long: thresholds start to decay (re-learn)
 _RELEARN_HALF_LIFE_S = 0.5  # half-life of the signal level during a silence
 _SPKI_NOISE_FLOOR = 8.0  # signal level kept >= this x noise level: threshold >= ~3x noise
@@ -161,6 +173,7 @@ def detect_qrs(
     last_ptp = 0.0
     spka = 0.0  # running QRS peak-to-peak amplitude, mV
     t_wave = _T_WAVE_S * fs
+    t_smooth = _T_SMOOTH_S * fs
 
     silence = _SILENCE_S * fs
     prev_p = 0
@@ -197,7 +210,15 @@ def detect_qrs(
         prev = accepted[-1]
         rr_before_s = rr[-1] / fs if len(accepted) > 1 and rr else 1.0
         window = t_wave * min(max(rr_before_s, 1.0), 2.0) ** 0.5
-        return pk[j] - pk[prev] < window and sl[j] < 0.5 * sl[prev] and pp[j] < 0.6 * pp[prev]
+        dt = pk[j] - pk[prev]
+        if dt < window and sl[j] < 0.5 * sl[prev] and pp[j] < 0.6 * pp[prev]:
+            return True
+        if dt >= t_smooth * min(max(rr_before_s, 0.4), 2.0) ** 0.5:
+            return False
+        if sl[j] < _T_SMOOTH_SLOPE * sl[prev] and pp[j] < _T_SMOOTH_PTP * pp[prev]:
+            return True
+        return (vl[j] < _T_WEAK_VAL * vl[prev] and sl[j] < _T_WEAK_SLOPE * sl[prev]
+                and pp[j] < _T_WEAK_PTP * pp[prev])
 
     def qrs_like(j: int) -> bool:
         # After a long silence the thresholds have decayed towards the noise level; a
