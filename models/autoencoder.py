@@ -6,9 +6,9 @@ tensor (:mod:`models.ecg.features`, :mod:`models.hr.features`) and a small
 :class:`ReconstructionScore` that turns a reconstruction into a score. The TFLite
 runtime (:mod:`models.tflite_runtime`) scores with the same score object.
 
-Errors of the detector stack::
+Errors of the detector stack (under the project root :class:`models.errors.CardiowatchError`)::
 
-    DetectorError                 root
+    DetectorError                 root of the detector stack
     ├── NotFittedError            used before fit / load, or predict without a threshold
     ├── BundleError               (models.bundle) bad bundle folder, key, value or file hash
     └── ExportError               (models.export) TFLite conversion failed or not builtin-only
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from models.errors import CardiowatchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tf_keras
@@ -50,7 +52,7 @@ __all__ = [
 _SCORE_CHUNK = 4096
 
 
-class DetectorError(Exception):
+class DetectorError(CardiowatchError):
     """Root of the detector stack's errors (detectors, bundles, export)."""
 
 

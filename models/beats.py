@@ -30,6 +30,7 @@ __all__ = [
     "FrontEndState",
     "ECGFrontEnd",
     "beat_features",
+    "WARMUP_S",
 ]
 
 _SEG_VERSION = 1.0
@@ -40,6 +41,11 @@ _QUALITY_WINDOW_S = 2.0  # filtered history before R used for a beat's quality
 _CHUNK_QUALITY_S = 2.5  # filtered history used for a chunk's quality
 _EDGE_GUARD_S = 0.15  # a next-R this close to the buffer end is not trusted yet
 _ANCHOR_S = 1.5  # during a pause the window reaches back this far before the last beat
+#: Beats in the first seconds of a signal segment sit in the band-pass filter's start
+#: transient and before the QRS detector has learned its thresholds: the stream core
+#: and training give them quality 0, so neither the alert policy nor the beat context
+#: learns from them.
+WARMUP_S: float = 3.0
 
 
 @dataclass(frozen=True)

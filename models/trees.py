@@ -26,6 +26,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from models.errors import CardiowatchError
+
 __all__ = ["TreeEnsemble", "TreeEnsembleError", "train_gbdt", "GBDT_DEFAULTS"]
 
 _FORMAT = "cardiowatch.trees/1"
@@ -49,7 +51,7 @@ GBDT_DEFAULTS: dict[str, Any] = {
 }
 
 
-class TreeEnsembleError(ValueError):
+class TreeEnsembleError(CardiowatchError, ValueError):
     """A tree ensemble file or LightGBM dump is malformed, or inputs have the wrong shape."""
 
 

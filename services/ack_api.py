@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 import yaml
 from aiohttp import web
 
+from models.errors import CardiowatchError
 from streaming.events import AlertEvent
 
 __all__ = [
@@ -43,7 +44,7 @@ Status = Literal["open", "acknowledged", "resolved", "closed"]
 FINISHED: frozenset[str] = frozenset({"resolved", "closed"})
 
 
-class TokenFileError(ValueError):
+class TokenFileError(CardiowatchError, ValueError):
     """The ack token file is missing or malformed."""
 
 

@@ -30,6 +30,7 @@ from types import TracebackType
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from models.errors import CardiowatchError
 from services.settings import REPO_ROOT, KafkaSettings, SettingsError, Topics
 
 __all__ = [
@@ -51,7 +52,7 @@ _MAX_PARTITIONS = 1024
 _LOG_TAIL_LINES = 40
 
 
-class BrokerError(RuntimeError):
+class BrokerError(CardiowatchError, RuntimeError):
     """The local broker could not be fetched, started, reached or stopped."""
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
     "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),
+    "crossval": ("services.crossval", "leave-patient-out folds: train a bundle per fold, evaluate held-out patients"),
     "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),
     "bench stream": ("services.bench_stream", "benchmark the streaming path on the real broker"),
     "bench alerts": ("services.bench_alerts", "benchmark alert delivery to a local receiver"),

@@ -46,6 +46,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 
+from models.errors import CardiowatchError
 from services.ack_api import AckApi, AckRecord, AlertBook, load_tokens
 from services.payloads import render
 from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
@@ -118,7 +119,7 @@ class _Abandon(Exception):
     """Stopping: leave the event undelivered and uncommitted; the next run retries it."""
 
 
-class DeliveryTransportError(Exception):
+class DeliveryTransportError(CardiowatchError):
     """The request got no HTTP response (refused, reset, closed without an answer)."""
 
 

@@ -156,6 +156,20 @@ class _Setup:
     scores_dir: Path
     plots_dir: Path | None
     rules: EpisodeRules
+    # Leave-patient-out runs (``cardiowatch crossval``): the bundles of the fold that held
+    # each record out, by ``<folder name>/<record>``; records not listed use ``bundle``.
+    bundle_for: Any = None  # Mapping[str, Bundle] | None
+    hr_model_for: Any = None  # Mapping[str, Path] | None
+
+    def ecg_bundle(self, ref: RecordRef) -> Any:
+        if self.bundle_for:
+            return self.bundle_for.get(f"{ref.folder.name}/{ref.name}", self.bundle)
+        return self.bundle
+
+    def hr_dir(self, ref: RecordRef) -> Path | None:
+        if self.hr_model_for:
+            return self.hr_model_for.get(f"{ref.folder.name}/{ref.name}", self.hr_model_dir)
+        return self.hr_model_dir
 
 
 @dataclass
@@ -194,8 +208,9 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, setup: _Setup) -> _
         entry.update(source="rr-only", lead=None)
     duration_s = ann.duration_s
     entry["duration_s"] = round(duration_s, 3)
-    ecg = build_ecg_pipeline(u.bundle, u.policy) if u.stream in ("ecg", "both") else None
-    hr = build_hr_pipeline(u.hr_model_dir, u.policy,
+    bundle = u.ecg_bundle(ref)
+    ecg = build_ecg_pipeline(bundle, u.policy) if u.stream in ("ecg", "both") else None
+    hr = build_hr_pipeline(u.hr_dir(ref), u.policy,
                            runtime="keras" if u.runtime == "keras" else "tflite") \
         if u.stream in ("hr", "both") else None
     # An RR-only day is ~86,000 heart-rate messages: batches of 5 minutes (the worker takes
@@ -225,7 +240,8 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, setup: _Setup) -> _
         if u.plots_dir:
             from models.plots import plot_score_trace
 
-            plot_score_trace(u.plots_dir / f"{stem}_scores.png", t, sc, u.bundle.threshold,
+            plot_score_trace(u.plots_dir / f"{stem}_scores.png", t, sc, float(res.scored[0].threshold)
+                             if res.scored else bundle.threshold,
                              ref_t, ref_c, f"record {key}: ECG anomaly score")
     if hr is not None and u.plots_dir and res.hr:
         from models.plots import plot_hr_trace
@@ -263,12 +279,28 @@ def _pooled(runs: Sequence[_Run]) -> dict[str, Any]:
     return out
 
 
+def _load_each_once(model_for: dict[str, Path], runtime: str) -> dict[str, Any]:
+    loaded: dict[Path, Any] = {}
+    for p in model_for.values():
+        if Path(p) not in loaded:
+            loaded[Path(p)] = load_ecg_bundle(Path(p), runtime)
+    return {k: loaded[Path(p)] for k, p in model_for.items()}
+
+
+def _episode_rules(policy) -> EpisodeRules:
+    # The policy's default soft limits judge heart-rate alerts that carry no limit of their own.
+    _low, brady, tachy, _high = policy.config.limits_for("")
+    return EpisodeRules(tachy_bpm=tachy, brady_bpm=brady)
+
+
 def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, model_dir: Path,
              stream: str, plots_dir: Path | None, runtime: str = "keras",
              hr_model_dir: Path | None = None, names: list[str] | None = None, *,
              annotation: str = "atr", fs: float | None = None, channel: int | str | None = None,
              noise: Sequence[NoiseSpec] = (), noise_dir: Path | None = None,
-             noise_continuous: bool = False, policy_file: Path | None = None) -> dict:
+             noise_continuous: bool = False, policy_file: Path | None = None,
+             model_for: dict[str, Path] | None = None, hr_model_for: dict[str, Path] | None = None,
+             group_for: dict[str, str] | None = None) -> dict:
     """Replay every record through the pipeline, write ``out`` (REPORT.json) and return it.
 
     Parameters
@@ -291,6 +323,12 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
         signal record with that noise. Default folder ``<first records folder>/../nstdb``.
     policy_file
         Alert policy settings (default: the policy defaults).
+    model_for, hr_model_for
+        Per-record ECG / heart-rate bundles by ``<folder name>/<record>`` (leave-patient-out
+        runs: each record is scored by the bundle of the fold that held it out).
+    group_for
+        Record (``<folder name>/<record>``) -> group name, e.g. its fold: the report adds
+        ``pooled_by_group`` with each group's pooled figures.
     """
     folders = [Path(records_dir)] if isinstance(records_dir, (str, Path)) else [Path(p) for p in records_dir]
     refs = discover_records(folders, annotation, names)
@@ -309,8 +347,9 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
                    runtime=runtime, annotation=annotation, fs=fs, channel=channel,
                    noise=noise_cache, noise_continuous=noise_continuous, scores_dir=scores_dir,
                    plots_dir=plots_dir,
-                   rules=EpisodeRules(tachy_bpm=policy.config.tachy_bpm,
-                                      brady_bpm=policy.config.brady_bpm))
+                   rules=_episode_rules(policy),
+                   bundle_for=_load_each_once(model_for or {}, runtime),
+                   hr_model_for=dict(hr_model_for or {}))
     scores_dir.mkdir(parents=True, exist_ok=True)
     if plots_dir:
         plots_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +359,9 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
     for cond, ref in tqdm(jobs, desc="evaluate", unit="record", file=sys.stderr):
         key = ref.key if cond.record is None else f"{ref.key}@{cond.label}"
         run = _evaluate_one(ref, key, cond, setup)
+        group = (group_for or {}).get(f"{ref.folder.name}/{ref.name}")
+        if group is not None:
+            run.entry["group"] = group
         per_record[key] = run.entry
         by_condition[cond.label].append(run)
     all_runs = [r for runs in by_condition.values() for r in runs]
@@ -332,6 +374,12 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
         "records": per_record,
         "pooled": _pooled(all_runs),
     }
+    if group_for:
+        groups: dict[str, list[_Run]] = {}
+        for r in all_runs:
+            if "group" in r.entry:
+                groups.setdefault(r.entry["group"], []).append(r)
+        report["pooled_by_group"] = {g: _pooled(runs) for g, runs in sorted(groups.items())}
     if noise:
         report["noise"] = {"dir": str(noise_cache.folder), "continuous": noise_continuous,
                            "conditions": [c.label for c in conditions]}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.beats import BeatSpec
+from models.ecg.scorer import load_scorer
 from models.bundle import Bundle, load_bundle
 from models.ecg.features import ECGInput
 from models.hr.features import HRInput
@@ -47,8 +48,7 @@ def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
                        clock_ms: Callable[[], int] = wall_clock_ms) -> ECGPipeline:
     m = bundle.meta
     # The runtime's own threshold: an int8 model runs at the threshold set on int8 scores.
-    return ECGPipeline(detector=bundle.detector, normaliser=_ecg_input(bundle).normaliser,
-                       threshold=bundle.threshold, model_version=f"{m.name}@{m.version}", policy=policy,
+    return ECGPipeline(scorer=load_scorer(bundle), model_version=f"{m.name}@{m.version}", policy=policy,
                        spec=beat_spec(bundle), clock_ms=clock_ms)
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from models.errors import CardiowatchError
 from services.signing import WebhookSecret
 
 __all__ = [
@@ -45,7 +46,7 @@ _FORMATS: tuple[str, ...] = get_args(PayloadFormat)
 _ROUTE_KEYS: tuple[str, ...] = get_args(RouteKey)
 
 
-class RoutingConfigError(ValueError):
+class RoutingConfigError(CardiowatchError, ValueError):
     """The routing config is invalid; ``path`` is the dotted key that is wrong."""
 
     def __init__(self, path: str, problem: str) -> None:

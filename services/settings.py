@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.errors import CardiowatchError
+
 __all__ = [
     "SettingsError",
     "Topics",
@@ -30,7 +32,7 @@ DEFAULT_HR_MODEL_DIR = REPO_ROOT / "models" / "pretrained" / "hr-lstm-ae"
 RUNTIMES = ("keras", "tflite", "tflite-int8")
 
 
-class SettingsError(ValueError):
+class SettingsError(CardiowatchError, ValueError):
     """A setting is missing or has a bad value; the message names the key."""
 
 

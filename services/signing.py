@@ -14,6 +14,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from models.errors import CardiowatchError
+
 __all__ = [
     "SignatureError",
     "WebhookSecret",
@@ -28,7 +30,7 @@ SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_S = 300
 
 
-class SignatureError(ValueError):
+class SignatureError(CardiowatchError, ValueError):
     """A webhook's headers are missing, malformed, stale, or its signature does not match."""
 
 

@@ -346,11 +346,20 @@ def _from_beat(b: ScoredBeat, priority: Priority, onset_ts_ms: int, rule: str,
 # ------------------------------------------------------------------- ventricular run
 @dataclass(frozen=True, slots=True)
 class VentricularRunSettings:
-    """Consecutive flagged beats, each faster than ``max_rr_ms``."""
+    """Ventricular run: three or more ventricular beats in a row at 100 bpm or more."""
 
     section: ClassVar[str] = "ventricular_run"
     min_beats: int = bounded(3, 2, 10_000)
     max_rr_ms: float = bounded(600.0, 100.0, 2000.0)
+    # With a beat classifier: the run's first beat must be ventricular on its own
+    # (``beat_class == "V"``); each next beat continues it while its in-run ventricular
+    # evidence ``p_run`` is at least this (the wide, bizarre beats of a run are the ones a
+    # classifier most often calls artefact), and the run's mean RR must be <= max_rr_ms.
+    continue_p: float = bounded(0.3, 0.0, 1.0)
+    # A detection this soon after the previous beat is more often that beat's T wave than
+    # a 240+ bpm ventricular beat: it continues a run on its ventricular probability alone,
+    # not on the artefact share of ``p_run``.
+    early_rr_ms: float = bounded(250.0, 0.0, 1000.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -370,11 +379,41 @@ class VentricularRun(Condition[VentricularRunSettings, VentricularRunState]):
     state_type = VentricularRunState
     consumes = (ScoredBeat,)
     derived_from = "ecg"
-    rows = (("high", ">= ``min_beats`` consecutive flagged beats, each with RR < ``max_rr_ms``"),)
+    rows = (("high", ">= ``min_beats`` ventricular beats in a row (the first classified V, the next "
+                     "with run evidence >= ``continue_p``), mean RR <= ``max_rr_ms``; without a beat "
+                     "classifier: consecutive flagged beats, each with RR < ``max_rr_ms``"),)
 
     def observe(self, state: VentricularRunState, obs: ScoredBeat,
                 ctx: RuleContext) -> Decision | None:
         s, b = self.settings, obs
+        if b.p_run is None:
+            return self._flagged_rule(state, b)
+        if state.run_len == 0:
+            # a run starts at a beat that is ventricular on its own
+            if b.beat_class != "V":
+                return None
+            state.run_len, state.run_start_ts_ms, state.run_rr_ms = 1, b.r_ts_ms, []
+            return None
+        evidence = b.p_run if b.rr_ms is not None and b.rr_ms >= s.early_rr_ms else b.p_ventricular
+        if not (evidence is not None and evidence >= s.continue_p and b.rr_ms is not None
+                and b.rr_ms < 2.5 * s.max_rr_ms):
+            # the run ended; this beat may start the next one
+            state.run_len, state.run_start_ts_ms, state.run_rr_ms = 0, None, []
+            return self.observe(state, b, ctx) if b.beat_class == "V" else None
+        state.run_len += 1
+        state.run_rr_ms.append(float(b.rr_ms))
+        mean_rr = sum(state.run_rr_ms) / len(state.run_rr_ms)
+        if state.run_len < s.min_beats or state.run_start_ts_ms is None or mean_rr > s.max_rr_ms:
+            return None
+        return _from_beat(
+            b, "high", state.run_start_ts_ms,
+            f"{state.run_len} ventricular beats in a row at {60_000 / mean_rr:.0f} bpm "
+            f"(>= {s.min_beats} beats, >= {60_000 / s.max_rr_ms:.0f} bpm)",
+            float(state.run_len),
+            {"run_length_beats": state.run_len, "rate_bpm": round(60_000 / mean_rr, 1)})
+
+    def _flagged_rule(self, state: VentricularRunState, b: ScoredBeat) -> Decision | None:
+        s = self.settings
         if not (b.flagged and b.rr_ms is not None and b.rr_ms < s.max_rr_ms):
             state.run_len, state.run_start_ts_ms, state.run_rr_ms = 0, None, []
             return None

@@ -21,6 +21,8 @@ metric label and in the dead-letter record.
 
 from __future__ import annotations
 
+from models.errors import CardiowatchError
+
 __all__ = [
     "CardiowatchError",
     "InvalidMessage",
@@ -41,8 +43,6 @@ REASONS = (
 )
 
 
-class CardiowatchError(Exception):
-    """Root of every error raised on purpose by cardiowatch."""
 
 
 class InvalidMessage(CardiowatchError):

@@ -52,6 +52,13 @@ class ScoredBeat:
     flagged: bool
     signal_quality: float  # 0 (unusable) .. 1 (clean)
     model_version: str
+    # From the beat classifier (None for a bundle without one): the beat's class
+    # (N, S, V, F, Q, X = not a beat; "?" unknown), its ventricular probability alone and
+    # inside a run (see models.ecg.classifier), and the autoencoder's reconstruction error.
+    beat_class: str = "?"
+    p_ventricular: float | None = None
+    p_run: float | None = None
+    ae_score: float | None = None
 
     def to_json(self) -> bytes:
         d = asdict(self)

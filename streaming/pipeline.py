@@ -7,8 +7,9 @@ One batch of consumed messages goes through::
 
     decode (streaming.schemas) -> stream checks (duplicate / gap / time order)
     -> ECG front end per chunk (models.beats: band-pass, resample, QRS, beats, SQI)
-    -> ONE detector call for every beat of every patient in the batch
-    -> per-patient calibration and threshold -> alert policy (streaming.policy)
+    -> beat context per patient (models.ecg.beatfeatures: the patient's own dominant beat)
+    -> ONE autoencoder call and ONE beat-classifier call for every beat of every patient
+       in the batch (models.ecg.scorer) -> alert policy (streaming.policy)
 
 Per-patient state is a small dataclass that packs to bytes, so the worker keeps it in
 a Faust table backed by a changelog topic and a restarted worker resumes where it was.
@@ -29,10 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.beats import BeatSpec, ECGFrontEnd, FrontEndState, beat_features
+from models.beats import WARMUP_S, BeatSpec, ECGFrontEnd, FrontEndState
 from models.autoencoder import Detector
-from models.ecg.features import Normaliser, make_model_input
-from models.personalise import PatientCalibration
+from models.ecg.beatfeatures import BeatContextState
+from models.ecg.scorer import BeatScorer
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
 from streaming.policy import AlertPolicy
@@ -60,10 +61,6 @@ Stream = Literal["ecg", "hr"]
 # signal is not stitched across it.
 GAP_TOLERANCE_MS = 100.0
 STRIP_S = 6.0
-# Beats in the first seconds of a segment sit in the band-pass filter's start transient
-# and before the QRS detector has learned its thresholds: they are scored and emitted,
-# but with signal quality 0 so neither the policy nor the calibration trusts them.
-WARMUP_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +175,7 @@ class ECGPatientState:
     sample_rate_hz: float | None = None
     seg_t0_ms: float = 0.0  # event time of model-rate sample 0 of the current segment
     front: FrontEndState | None = None
-    calibration: PatientCalibration = field(default_factory=PatientCalibration.initial)
+    context: BeatContextState = field(default_factory=BeatContextState)
     policy: Any = None  # streaming.policy state object
     strip: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     strip_end_ms: float = 0.0
@@ -187,7 +184,7 @@ class ECGPatientState:
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         header = {
-            "v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
+            "v": 2, "patient_id": self.patient_id, "device_id": self.device_id,
             "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
             "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
             "sample_rate_hz": self.sample_rate_hz,
@@ -197,7 +194,7 @@ class ECGPatientState:
         blobs = {
             "policy": b"" if self.policy is None else policy.state_to_json(self.policy),
             "front": b"" if self.front is None else self.front.to_bytes(),
-            "calibration": self.calibration.to_bytes(),
+            "context": self.context.to_bytes(),
             "strip": self.strip.astype(np.float32).tobytes(),
         }
         return _pack(header, blobs)
@@ -212,7 +209,9 @@ class ECGPatientState:
                                 h.get("last_partition", -1), h["device_id"]),
             sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
             front=FrontEndState.from_bytes(b["front"]) if b["front"] else None,
-            calibration=PatientCalibration.from_bytes(b["calibration"]),
+            # a version-1 state (before the beat context) starts a new context: it
+            # relearns the patient's dominant beat within its first eight beats
+            context=BeatContextState.from_bytes(b["context"]) if b.get("context") else BeatContextState(),
             policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
             strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
         )
@@ -275,14 +274,8 @@ class ECGPipeline:
 
     Parameters
     ----------
-    detector : models.autoencoder.Detector
-        Scores model inputs built by :func:`models.ecg.features.make_model_input`.
-    normaliser : models.ecg.features.Normaliser
-        The bundle's global normaliser; patients calibrate their own from it.
-    threshold : float
-        The bundle's operating threshold for the detector's runtime (from a
-        false-positive rate on that runtime's scores of held-out normal beats); a
-        patient's calibrated threshold never goes below it.
+    scorer : models.ecg.scorer.BeatScorer
+        The bundle's autoencoder and beat classifier (one call each per batch).
     model_version : str
         Recorded on every score and alert.
     policy : streaming.policy.AlertPolicy
@@ -293,12 +286,9 @@ class ECGPipeline:
         Wall clock for ``produced_wall_ms`` only (injected so tests control it).
     """
 
-    def __init__(self, detector: Detector, normaliser: Normaliser, threshold: float,
-                 model_version: str, policy: AlertPolicy, spec: BeatSpec,
+    def __init__(self, scorer: BeatScorer, model_version: str, policy: AlertPolicy, spec: BeatSpec,
                  clock_ms: Callable[[], int]) -> None:
-        self.detector = detector
-        self.normaliser = normaliser
-        self.threshold = float(threshold)
+        self.scorer = scorer
         self.model_version = model_version
         self.policy = policy
         self.spec = spec
@@ -396,39 +386,24 @@ class ECGPipeline:
 
     def _score_and_decide(self, pending: list[_Pending]
                           ) -> tuple[list[ScoredBeat], list[AlertEvent], list[int], float]:
-        """One model call for every beat of every patient, then, step by step in stream
-        order, calibration and the policy."""
-        # Pass 1: which normaliser each step's beats get. A patient's calibration moves
-        # chunk by chunk; its normaliser phase needs no scores, so replaying it here makes
-        # the result independent of how chunks were grouped into batches.
-        feats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        inputs, owners = [], []
-        shadow: dict[str, Any] = {}
+        """One autoencoder and one classifier call for every beat of every patient, then,
+        step by step in stream order, the policy."""
+        # Beats in a segment's warm-up carry quality 0, for the beat context as for the
+        # policy, so neither learns from the filter's start transient.
         warm = self.spec.rate_hz * WARMUP_S
-        for i, item in enumerate(pending):
-            st, beats = item.st, item.beats
-            if not beats:
-                continue
-            wf, rr = beat_features(beats)
-            quality_b = np.array([0.0 if b.r_index < warm else b.quality for b in beats])
-            feats[i] = (wf, rr, quality_b)
-            cal = shadow.get(st.patient_id, st.calibration)
-            inputs.append(make_model_input(wf, rr, cal.normaliser(self.normaliser)))
-            owners.append(i)
-            if not cal.calibrated:
-                shadow[st.patient_id] = cal.update(wf, np.zeros(len(beats)), quality_b, rr)
-        scores_by_item: dict[int, np.ndarray] = {}
+        owners = [i for i, item in enumerate(pending) if item.beats]
+        for i in owners:
+            pending[i].beats = [b if b.r_index >= warm else replace(b, quality=0.0) for b in pending[i].beats]
+        scores: list[Any] = []
+        context: dict[str, BeatContextState] = {}
         model_seconds, sizes = 0.0, []
-        if inputs:
-            x = np.concatenate(inputs)
+        if owners:
             t = time.perf_counter()
-            s = np.asarray(self.detector.score(x), dtype=np.float64)
+            scores, context = self.scorer.score(
+                [(pending[i].st.patient_id, pending[i].st.context, pending[i].beats) for i in owners])
             model_seconds = time.perf_counter() - t
-            sizes.append(len(x))
-            start = 0
-            for i, xi in zip(owners, inputs):
-                scores_by_item[i] = s[start:start + len(xi)]
-                start += len(xi)
+            sizes.append(sum(len(pending[i].beats) for i in owners))
+        scores_by_item = dict(zip(owners, scores))
 
         # Pass 2, in stream order per patient: gap, chunk quality, its beats, then the
         # pause check up to where beat detection is complete after this chunk.
@@ -444,24 +419,20 @@ class ECGPipeline:
                 ev, st.policy = self.policy.on_quality(st.policy, q)
                 alerts.extend(ev)
             if beats:
-                sc = scores_by_item[i]
-                wf, rr, quality_b = feats[i]
-                cal = st.calibration
-                # Until the patient is calibrated, flag only what the highest threshold the
-                # calibration could still choose (global x cap) would flag: an unusual but
-                # normal morphology must not page anyone in the first minutes.
-                thr = (cal.threshold(self.threshold) if cal.calibrated
-                       else self.threshold * cal.cap_factor)
-                st.calibration = cal.update(wf, sc, quality_b, rr)
+                bs = scores_by_item[i]
                 beat_events = []
-                for b, score, qb in zip(beats, sc, quality_b):
+                for k, b in enumerate(beats):
                     r_ts = int(round(item.seg_t0_ms + b.r_index * 1000.0 / self.spec.rate_hz))
                     beat_events.append(ScoredBeat(
                         beat_id=f"{st.patient_id}:{r_ts}", patient_id=st.patient_id,
                         device_id=st.device_id, r_ts_ms=r_ts,
                         rr_ms=None if b.rr_prev_s is None else round(b.rr_prev_s * 1000.0, 1),
-                        score=float(score), threshold=float(thr), flagged=bool(score > thr),
-                        signal_quality=float(qb), model_version=self.model_version))
+                        score=float(bs.score[k]), threshold=float(bs.threshold),
+                        flagged=bool(bs.flagged[k]), signal_quality=float(b.quality),
+                        model_version=self.model_version, beat_class=bs.beat_class[k],
+                        p_ventricular=None if bs.p_ventricular is None else round(float(bs.p_ventricular[k]), 4),
+                        p_run=None if bs.p_run is None else round(float(bs.p_run[k]), 4),
+                        ae_score=float(bs.ae_score[k])))
                 st.beats_scored += len(beat_events)
                 scored.extend(beat_events)
                 ev, st.policy = self.policy.on_beats(st.policy, beat_events)
@@ -475,6 +446,8 @@ class ECGPipeline:
                 alerts.extend(ev)
 
         by_pid = {item.st.patient_id: item.st for item in pending}
+        for pid, ctx in context.items():
+            by_pid[pid].context = ctx
         alerts = [self._finish_alert(a, by_pid.get(a.patient_id), now) for a in alerts]
         return scored, alerts, sizes, model_seconds
 

@@ -14,7 +14,10 @@ priority); a key names the condition's own YAML section unless qualified:
 =====================  ==========  ==========================================================
 condition              priority    rule
 =====================  ==========  ==========================================================
-``ventricular_run``    high        >= ``min_beats`` consecutive flagged beats, each with RR <
+``ventricular_run``    high        >= ``min_beats`` ventricular beats in a row (the first
+                                   classified V, the next with run evidence >=
+                                   ``continue_p``), mean RR <= ``max_rr_ms``; without a beat
+                                   classifier: consecutive flagged beats, each with RR <
                                    ``max_rr_ms``
 ``pause``              high        a beat with RR >= ``pause_s``, or (tick) no beat for
                                    ``pause_s`` of ECG event time while the signal is good

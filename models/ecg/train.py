@@ -22,13 +22,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from models.autoencoder import LSTMAutoencoder, validate_fpr
+from models.ecg.beatfeatures import FEATURE_NAMES
+from models.ecg.scorer import CLASSIFIER_FILE
 from models.ecg.features import BEAT_LENGTH, N_CHANNELS, ECGInput, ECGScore, Normaliser, make_model_input
 
 __all__ = [
     "LabelledBeats",
     "TrainResult",
     "beats_from_signal",
+    "patient_of",
     "evaluate_detector",
+    "fit_ecg",
+    "load_labelled_records",
     "main",
     "synthetic_eval_patients",
     "train_ecg",
@@ -52,17 +57,22 @@ class LabelledBeats:
     Attributes
     ----------
     name : str
-        Record / patient name.
+        Record name (``folder/record``).
     waveforms : np.ndarray
         float32 [n, 80] baseline-subtracted mV.
     rr_context : np.ndarray
         float32 [n, 2] RR ratios.
     labels : np.ndarray
-        str [n] AAMI class per beat.
+        str [n] class per detected beat: the AAMI class of the reference beat within
+        150 ms, or ``"X"`` when there is none (a false detection).
     quality : np.ndarray
-        float32 [n] beat quality.
+        float32 [n] beat quality (0 in the front end's 3 s warm-up, as in the stream).
     data_sha256 : str
         sha256 of the raw samples (for the training-data hash).
+    features : np.ndarray
+        float32 [n, len(FEATURE_NAMES)] beat-context features, computed in stream order.
+    patient : str
+        Patient identity (:func:`patient_of`); folds never split a patient.
     """
 
     name: str
@@ -71,6 +81,8 @@ class LabelledBeats:
     labels: np.ndarray
     quality: np.ndarray
     data_sha256: str
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), np.float32))
+    patient: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,14 +108,37 @@ class TrainResult:
     thresholds: dict[str, float] = field(default_factory=dict)
 
 
+def patient_of(folder: str, record: str) -> str:
+    """Patient identity of a PhysioNet record, so that folds never split a patient.
+
+    A MIT-BIH Arrhythmia record is a patient; QT Database excerpts ``sel1xx``/``sel2xx``
+    are MIT-BIH records of that number and ``sel8xx`` Supraventricular Arrhythmia
+    Database records; Noise Stress Test records ``118e*`` are MIT-BIH 118 with noise.
+    Any other record is its own patient.
+    """
+    f, r = Path(folder).name, str(record)
+    if f.startswith("mitdb"):
+        return f"mitdb/{r}"
+    if f == "qtdb" and r.startswith("sel") and r[3:].isdigit():
+        num = r[3:]
+        if len(num) == 3 and num[0] in "12":
+            return f"mitdb/{num}"
+        if len(num) == 3 and num[0] == "8":
+            return f"svdb/{num}"
+    if f == "nstdb" and r.startswith("118e"):
+        return "mitdb/118"
+    return f"{f}/{r}"
+
+
 def beats_from_signal(
     name: str,
     signal_mv: np.ndarray,
     sample_rate_hz: float,
     ann_samples: np.ndarray,
     ann_labels: Sequence[str] | np.ndarray,
+    patient: str | None = None,
 ) -> LabelledBeats:
-    """Run the live front end over a record and label the detected beats.
+    """Run the live front end over a record and label every detected beat.
 
     Parameters
     ----------
@@ -115,44 +150,54 @@ def beats_from_signal(
         Its rate.
     ann_samples, ann_labels : array-like
         Annotated R-peak sample indices (input rate) and AAMI classes.
+    patient : str, optional
+        Patient identity (default: ``name``).
 
     Returns
     -------
     LabelledBeats
-        Detected beats matched to an annotation; unmatched beats are dropped.
+        Every detected beat, in stream order, with its beat-context features; a
+        detection with no annotation within 150 ms is labelled ``"X"``.
     """
-    from models.beats import BeatSpec, beat_features, segment_record
+    from dataclasses import replace
+
+    from models.beats import WARMUP_S, BeatSpec, beat_features, segment_record
+    from models.ecg.beatfeatures import beat_feature_matrix
     from models.signal import MODEL_RATE_HZ, preprocess_record
 
     x = np.asarray(signal_mv, dtype=np.float64)
     y = preprocess_record(x, sample_rate_hz)
-    beats = segment_record(y, BeatSpec())
+    warm = MODEL_RATE_HZ * WARMUP_S
+    # the stream core gives beats of a segment's warm-up quality 0: so does training
+    beats = [b if b.r_index >= warm else replace(b, quality=0.0) for b in segment_record(y, BeatSpec())]
     ann = np.asarray(ann_samples, dtype=np.float64) * (MODEL_RATE_HZ / float(sample_rate_hz))
     lab = np.asarray(ann_labels).astype(str)
     order = np.argsort(ann)
     ann, lab = ann[order], lab[order]
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-    empty = LabelledBeats(name, np.zeros((0, 80), np.float32), np.ones((0, 2), np.float32), np.zeros(0, str), np.zeros(0, np.float32), digest)
-    if not beats or ann.size == 0:
-        return empty
+    if not beats:
+        return LabelledBeats(name, np.zeros((0, 80), np.float32), np.ones((0, 2), np.float32), np.zeros(0, "<U1"),
+                             np.zeros(0, np.float32), digest, patient=patient or name)
     r = np.array([b.r_index for b in beats], dtype=np.float64)
-    j = np.clip(np.searchsorted(ann, r), 1, ann.size - 1) if ann.size > 1 else np.zeros(r.size, dtype=np.int64)
-    if ann.size > 1:
-        left = ann[j - 1]
-        right = ann[j]
-        j = np.where(np.abs(r - left) <= np.abs(r - right), j - 1, j)
-    keep = np.abs(ann[j] - r) <= _MATCH_TOL_S * MODEL_RATE_HZ
-    if not keep.any():
-        return empty
+    labels = np.full(r.size, "X", "<U1")
+    if ann.size:
+        j = np.clip(np.searchsorted(ann, r), 1, ann.size - 1) if ann.size > 1 else np.zeros(r.size, dtype=np.int64)
+        if ann.size > 1:
+            j = np.where(np.abs(r - ann[j - 1]) <= np.abs(r - ann[j]), j - 1, j)
+        keep = np.abs(ann[j] - r) <= _MATCH_TOL_S * MODEL_RATE_HZ
+        labels[keep] = lab[j[keep]]
     waves, rr = beat_features(beats)
     quality = np.array([float(b.quality) for b in beats], dtype=np.float32)
+    feats, _ = beat_feature_matrix(beats)
     return LabelledBeats(
         name=name,
-        waveforms=np.asarray(waves, np.float32)[keep],
-        rr_context=np.asarray(rr, np.float32)[keep],
-        labels=lab[j[keep]],
-        quality=quality[keep],
+        waveforms=np.asarray(waves, np.float32),
+        rr_context=np.asarray(rr, np.float32),
+        labels=labels,
+        quality=quality,
         data_sha256=digest,
+        features=feats,
+        patient=patient or name,
     )
 
 
@@ -196,6 +241,12 @@ def synthetic_eval_patients(n_patients: int, seed: int, duration_s: float = 120.
     return out
 
 
+def load_labelled_records(folders: Sequence[Path], progress: bool = True) -> list[LabelledBeats]:
+    """Every annotated record of ``folders`` through the live front end, labelled
+    (:func:`beats_from_signal`), with its patient identity (:func:`patient_of`)."""
+    return _records_beats(folders, progress)
+
+
 def _records_beats(folders: Sequence[Path], progress: bool) -> list[LabelledBeats]:
     from models.records import list_records, load_record
 
@@ -203,7 +254,10 @@ def _records_beats(folders: Sequence[Path], progress: bool) -> list[LabelledBeat
     items = [(Path(f), n) for f in folders for n in list_records(f)]
     for folder, name in _progress(items, progress, "records"):
         rec = load_record(folder, name)
-        out.append(beats_from_signal(f"{folder.name}/{rec.name}", rec.signal_mv, rec.sample_rate_hz, rec.beat_samples, rec.aami_classes))
+        if rec.beat_samples.size == 0:
+            continue  # no beat annotations: nothing to learn from (e.g. nstdb noise records)
+        out.append(beats_from_signal(f"{folder.name}/{rec.name}", rec.signal_mv, rec.sample_rate_hz, rec.beat_samples,
+                                     rec.aami_classes, patient=patient_of(folder.name, rec.name)))
     return out
 
 
@@ -314,8 +368,6 @@ def train_ecg(
     -------
     TrainResult
     """
-    from models.bundle import read_meta, write_bundle
-
     validate_fpr(fpr)
     if not records and int(synthetic_patients) < 3:
         raise ValueError(f"give WFDB record folders or synthetic_patients >= 3, got records={list(records)} synthetic_patients={synthetic_patients}")
@@ -326,7 +378,64 @@ def train_ecg(
         seeds = [int(seed) * 10_000 + i for i in range(int(synthetic_patients))]
         patients = [_synthetic_normal_patient(s, synthetic_duration_s) for s in _progress(seeds, progress, "synthetic patients")]
         source = {"kind": "synthetic", "generator": "models.synthetic.synth_ecg", "patients": int(synthetic_patients), "duration_s": float(synthetic_duration_s), "seeds": f"{seeds[0]}..{seeds[-1]}"}
-    tr, va, ca = _split(len(patients), int(seed), split)
+    return fit_ecg(out_dir, patients, source, epochs=epochs, seed=seed, fpr=fpr, batch_size=batch_size,
+                   enc_units=enc_units, latent_units=latent_units, dec_units=dec_units, rr_weight=rr_weight,
+                   name=name, version=version, mixed_precision=mixed_precision, split=split,
+                   server_batch_size=server_batch_size, progress=progress,
+                   eval_patients=0 if records else eval_patients, synthetic_duration_s=synthetic_duration_s)
+
+
+def fit_ecg(
+    out_dir: str | Path,
+    patients: Sequence[LabelledBeats],
+    source: dict[str, Any],
+    *,
+    epochs: int = 30,
+    seed: int = 0,
+    fpr: float = 0.01,
+    batch_size: int = 256,
+    enc_units: int = 32,
+    latent_units: int = 16,
+    dec_units: int = 32,
+    rr_weight: float = 1.0,
+    name: str = "ecg-lstm-ae",
+    version: str = "0.1.0",
+    mixed_precision: bool = False,
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    server_batch_size: int | None = 64,
+    progress: bool = True,
+    eval_patients: int = 0,
+    synthetic_duration_s: float = 120.0,
+    classifier: bool | None = None,
+    ventricular_fpr: float = 0.008,
+    supraventricular_fpr: float = 0.008,
+) -> TrainResult:
+    """Fit the autoencoder (and the beat classifier) on labelled beats and write the bundle.
+
+    :func:`train_ecg` loads the beats and calls this; cross-validation calls it once per
+    fold with the fold's training patients, so the front end runs once per record.
+
+    Parameters
+    ----------
+    patients : sequence of LabelledBeats
+        One entry per record; ``patient`` groups records of one person.
+    source : dict
+        Description of the training data, stored in the bundle.
+    classifier : bool, optional
+        Train the beat classifier too (default: when the beats carry ectopic labels).
+    ventricular_fpr, supraventricular_fpr : float
+        The classifier's operating points (fractions of held-out normal beats called V, S).
+
+    Other parameters are those of :func:`train_ecg`.
+    """
+    from models.bundle import read_meta, write_bundle
+
+    validate_fpr(fpr)
+    groups = sorted({p.patient or p.name for p in patients})
+    g_tr, g_va, g_ca = (set(groups[i] for i in part) for part in _split(len(groups), int(seed), split))
+    tr = [i for i, p in enumerate(patients) if (p.patient or p.name) in g_tr]
+    va = [i for i, p in enumerate(patients) if (p.patient or p.name) in g_va]
+    ca = [i for i, p in enumerate(patients) if (p.patient or p.name) in g_ca]
     w_tr, r_tr = _normal([patients[i] for i in tr])
     w_va, r_va = _normal([patients[i] for i in va])
     w_ca, r_ca = _normal([patients[i] for i in ca])
@@ -358,19 +467,32 @@ def train_ecg(
     threshold = det.infer_threshold(x_ca, fpr)
 
     metrics: dict[str, Any] = {
-        "n_patients": {"train": int(len(tr)), "val": int(len(va)), "calib": int(len(ca))},
+        "n_patients": {"train": len(g_tr), "val": len(g_va), "calib": len(g_ca)},
+        "n_records": {"train": int(len(tr)), "val": int(len(va)), "calib": int(len(ca))},
         "n_beats": {"train": int(len(x_tr)), "val": int(len(x_va)), "calib": int(len(x_ca))},
         "epochs_run": len(history.get("loss", [])),
         "final_loss": history["loss"][-1],
         "best_val_loss": float(min(history["val_loss"])),
         "threshold": threshold,
     }
-    if records:
+    if eval_patients <= 0:
         held = [patients[i] for i in ca]
-        metrics["heldout"] = {"source": "calib records (all beats)", **evaluate_detector(det, held, normaliser)}
-    elif eval_patients > 0:
+        metrics["heldout"] = {"source": "autoencoder alone, calib patients (all beats)",
+                              **evaluate_detector(det, held, normaliser)}
+    else:
         held = synthetic_eval_patients(eval_patients, seed, synthetic_duration_s)
         metrics["heldout"] = {"source": f"{eval_patients} synthetic patients with pvc/vrun events, unseen seeds", **evaluate_detector(det, held, normaliser)}
+    extra_files: dict[str, bytes] = {}
+    extra: dict[str, Any] = {}
+    labels_all = np.concatenate([p.labels for p in patients])
+    if classifier is None:
+        classifier = bool(np.isin(labels_all, ["S", "V"]).any())
+    if classifier:
+        clf, clf_metrics = _fit_classifier(det, normaliser, patients, seed, ventricular_fpr, supraventricular_fpr,
+                                           progress)
+        extra_files[CLASSIFIER_FILE] = clf.trees.to_bytes()
+        extra["beat_classifier"] = {**clf.settings(), "file": CLASSIFIER_FILE}
+        metrics["beat_classifier"] = clf_metrics
     config = {
         "data": source,
         "epochs": int(epochs),
@@ -396,8 +518,43 @@ def train_ecg(
         training_config=config,
         metrics=metrics,
         server_batch_size=server_batch_size,
+        extra_files=extra_files,
+        extra=extra,
     )
     return TrainResult(bundle_path=path, metrics=metrics, history=history, thresholds=read_meta(path).thresholds())
+
+
+def _fit_classifier(det: Any, normaliser: Normaliser, patients: Sequence[LabelledBeats], seed: int,
+                    ventricular_fpr: float, supraventricular_fpr: float, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Train the beat classifier on every beat of ``patients`` (their context features and
+    the autoencoder's score); report its out-of-fold figures over patient folds."""
+    from models.ecg.classifier import train_beat_classifier
+    from models.ecg.scorer import AE_FEATURE, classifier_features
+    from models.evaluation import auroc
+
+    rows, labels, groups = [], [], []
+    for p in _progress(list(patients), progress, "autoencoder scores"):
+        if not len(p.labels):
+            continue
+        ae = det.score(make_model_input(p.waveforms, p.rr_context, normaliser))
+        rows.append(classifier_features(p.features, ae))
+        labels.append(p.labels)
+        groups.extend([p.patient or p.name] * len(p.labels))
+    x, lab = np.concatenate(rows), np.concatenate(labels)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    clf, oof = train_beat_classifier(x, lab, groups, FEATURE_NAMES + (AE_FEATURE,), ventricular_fpr=ventricular_fpr,
+                                     supraventricular_fpr=supraventricular_fpr, seed=seed, progress=say)
+    p_abn = np.maximum(oof[:, 2] / clf.ventricular_threshold, oof[:, 1] / clf.supraventricular_threshold)
+    n = lab == "N"
+    out: dict[str, Any] = {"source": "out-of-fold predictions, 3 patient folds of the training patients",
+                           "n_beats": {c: int(np.sum(lab == c)) for c in ("N", "S", "V", "F", "Q", "X")}}
+    for key, pos in (("auroc_V_vs_N", ["V"]), ("auroc_S_vs_N", ["S"]), ("auroc_SVF_vs_N", ["S", "V", "F"])):
+        out[key] = float(auroc(p_abn[np.isin(lab, pos)], p_abn[n]))
+    out["flagged_fraction"] = {c: float(np.mean(p_abn[lab == c] > 1.0)) for c in ("N", "S", "V")
+                               if np.any(lab == c)}
+    out["ventricular_fraction"] = {c: float(np.mean(oof[lab == c, 2] >= clf.ventricular_threshold))
+                                   for c in ("N", "S", "V") if np.any(lab == c)}
+    return clf, out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,14 +47,16 @@ class Sim:
         return evs
 
     def beat(self, rr_ms: float = 800.0, flagged: bool = False, score: float | None = None,
-             quality: float = 0.95) -> list[AlertEvent]:
+             quality: float = 0.95, beat_class: str = "?", p_ventricular: float | None = None,
+             p_run: float | None = None) -> list[AlertEvent]:
         self.t += int(rr_ms)
         self.n += 1
         b = ScoredBeat(beat_id=f"{self.pid}:{self.n}", patient_id=self.pid, device_id="d1",
                        r_ts_ms=self.t, rr_ms=rr_ms if self.n > 1 else None,
                        score=score if score is not None else (0.9 if flagged else 0.05),
                        threshold=0.31, flagged=flagged, signal_quality=quality,
-                       model_version="ecg-lstm-ae/1")
+                       model_version="ecg-lstm-ae/1", beat_class=beat_class,
+                       p_ventricular=p_ventricular, p_run=p_run)
         return self._take(self.policy.on_beats(self.state, [b]))
 
     def beats(self, count: int, **kw: object) -> list[AlertEvent]:
@@ -330,6 +332,64 @@ def test_flagged_beats_with_slow_rr_are_not_a_ventricular_run() -> None:
     s.beats(5)
     evs = s.beats(4, rr_ms=700, flagged=True)
     assert "ventricular_run" not in conds(evs)
+
+
+def _n(s: Sim, count: int, rr_ms: float = 800.0) -> list[AlertEvent]:
+    return s.beats(count, rr_ms=rr_ms, beat_class="N", p_ventricular=0.01, p_run=0.02)
+
+
+def _v(s: Sim, rr_ms: float, p: float = 0.95) -> list[AlertEvent]:
+    return s.beat(rr_ms=rr_ms, flagged=True, beat_class="V", p_ventricular=p, p_run=p)
+
+
+def test_classified_run_starts_at_a_v_beat_and_continues_on_run_evidence() -> None:
+    s = Sim()
+    _n(s, 6)
+    _v(s, 450)
+    # the second beat is not V on its own but carries run evidence (a wide beat the
+    # classifier half called artefact): the run goes on
+    assert s.beat(rr_ms=420, beat_class="X", p_ventricular=0.1, p_run=0.6) == []
+    evs = s.beat(rr_ms=430, beat_class="X", p_ventricular=0.05, p_run=0.5)
+    assert [(e.condition, e.priority) for e in evs] == [("ventricular_run", "high")]
+    assert evs[0].onset_ts_ms == s.t - 420 - 430
+    assert evs[0].details["run_length_beats"] == 3 and evs[0].details["rate_bpm"] == pytest.approx(60_000 / 425, 0.01)
+
+
+def test_classified_run_needs_a_v_start_and_a_fast_mean_rate() -> None:
+    s = Sim()
+    _n(s, 6)
+    # no beat is V on its own: no run, however much run evidence
+    for _ in range(4):
+        s.beat(rr_ms=400, beat_class="X", p_ventricular=0.1, p_run=0.9)
+    _n(s, 6)
+    _v(s, 500)
+    _v(s, 700)
+    evs = _v(s, 650)  # mean RR within the run 675 ms: 89 bpm, not VT
+    assert "ventricular_run" not in conds(s.events)
+    evs = _v(s, 400)  # mean (700 + 650 + 400) / 3 = 583 ms: >= 100 bpm
+    assert "ventricular_run" in conds(evs)
+
+
+def test_an_early_detection_continues_a_run_only_on_its_ventricular_probability() -> None:
+    s = Sim()
+    _n(s, 6)
+    _v(s, 450)
+    # 200 ms after a PVC: more often its T wave than a 300 bpm beat; artefact share ignored
+    s.beat(rr_ms=200, beat_class="X", p_ventricular=0.05, p_run=0.95)
+    s.beat(rr_ms=400, beat_class="X", p_ventricular=0.05, p_run=0.95)
+    assert "ventricular_run" not in conds(s.events)
+
+
+def test_a_broken_run_restarts_at_the_next_v_beat() -> None:
+    s = Sim()
+    _n(s, 6)
+    _v(s, 450)
+    _n(s, 1, 450)  # run broken
+    _v(s, 450)  # a new run starts here
+    _v(s, 450)
+    evs = _v(s, 450)
+    assert [e.condition for e in evs] == ["ventricular_run"]
+    assert evs[0].onset_ts_ms == s.t - 2 * 450
 
 
 # ---------------------------------------------------------------- sustained rates

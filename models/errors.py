@@ -1,0 +1,32 @@
+"""The project's one exception root, and the tree under it.
+
+Every error cardiowatch raises on purpose is a :class:`CardiowatchError`, so a caller can
+catch "anything cardiowatch refused" in one place; the classes that reject a bad value
+are also ``ValueError`` (a bad message, setting or file is a bad value). The root lives in
+the lowest layer (``models``) so that every layer can derive from it::
+
+    CardiowatchError
+    ├── DetectorError                 models.autoencoder
+    │   ├── NotFittedError            used before fit / load, or predict without a threshold
+    │   ├── BundleError               models.bundle: bad bundle folder, key, value or file hash
+    │   └── ExportError               models.export: TFLite conversion failed or not builtin-only
+    ├── TreeEnsembleError             models.trees (also ValueError)
+    ├── InvalidMessage                streaming.errors: a message rejected at the boundary
+    │   └── MalformedMessage, FieldError, ValueOutOfRange, SequenceError
+    ├── PolicyConfigError, PolicyStateError      streaming.errors (also ValueError)
+    ├── SettingsError                 services.settings (also ValueError)
+    ├── RoutingConfigError            services.routing (also ValueError)
+    ├── TokenFileError                services.ack_api (also ValueError)
+    ├── SignatureError                services.signing (also ValueError)
+    ├── DeliveryTransportError        services.dispatcher: a webhook endpoint unreachable
+    │   └── DeliveryTimeout
+    └── BrokerError                   services.broker (also RuntimeError)
+"""
+
+from __future__ import annotations
+
+__all__ = ["CardiowatchError"]
+
+
+class CardiowatchError(Exception):
+    """Root of every error raised on purpose by cardiowatch."""
