@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 from scipy import signal as sps
 
+from models.errors import CardiowatchError
 from models.trees import TreeEnsemble
 
 try:  # the compiled steps of scipy.signal.find_peaks(x, distance=d), without its wrapper
@@ -161,7 +162,7 @@ def _find_peaks_distance(a: np.ndarray, distance: int) -> np.ndarray:
     return peaks[_select_by_peak_distance(peaks, a[peaks], float(distance))]
 
 
-class QRSPairModelError(ValueError):
+class QRSPairModelError(CardiowatchError, ValueError):
     """A pair-model folder is missing, malformed or does not match its recorded hashes."""
 
 
