@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from models.qrs import REFRACTORY_S, detect_qrs
+from models.qrs import REFRACTORY_S, QRSPairModel, detect_qrs
 from models.signal import MODEL_RATE_HZ, PreprocessorState, StreamingPreprocessor
 from models.sqi import filtered_quality, signal_quality
 
@@ -214,9 +214,13 @@ class StreamingBeatSegmenter:
         the buffer grows to keep the last beat in view, up to twice this.
     max_wait_s
         A beat with no next R this long after its R is emitted with ``rr_next_s=None``.
+    pair_model
+        The QRS detector's pair test (:func:`models.qrs.detect_qrs`): the shipped models,
+        others (evaluation of a retrained set), or ``"none"``.
     """
 
-    def __init__(self, spec: BeatSpec = BeatSpec(), history_s: float = 6.0, max_wait_s: float = 2.0) -> None:
+    def __init__(self, spec: BeatSpec = BeatSpec(), history_s: float = 6.0, max_wait_s: float = 2.0,
+                 pair_model: QRSPairModel | Literal["shipped", "none"] = "shipped") -> None:
         if not 4.0 <= history_s <= 60.0:
             raise ValueError(f"history_s must be in [4, 60], got {history_s}")
         if not spec.post_s + _EDGE_GUARD_S <= max_wait_s <= history_s - 2.0:
@@ -232,6 +236,7 @@ class StreamingBeatSegmenter:
         self._refr = int(round(REFRACTORY_S * self.rate_hz))
         self._guard = int(round(_EDGE_GUARD_S * self.rate_hz))
         self._qwin = int(round(_QUALITY_WINDOW_S * self.rate_hz))
+        self.pair_model = pair_model
 
     def initial_state(self) -> SegmenterState:
         """State for a new stream."""
@@ -304,7 +309,7 @@ class StreamingBeatSegmenter:
     ) -> tuple[list[Beat], int, np.ndarray]:
         spec, fs = self.spec, float(self.rate_hz)
         start = end - w.shape[0]
-        r_all = detect_qrs(w, fs) + start
+        r_all = detect_qrs(w, fs, pair_model=self.pair_model) + start
         out: list[Beat] = []
         for i, r in enumerate(r_all.tolist()):
             if r <= last_r + self._refr or r - spec.pre < start:
@@ -350,7 +355,8 @@ def _normalish_mean(ring: np.ndarray) -> float | None:
     return float(np.add.reduce(ok) / ok.shape[0]) if ok.shape[0] else med
 
 
-def segment_record(y: np.ndarray, spec: BeatSpec = BeatSpec(), history_s: float = 6.0) -> list[Beat]:
+def segment_record(y: np.ndarray, spec: BeatSpec = BeatSpec(), history_s: float = 6.0,
+                   pair_model: QRSPairModel | Literal["shipped", "none"] = "shipped") -> list[Beat]:
     """Segment a whole preprocessed record by the streaming path (1 s chunks), then flush.
 
     Parameters
@@ -361,12 +367,14 @@ def segment_record(y: np.ndarray, spec: BeatSpec = BeatSpec(), history_s: float 
         Beat window.
     history_s
         Segmenter buffer length in seconds.
+    pair_model
+        As for :class:`StreamingBeatSegmenter`.
 
     Returns
     -------
     list[Beat]
     """
-    seg = StreamingBeatSegmenter(spec, history_s)
+    seg = StreamingBeatSegmenter(spec, history_s, pair_model=pair_model)
     state = seg.initial_state()
     beats: list[Beat] = []
     y = np.asarray(y)

@@ -11,6 +11,7 @@ the lowest layer (``models``) so that every layer can derive from it::
     │   ├── BundleError               models.bundle: bad bundle folder, key, value or file hash
     │   └── ExportError               models.export: TFLite conversion failed or not builtin-only
     ├── TreeEnsembleError             models.trees (also ValueError)
+    ├── QRSPairModelError             models.qrs: bad QRS pair-model folder or file hash (also ValueError)
     ├── InvalidMessage                streaming.errors: a message rejected at the boundary
     │   └── MalformedMessage, FieldError, ValueOutOfRange, SequenceError
     ├── PolicyConfigError, PolicyStateError      streaming.errors (also ValueError)

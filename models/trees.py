@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -137,6 +139,54 @@ class TreeEnsemble:
         for c in range(n_raw):
             out[:, c] = leaf[:, self.tree_class == c].sum(axis=1)
         return out
+
+    @cached_property
+    def _row_lists(self) -> tuple[list[int], list[int], list[int], list[float], list[int], list[int],
+                                  list[bool], list[int], list[float]]:
+        return (self.roots.tolist(), self.tree_class.tolist(), self.feature.tolist(),
+                self.threshold.tolist(), self.left.tolist(), self.right.tolist(),
+                self.default_left.tolist(), self.missing.tolist(), self.value.tolist())
+
+    def raw_scores_row(self, row: Sequence[float]) -> list[float]:
+        """:meth:`raw_scores` of one row, in plain Python.
+
+        The vectorised path costs ~0.4 ms per call whatever the batch size; a detector
+        that scores one candidate at a time inside a sequential loop (the QRS pair test)
+        walks the trees directly instead, ~20 us for 60 trees. Same numbers, same missing
+        value rules.
+        """
+        if len(row) != self.n_features:
+            raise TreeEnsembleError(f"row must have {self.n_features} values, got {len(row)}")
+        roots, tclass, feat, thr, left, right, dleft, miss, val = self._row_lists
+        out = [0.0] * (1 if self.objective == "binary" else len(self.classes))
+        for t, n in enumerate(roots):
+            f = feat[n]
+            while f >= 0:
+                v = row[f]
+                m = miss[n]
+                if v != v:  # NaN
+                    if m == _MISSING_NONE:
+                        n = left[n] if 0.0 <= thr[n] else right[n]
+                    else:
+                        n = left[n] if dleft[n] else right[n]
+                elif m == _MISSING_ZERO and v == 0.0:
+                    n = left[n] if dleft[n] else right[n]
+                else:
+                    n = left[n] if v <= thr[n] else right[n]
+                f = feat[n]
+            out[tclass[t]] += val[n]
+        return out
+
+    def predict_proba_row(self, row: Sequence[float]) -> list[float]:
+        """:meth:`predict_proba` of one row, in plain Python (see :meth:`raw_scores_row`)."""
+        raw = self.raw_scores_row(row)
+        if self.objective == "binary":
+            p = 1.0 / (1.0 + math.exp(-raw[0]))
+            return [1.0 - p, p]
+        top = max(raw)
+        e = [math.exp(r - top) for r in raw]
+        z = sum(e)
+        return [v / z for v in e]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities float64 [n, n_classes] (rows sum to 1)."""

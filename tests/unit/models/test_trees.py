@@ -34,6 +34,9 @@ def test_numpy_evaluation_matches_lightgbm(k: int) -> None:
     if k == 2:
         want = np.stack([1 - want, want], axis=1)
     np.testing.assert_allclose(te.predict_proba(xt), want, rtol=1e-9, atol=1e-12)
+    # the one-row path (used inside sequential loops) gives the same numbers
+    rows = np.array([te.predict_proba_row(r) for r in xt.tolist()])
+    np.testing.assert_allclose(rows, want, rtol=1e-9, atol=1e-12)
 
 
 def test_train_is_reproducible_and_round_trips(tmp_path) -> None:
@@ -55,6 +58,8 @@ def test_bad_inputs_name_the_problem(tmp_path) -> None:
     te = train_gbdt(x, np.minimum(y, 1), ["n", "p"], [f"f{i}" for i in range(5)], n_trees=5)
     with pytest.raises(TreeEnsembleError, match=r"shape \[n, 5\]"):
         te.predict_proba(np.zeros((3, 4)))
+    with pytest.raises(TreeEnsembleError, match="row must have 5 values"):
+        te.predict_proba_row([0.0] * 4)
     with pytest.raises(TreeEnsembleError, match="class indices"):
         train_gbdt(x, y + 5, ["a", "b"], [f"f{i}" for i in range(5)])
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
