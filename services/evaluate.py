@@ -309,8 +309,8 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
                    runtime=runtime, annotation=annotation, fs=fs, channel=channel,
                    noise=noise_cache, noise_continuous=noise_continuous, scores_dir=scores_dir,
                    plots_dir=plots_dir,
-                   rules=EpisodeRules(tachy_bpm=policy.config.tachy_bpm,
-                                      brady_bpm=policy.config.brady_bpm))
+                   rules=EpisodeRules(tachy_bpm=policy.config.hr_limits.tachy_bpm,
+                                      brady_bpm=policy.config.hr_limits.brady_bpm))
     scores_dir.mkdir(parents=True, exist_ok=True)
     if plots_dir:
         plots_dir.mkdir(parents=True, exist_ok=True)
