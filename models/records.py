@@ -17,7 +17,7 @@ indices; :mod:`models.episodes` turns them into episodes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import wfdb
 
 __all__ = [
     "AAMI_CLASSES",
+    "NOISE_SYMBOLS",
     "PREFERRED_LEAD",
     "VF_BRACKETS",
     "BeatAnnotations",
@@ -47,6 +48,11 @@ AAMI_CLASSES: dict[str, str] = {
 
 PREFERRED_LEAD = "MLII"
 """Lead loaded by default when a record has it (MIT-BIH 114 has V5 first)."""
+
+NOISE_SYMBOLS = ("~", "|")
+"""Annotations that mark noise (``~``: a change in signal quality, ``|``: an isolated
+QRS-like artefact). In the RR-interval databases (nsr2db, chf2db) beats inside noise are
+missing, so the interval across such a mark is a hole in the beat series, not an RR."""
 
 VF_BRACKETS = ("[", "]")
 """Onset and end of ventricular flutter/fibrillation (cudb, MIT-BIH 207). ``!`` marks
@@ -72,6 +78,8 @@ class BeatAnnotations:
     end_sample
         One past the last annotated sample: the record's end for an annotation-only
         record (its header, if any, says 0 samples).
+    noise_samples
+        int64 sample indices of the noise annotations (:data:`NOISE_SYMBOLS`).
     """
 
     name: str
@@ -82,6 +90,7 @@ class BeatAnnotations:
     rhythm_annotations: tuple[tuple[int, str], ...]
     vf_annotations: tuple[tuple[int, str], ...]
     end_sample: int
+    noise_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def beat_times_s(self) -> np.ndarray:
@@ -92,6 +101,17 @@ class BeatAnnotations:
     def duration_s(self) -> float:
         """Length of the record in seconds (to the last annotation)."""
         return self.end_sample / self.sample_rate_hz
+
+    def noisy_intervals(self) -> np.ndarray:
+        """bool [n_beats - 1]: interval ``k`` (beat ``k`` to beat ``k + 1``) holds a noise
+        annotation (``beat_samples[k] <= noise < beat_samples[k + 1]``), so it is no RR."""
+        b = np.asarray(self.beat_samples, dtype=np.int64)
+        out = np.zeros(max(b.size - 1, 0), dtype=bool)
+        if out.size == 0 or self.noise_samples.size == 0:
+            return out
+        k = np.searchsorted(b, np.asarray(self.noise_samples, dtype=np.int64), side="right") - 1
+        out[k[(k >= 0) & (k < out.size)]] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,7 @@ def _read_annotations(base: Path, annotation: str, fs: float, name: str,
     symbols = np.empty(0, dtype="<U1")
     rhythms: list[tuple[int, str]] = []
     brackets: list[tuple[int, str]] = []
+    noise = np.empty(0, np.int64)
     last = 0
     if Path(f"{base}.{annotation}").is_file():
         ann = wfdb.rdann(str(base), annotation)
@@ -207,12 +228,13 @@ def _read_annotations(base: Path, annotation: str, fs: float, name: str,
         ]
         brackets = [(int(s), str(sym)) for s, sym in zip(all_samples, all_symbols)
                     if sym in VF_BRACKETS]
+        noise = all_samples[np.isin(all_symbols, NOISE_SYMBOLS)]
         last = int(all_samples.max()) + 1 if all_samples.size else 0
     classes = np.asarray([AAMI_CLASSES[s] for s in symbols], dtype="<U1")
     return BeatAnnotations(
         name=name, sample_rate_hz=float(fs), beat_samples=samples, beat_symbols=symbols,
         aami_classes=classes, rhythm_annotations=tuple(rhythms), vf_annotations=tuple(brackets),
-        end_sample=last if end_sample is None else int(end_sample))
+        end_sample=last if end_sample is None else int(end_sample), noise_samples=noise)
 
 
 def _pick_lead(leads: list[str], n_sig: int, channel: int | str | None) -> int:

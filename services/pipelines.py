@@ -16,11 +16,13 @@ from models.ecg.scorer import load_scorer
 from models.bundle import Bundle, load_bundle
 from models.ecg.features import ECGInput
 from models.ecg.vf import load_vf_detector
+from models.hr.af import AFDetector, AFError
 from models.hr.features import HRInput
 from streaming.pipeline import ECGPipeline, HRPipeline, HRScorer
 from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
 
-__all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "load_ecg_bundle", "wall_clock_ms"]
+__all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "load_af_detector",
+           "load_ecg_bundle", "wall_clock_ms"]
 
 log = logging.getLogger("cardiowatch.pipelines")
 HR_STEP = 8  # new RR intervals between heart-rate windows, as the HR bundle was validated
@@ -77,7 +79,22 @@ def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: s
 
     # A window of `window` beats is scored every HR_STEP new beats (the bundle's rule).
     return HRPipeline(HRScorer(bundle.detector, spec.window_beats, make_window), policy, step=HR_STEP,
-                      clock_ms=clock_ms)
+                      clock_ms=clock_ms, af=load_af_detector(bundle))
+
+
+def load_af_detector(bundle: Bundle) -> AFDetector | None:
+    """The AF detector a heart-rate bundle ships (``extra["af_detector"]`` and its file,
+    hash-checked with the bundle), or None for a bundle without one."""
+    section = bundle.meta.extra.get("af_detector")
+    if section is None:
+        log.warning("heart-rate bundle %s has no AF detector: no atrial_fibrillation alerts", bundle.path)
+        return None
+    AFDetector.check_settings(section, f"{bundle.path}/bundle.json")
+    if section["file"] not in bundle.meta.extra_files:
+        # only files listed in bundle.json were hash-checked when the bundle was read
+        raise AFError(f"{bundle.path}/bundle.json: extra.af_detector.file {section['file']!r} is not one of "
+                      f"the bundle's listed extra files {list(bundle.meta.extra_files)}")
+    return AFDetector.from_bytes((Path(bundle.path) / section["file"]).read_bytes())
 
 
 def load_ecg_bundle(model_dir: Path, runtime: str = "keras") -> Bundle:

@@ -104,6 +104,11 @@ class RRSource:
     reports only heart rate and RR intervals sends. A :class:`Wearable` steps it with
     :meth:`Wearable.step_rr`; ``duration_s`` ends it.
 
+    Where the annotators marked noise (:data:`models.records.NOISE_SYMBOLS`; nsr2db and
+    chf2db leave the beats inside it out), the interval across the mark is a hole, not an
+    RR: like a real strap, the wearable reports poor quality there (``quality`` 0, no RR)
+    and never the interval across it.
+
     Parameters
     ----------
     folder, name
@@ -125,10 +130,27 @@ class RRSource:
         self.beat_times_s = annotations.beat_times_s
         self.beat_classes = np.asarray(annotations.aami_classes)
         self.duration_s = float(annotations.duration_s)
+        noisy = annotations.noisy_intervals()  # interval k: beat k -> beat k + 1
+        self._after_noise = np.concatenate([[False], noisy])  # beat k + 1 ends a hole
+        k = np.flatnonzero(noisy)
+        # the holes, as [previous beat, next beat] time spans (sorted, disjoint)
+        self.noise_spans_s = np.stack([self.beat_times_s[k], self.beat_times_s[k + 1]], axis=1) \
+            if k.size else np.zeros((0, 2))
 
     @classmethod
     def from_annotations(cls, annotations: BeatAnnotations) -> RRSource:
         return cls(Path("."), annotations.name, annotations=annotations)
+
+    def ends_hole(self, t0_s: float, t1_s: float) -> np.ndarray:
+        """bool per beat of :meth:`beats_between` (same order): the interval before it is a hole."""
+        lo, hi = np.searchsorted(self.beat_times_s, [t0_s, t1_s], side="left")
+        return self._after_noise[lo:hi]
+
+    def in_noise(self, t0_s: float, t1_s: float) -> bool:
+        """Whether ``[t0_s, t1_s)`` overlaps a hole."""
+        spans = self.noise_spans_s
+        i = int(np.searchsorted(spans[:, 1], t0_s, side="right")) if len(spans) else 0
+        return i < len(spans) and spans[i, 0] < t1_s
 
     def beats_between(self, t0_s: float, t1_s: float) -> list[tuple[float, str]]:
         # day-long records: a binary search, not a mask over 100,000 beats per second
@@ -150,6 +172,7 @@ class Wearable:
     _t_s: float = 0.0
     _rr_hist: list[float] = field(default_factory=list)
     _last_beat_s: float | None = None
+    _last_hr_bpm: float | None = None
 
     def step(self) -> tuple[bytes | None, bytes | None]:
         """Advance by one chunk; return (ECG message, heart-rate message or None)."""
@@ -189,21 +212,38 @@ class Wearable:
         return True, hr
 
     def _heart_rate(self, t0: float, t1: float, ts_ms: int) -> bytes | None:
-        """The on-board beat detector: the heart-rate message for the beats in [t0, t1)."""
+        """The on-board beat detector: the heart-rate message for the beats in [t0, t1).
+
+        From an :class:`RRSource`, an interval across annotated noise is no RR (the rate
+        estimate restarts after it), and a second that overlaps such a hole without a
+        clean RR is reported with ``quality`` 0 and the last rate.
+        """
         rr_ms = []
-        for t, _label in self.source.beats_between(t0, t1):
-            if self._last_beat_s is not None:
+        beats = self.source.beats_between(t0, t1)
+        src = self.source
+        holes = src.ends_hole(t0, t1) if isinstance(src, RRSource) else np.zeros(len(beats), bool)
+        for (t, _label), hole in zip(beats, holes):
+            if hole:
+                self._rr_hist = []
+            elif self._last_beat_s is not None:
                 rr_ms.append((t - self._last_beat_s) * 1000.0)
             self._last_beat_s = t
         self._rr_hist = (self._rr_hist + rr_ms)[-8:]
         hr = None
         recent = self._last_beat_s is not None and t1 - self._last_beat_s < 3.0
-        if self._rr_hist and recent:
+        noisy = isinstance(src, RRSource) and src.in_noise(t0, t1)
+        if noisy and not rr_ms:
+            if self._last_hr_bpm is not None:
+                hr = encode_hr(self.patient_id, self.device_id, self.hr_seq, ts_ms, self._last_hr_bpm, [],
+                               quality=0.0)
+                self.hr_seq += 1
+        elif self._rr_hist and recent:
             hr_bpm = 60000.0 / float(np.median(self._rr_hist[-5:]))
             if 15.0 <= hr_bpm <= 350.0:
                 hr = encode_hr(self.patient_id, self.device_id, self.hr_seq, ts_ms, hr_bpm,
                                [v for v in rr_ms if 150.0 <= v <= 20000.0])
                 self.hr_seq += 1
+                self._last_hr_bpm = hr_bpm
         return hr
 
 

@@ -72,9 +72,9 @@ __all__ = [
     "FrequentEctopySettings",
     "FrequentEctopyState",
     "FrequentEctopy",
-    "IrregularRhythmSettings",
-    "IrregularRhythmState",
-    "IrregularRhythm",
+    "AtrialFibrillationSettings",
+    "AtrialFibrillationState",
+    "AtrialFibrillation",
     "AnomalousBeatsSettings",
     "AnomalousBeatsState",
     "AnomalousBeats",
@@ -91,8 +91,6 @@ __all__ = [
 ]
 
 _ECTOPY_WINDOW_MS = 60_000
-# RR intervals outside this range are detector or annotation artefacts, not rhythm
-_RR_MIN_MS, _RR_MAX_MS = 200.0, 3000.0
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -732,79 +730,74 @@ class FrequentEctopy(Condition[FrequentEctopySettings, FrequentEctopyState]):
         return Hold(ts) if per_min >= s.clear_per_min else None
 
 
-# ------------------------------------------------------------------ irregular rhythm
+# -------------------------------------------------------------- atrial fibrillation
 @dataclass(frozen=True, slots=True)
-class IrregularRhythmSettings:
-    """Irregular RR on the heart-rate stream (or the HR model's score), sustained."""
+class AtrialFibrillationSettings:
+    """How long the AF detector's probability must stay above its threshold to open the
+    alert, and below it to clear. The defaults are those the shipped threshold was chosen
+    for (``models.hr.af.AFAlertRule``; a unit test keeps them equal)."""
 
-    section: ClassVar[str] = "irregular_rhythm"
-    window_s: float = bounded(60.0, 5.0, 600.0)
-    nrmssd: float = bounded(0.12, 0.001, 10.0)
-    min_intervals: int = bounded(20, 1, 10_000)
-    # ...and at least this fraction of successive RR differences must each exceed
-    # nrmssd x mean RR: AF is irregular beat after beat, while a short run or a few
-    # ectopic beats inflate RMSSD through a handful of large jumps only.
-    min_fraction: float = bounded(0.3, 0.0, 1.0)
-    sustain_s: float = bounded(30.0, 0.0, 3600.0)
+    section: ClassVar[str] = "atrial_fibrillation"
+    sustain_s: float = bounded(20.0, 0.0, 3600.0)
+    clear_s: float = bounded(90.0, 0.0, 3600.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
 
 
 @dataclass(slots=True)
-class IrregularRhythmState:
-    since_ts_ms: int | None = None
-    rr_window: list[list[float]] = field(default_factory=list)  # [[ts_ms, rr_ms], ...]
+class AtrialFibrillationState:
+    since_ts_ms: int | None = None  # start of the current run at or above threshold
+    below_since_ts_ms: int | None = None  # start of the current run below, alert open
 
 
-class IrregularRhythm(Condition[IrregularRhythmSettings, IrregularRhythmState]):
-    name = "irregular_rhythm"
+class AtrialFibrillation(Condition[AtrialFibrillationSettings, AtrialFibrillationState]):
+    """Atrial fibrillation from the heart-rate stream's AF probability: opens when AF
+    starts, clears when it ends (one alert per episode, never one per record)."""
+
+    name = "atrial_fibrillation"
     category = "physiological"
-    settings_type = IrregularRhythmSettings
-    state_type = IrregularRhythmState
+    settings_type = AtrialFibrillationSettings
+    state_type = AtrialFibrillationState
     consumes = (HRObservation,)
     derived_from = "hr"
-    rows = (("medium", "normalised RMSSD of RR over ``window_s`` >= ``nrmssd`` with >= "
-                       "``min_fraction`` of beat-to-beat changes that large (or HR-model "
-                       "score >= its threshold), sustained for ``sustain_s``"),)
+    rows = (("medium", "AF probability of the RR history >= the AF detector's threshold for "
+                       "``sustain_s``; clears once below it for ``clear_s``"),)
 
-    def observe(self, state: IrregularRhythmState, obs: HRObservation,
+    def observe(self, state: AtrialFibrillationState, obs: HRObservation,
                 ctx: RuleContext) -> Decision | None:
         s, ts = self.settings, obs.ts_ms
-        window_ms = s.window_s * 1000
-        state.rr_window.extend([float(ts), float(rr)] for rr in obs.rr_ms
-                               if math.isfinite(rr) and _RR_MIN_MS <= rr <= _RR_MAX_MS)
-        state.rr_window = [p for p in state.rr_window if p[0] > ts - window_ms]
-        rrs = [p[1] for p in state.rr_window]
-        nrmssd: float | None = None
-        frac = 0.0
-        if len(rrs) >= s.min_intervals:
-            mean_rr = sum(rrs) / len(rrs)
-            steps = [abs(b - a) for a, b in zip(rrs, rrs[1:])]
-            nrmssd = math.sqrt(sum(d * d for d in steps) / len(steps)) / mean_rr
-            frac = sum(d > s.nrmssd * mean_rr for d in steps) / len(steps)
-        by_rr = nrmssd is not None and nrmssd >= s.nrmssd and frac >= s.min_fraction
-        by_model = (obs.hr_score is not None and obs.hr_threshold is not None
-                    and obs.hr_score >= obs.hr_threshold)
-        if not (by_rr or by_model):
+        if not ctx.hr_continuous:
+            state.since_ts_ms = state.below_since_ts_ms = None
+        p, thr = obs.af_probability, obs.af_threshold
+        if p is None or thr is None or not math.isfinite(p):
+            return None  # not scored (the RR window is still filling): no evidence either way
+        is_open = ctx.is_open(self.name)
+        if p < thr:
             state.since_ts_ms = None
-            return None
-        if not (ctx.hr_continuous and state.since_ts_ms is not None):
+            if not is_open:
+                state.below_since_ts_ms = None
+                return None
+            if state.below_since_ts_ms is None:
+                state.below_since_ts_ms = ts
+            below_s = (ts - state.below_since_ts_ms) / 1000
+            if below_s >= s.clear_s:
+                state.below_since_ts_ms = None
+                return Clear(ts, f"AF probability below {thr:.2f} for {below_s:.0f} s "
+                                 f"(clear after {s.clear_s:g} s)")
+            return Hold(ts)
+        state.below_since_ts_ms = None
+        if state.since_ts_ms is None:
             state.since_ts_ms = ts
-        lasted = ts - state.since_ts_ms
-        if lasted < s.sustain_s * 1000 and not ctx.is_open(self.name):
+        lasted_s = (ts - state.since_ts_ms) / 1000
+        if lasted_s < s.sustain_s and not is_open:
             return None
-        why = (f"RR normalised RMSSD {nrmssd:.2f} >= {s.nrmssd:g}, "
-               f"{frac:.0%} of beat-to-beat changes irregular"
-               if by_rr else
-               f"HR model score {obs.hr_score:.3g} >= threshold {obs.hr_threshold:.3g}")
         return Finding(
-            "medium", ts, state.since_ts_ms, f"{why} for {lasted / 1000:.0f} s",
-            nrmssd or 0.0, "rate", min_step=0.05,
-            details={"rr_nrmssd": None if nrmssd is None else round(nrmssd, 4),
-                     "rr_intervals": len(rrs), "hr_bpm": float(obs.hr_bpm),
-                     "sustained_s": lasted / 1000},
-            score=obs.hr_score, threshold=obs.hr_threshold, signal_quality=obs.quality)
+            "medium", ts, state.since_ts_ms,
+            f"AF probability {p:.2f} >= {thr:.2f} for {lasted_s:.0f} s", p, "never",
+            details={"af_probability": round(p, 4), "af_threshold": thr,
+                     "hr_bpm": float(obs.hr_bpm), "sustained_s": lasted_s},
+            score=p, threshold=thr, signal_quality=obs.quality)
 
 
 # ------------------------------------------------------------------- anomalous beats
@@ -988,7 +981,7 @@ REGISTRY: tuple[type[Condition[Any, Any]], ...] = (
     Tachycardia,
     Bradycardia,
     FrequentEctopy,
-    IrregularRhythm,
+    AtrialFibrillation,
     AnomalousBeats,
     LeadOff,
     SignalNoisy,

@@ -79,6 +79,10 @@ class HRObservation:
     quality: float | None = None
     hr_score: float | None = None  # heart-rate autoencoder score when a model scored it
     hr_threshold: float | None = None
+    # AF detector: probability of atrial fibrillation over the RR history up to this
+    # message, and the operating threshold it is compared with (None: not scored)
+    af_probability: float | None = None
+    af_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

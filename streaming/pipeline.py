@@ -36,6 +36,7 @@ from models.autoencoder import Detector
 from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows
+from models.hr.af import AFDetector
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat, VFObservation
 from streaming.policy import AlertPolicy
@@ -620,6 +621,7 @@ class HRBatchResult:
     redelivered: int
     gap_notes: list[GapNote]
     windows_scored: int
+    af_windows_scored: int = 0
 
     @property
     def gaps(self) -> int:
@@ -627,14 +629,42 @@ class HRBatchResult:
 
 
 class HRPipeline:
-    """The heart-rate stream core: validation, RR windows, batched HR model, policy."""
+    """The heart-rate stream core: validation, RR history, batched HR model and AF
+    detector, policy.
+
+    Parameters
+    ----------
+    scorer : HRScorer or None
+        The heart-rate autoencoder (a window every ``step`` new RR intervals).
+    policy : AlertPolicy
+        Owns every alert decision.
+    step : int
+        New RR intervals between autoencoder windows.
+    clock_ms : callable
+        Wall clock for ``produced_wall_ms`` only.
+    af : AFDetector or None
+        Scores every usable message whose RR history holds a full AF window: one batched
+        call per batch, the probability on :attr:`HRObservation.af_probability`.
+
+    Notes
+    -----
+    The RR history is the patient's last RR intervals (at most four autoencoder windows,
+    and at least one AF window), kept in the changelogged state. RR intervals of a
+    message below ``signal.min_quality`` are not added to it: an unusable reading says
+    nothing about the rhythm, and the policy suppresses the heart-rate conditions for it.
+    """
 
     def __init__(self, scorer: HRScorer | None, policy: AlertPolicy, step: int,
-                 clock_ms: Callable[[], int]) -> None:
+                 clock_ms: Callable[[], int], af: AFDetector | None = None) -> None:
         self.scorer = scorer
         self.policy = policy
         self.step = max(1, int(step))
         self.clock_ms = clock_ms
+        if af is not None and af.threshold is None:
+            raise ValueError("the AF detector has no threshold; load it from a trained heart-rate bundle")
+        self.af = af
+        window = scorer.window if scorer else 32
+        self.history = max(4 * window, af.window_beats if af is not None else 0)
 
     def new_state(self, patient_id: str) -> HRPatientState:
         return HRPatientState(patient_id=patient_id, policy=self.policy.initial_state(patient_id))
@@ -653,9 +683,11 @@ class HRPipeline:
         dead: list[DeadLetter] = []
         # (patient state, sample, RR window to score or None), in message order
         items: list[tuple[HRPatientState, HRSample, np.ndarray | None]] = []
+        af_due: list[tuple[int, list[float]]] = []  # (item index, AF window)
         gap_notes: list[GapNote] = []
         valid = redelivered = 0
         window = self.scorer.window if self.scorer else 32
+        min_quality = self.policy.config.signal.min_quality
         for m in msgs:
             try:
                 if m.key is None:
@@ -679,12 +711,16 @@ class HRPipeline:
                 st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset = s.seq, float(s.ts_ms), m.offset
                 st.pos.last_partition = m.partition
                 st.device_id = st.pos.device_id = s.device_id
-                st.rr_ms = (st.rr_ms + list(s.rr_ms))[-4 * window:]
-                st.new_rr += len(s.rr_ms)
+                usable = s.quality is None or s.quality >= min_quality
+                if usable:
+                    st.rr_ms = (st.rr_ms + list(s.rr_ms))[-self.history:]
+                    st.new_rr += len(s.rr_ms)
                 win = None
                 if self.scorer is not None and len(st.rr_ms) >= window and st.new_rr >= self.step:
                     st.new_rr = 0
                     win = np.asarray(st.rr_ms[-window:], dtype=np.float64)
+                if self.af is not None and usable and len(st.rr_ms) >= self.af.window_beats:
+                    af_due.append((len(items), st.rr_ms[-self.af.window_beats:]))
                 out[s.patient_id] = st
                 items.append((st, s, win))
                 valid += 1
@@ -700,14 +736,23 @@ class HRPipeline:
             sc = np.asarray(self.scorer.detector.score(x), dtype=np.float64)
             scores = {i: float(v) for (i, _), v in zip(windows, sc)}
             thr = self.scorer.threshold
+        # One AF detector call for every due message of every patient in this batch.
+        af_p: dict[int, float] = {}
+        af_thr: float | None = None
+        if self.af is not None and af_due:
+            p = self.af.score(np.asarray([w for _, w in af_due], dtype=np.float64) / 1000.0)
+            af_p = {i: float(v) for (i, _), v in zip(af_due, p)}
+            af_thr = self.af.threshold
 
         obs: list[HRObservation] = []
         alerts: list[AlertEvent] = []
         now = self.clock_ms()
         for i, (st, s, _) in enumerate(items):
             o = HRObservation(st.patient_id, s.device_id, s.ts_ms, s.hr_bpm, s.rr_ms, s.quality,
-                              scores.get(i), thr if i in scores else None)
+                              scores.get(i), thr if i in scores else None,
+                              af_p.get(i), af_thr if i in af_p else None)
             obs.append(o)
             ev, st.policy = self.policy.on_hr(st.policy, o)
             alerts.extend(replace(a, produced_wall_ms=now) for a in ev)
-        return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gap_notes, len(scores))
+        return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gap_notes, len(scores),
+                             len(af_p))

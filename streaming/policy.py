@@ -34,10 +34,9 @@ condition                      priority    rule
                                            ``sustain_s``
 ``frequent_ectopy``            medium      >= ``per_min`` flagged beats in 60 s; clears below
                                            ``clear_per_min``
-``irregular_rhythm``           medium      normalised RMSSD of RR over ``window_s`` >= ``nrmssd``
-                                           with >= ``min_fraction`` of beat-to-beat changes that
-                                           large (or HR-model score >= its threshold), sustained for
-                                           ``sustain_s``
+``atrial_fibrillation``        medium      AF probability of the RR history >= the AF detector's
+                                           threshold for ``sustain_s``; clears once below it for
+                                           ``clear_s``
 ``anomalous_beats``            low         ``k`` of the last ``n`` beats flagged (not while
                                            ventricular_run or frequent_ectopy is open)
 ``lead_off``                   medium      technical: lead off for ``lead_off_s``
@@ -350,7 +349,8 @@ class PolicyConfig:
                 conditions[key] = _parse_section(by_name[key].settings_type, key, value, where)
             else:
                 hint = (f" (a key of the flat version-1 layout: now {_V1_KEYS[key]})"
-                        if key in _V1_KEYS else "")
+                        if key in _V1_KEYS else f" ({_REMOVED_SECTIONS[key]})"
+                        if key in _REMOVED_SECTIONS else "")
                 raise PolicyConfigError(f"unknown policy key {key!r}{where}{hint}")
         return cls(**shared, conditions=conditions, registry=tuple(registry))
 
@@ -443,6 +443,10 @@ def load_policy_config(path: str | Path) -> PolicyConfig:
     return PolicyConfig.from_mapping(raw, source=str(p))
 
 
+_REPLACED_BY_AF = ("removed: the irregular_rhythm condition was replaced by atrial_fibrillation, "
+                   "which reads the heart-rate bundle's AF detector")
+#: Sections that no longer exist -> what replaced them (for the error message only).
+_REMOVED_SECTIONS = {"irregular_rhythm": _REPLACED_BY_AF}
 #: Flat version-1 policy keys -> where they live now (for the error message only).
 _V1_KEYS = {
     "ectopy_k": "anomalous_beats.k", "ectopy_n": "anomalous_beats.n",
@@ -455,11 +459,11 @@ _V1_KEYS = {
     "sustain_max_gap_s": "signal.hr_max_gap_s",
     "frequent_ectopy_per_min": "frequent_ectopy.per_min",
     "frequent_ectopy_clear_per_min": "frequent_ectopy.clear_per_min",
-    "irregular_window_s": "irregular_rhythm.window_s",
-    "irregular_nrmssd": "irregular_rhythm.nrmssd",
-    "irregular_min_intervals": "irregular_rhythm.min_intervals",
-    "irregular_min_fraction": "irregular_rhythm.min_fraction",
-    "irregular_sustain_s": "irregular_rhythm.sustain_s",
+    "irregular_window_s": _REPLACED_BY_AF,
+    "irregular_nrmssd": _REPLACED_BY_AF,
+    "irregular_min_intervals": _REPLACED_BY_AF,
+    "irregular_min_fraction": _REPLACED_BY_AF,
+    "irregular_sustain_s": "atrial_fibrillation.sustain_s",
     "min_quality": "signal.min_quality", "lead_off_s": "lead_off.lead_off_s",
     "noisy_s": "signal_noisy.noisy_s", "no_data_s": "no_data.no_data_s",
     "technical_clear_s": "alarms.technical_clear_s", "clear_after_s": "alarms.clear_after_s",
@@ -576,7 +580,8 @@ _V1_CONDITION_FIELDS: dict[str, dict[str, str]] = {
     "tachycardia": {"tachy_since_ts_ms": "since_ts_ms"},
     "bradycardia": {"brady_since_ts_ms": "since_ts_ms"},
     "frequent_ectopy": {"flagged_ts_ms": "flagged_ts_ms"},
-    "irregular_rhythm": {"irregular_since_ts_ms": "since_ts_ms", "rr_window": "rr_window"},
+    # irregular_rhythm's keys (irregular_since_ts_ms, rr_window) are dropped: the
+    # condition was replaced by atrial_fibrillation, which starts afresh
     "anomalous_beats": {"recent_flags": "recent_flags"},
     "lead_off": {"lead_off_since_ts_ms": "since_ts_ms"},
     "signal_noisy": {"noisy_since_ts_ms": "since_ts_ms"},

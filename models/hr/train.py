@@ -1,11 +1,21 @@
-"""Heart-rate training stage: fit the RR-window LSTM autoencoder on normal rhythm, calibrate its thresholds, write the bundle.
+"""Heart-rate training stage: fit the RR-window LSTM autoencoder on normal rhythm and the AF detector on labelled rhythm, calibrate their thresholds, write one bundle.
 
-Patients (synthetic seeds, or WFDB records) are split 60/20/20 into train, validation
-(early stopping) and calibration (each runtime's threshold at a stated FPR on their
-normal windows), so thresholds are measured on patients the model never saw. Windows
-and features come from :mod:`models.hr.features`; the model, training loop, export and
-bundle are the shared ones (:mod:`models.autoencoder`, :mod:`models.export`,
-:mod:`models.bundle`).
+Autoencoder. Patients (synthetic seeds, or WFDB records) are split 60/20/20 into train,
+validation (early stopping) and calibration (each runtime's threshold at a stated FPR on
+their normal windows), so thresholds are measured on patients the model never saw. From
+records, the normal rhythm is every run of consecutive N beats in sinus rhythm (``(N`` or
+``(SBR`` annotated, or a sinus-rhythm database, :data:`models.hr.data.SINUS_DATABASES`)
+of the RR series as the wearable reports it (:mod:`models.hr.data`), at most
+``max_windows_per_patient`` windows per patient so that 80 day-long records do not
+drown the short ones. Windows and features come from :mod:`models.hr.features`; the
+model, training loop, export and bundle are the shared ones (:mod:`models.autoencoder`,
+:mod:`models.export`, :mod:`models.bundle`).
+
+AF detector (records only). :func:`models.hr.af_train.train_af`: patient-wise folds,
+the threshold from a stated false-alert rate on held-out patients, the detector on every
+patient; shipped as the bundle's extra file ``af_detector.npz`` with its settings and
+held-out figures in ``extra["af_detector"]``. ``fold_bundles`` also writes one bundle per
+fold whose AF detector never saw that fold's patients (for ``cardiowatch evaluate``).
 
 Alerting (persistence) is the alert policy's job; :func:`k_of_n` is the rule used here
 to *measure* the detector on held-out synthetic patients (:func:`evaluate_synthetic`).
@@ -25,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.autoencoder import Detector, LSTMAutoencoder, NotFittedError, validate_fpr
+from models.hr.data import RRSeries, load_rr_folders
 from models.hr.features import N_FEATURES, RR_MAX_S, RR_MIN_S, WINDOW_BEATS, DEFAULT_TRIM, HRInput, HRNormaliser, HRScore, rr_windows
 
 __all__ = [
@@ -36,6 +47,11 @@ __all__ = [
     "synthetic_normal_rr",
     "train_hr",
 ]
+
+#: Rhythms whose N-N intervals count as normal rhythm for the autoencoder (sinus rhythm,
+#: sinus bradycardia).
+SINUS_RHYTHMS = ("N", "SBR")
+AF_DETECTOR_FILE = "af_detector.npz"
 
 # Training loop settings of the heart-rate model (batch, Adam step, early-stopping patience).
 BATCH_SIZE = 128
@@ -104,26 +120,17 @@ def synthetic_normal_rr(seed: int, duration_s: float, sample_rate_hz: float = 10
     return rr[np.isfinite(rr)]  # the first beat has no interval (NaN)
 
 
-def _record_normal_rr(folder: Path, name: str) -> list[np.ndarray]:
-    """Runs of RR intervals between consecutive AAMI-N beats of one WFDB record."""
-    from models.records import load_record
-
-    rec = load_record(folder, name)
-    samples = np.asarray(rec.beat_samples, dtype=np.float64)
-    cls = np.asarray(rec.aami_classes, dtype=str)
-    if samples.size < 2:
+def _normal_runs(series: RRSeries) -> list[np.ndarray]:
+    """Runs of RR intervals between consecutive N beats in sinus rhythm (module docstring)."""
+    rr, cls = series.rr_s, series.aami
+    if rr.size == 0:
         return []
-    rr = np.diff(samples) / float(rec.sample_rate_hz)
-    ok = (cls[1:] == "N") & (cls[:-1] == "N") & (rr >= RR_MIN_S) & (rr <= RR_MAX_S)
-    runs: list[np.ndarray] = []
-    start = None
-    for i, good in enumerate(np.append(ok, False)):
-        if good and start is None:
-            start = i
-        elif not good and start is not None:
-            runs.append(rr[start:i])
-            start = None
-    return runs
+    prev_n = np.concatenate([[False], cls[:-1] == "N"]) & ~series.gap_before
+    ok = (cls == "N") & prev_n & np.isin(series.rhythm, SINUS_RHYTHMS) & (rr >= RR_MIN_S) & (rr <= RR_MAX_S)
+    # an interval right after a left-out (noisy) one is not ok (prev_n), so runs never
+    # span a hole
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
+    return [rr[a:b] for a, b in zip(edges[::2], edges[1::2])]
 
 
 def _hash_update(h: Any, label: str, rr: np.ndarray) -> None:
@@ -276,6 +283,8 @@ class HRTrainResult:
     training_data_sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    af: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def train_hr(
@@ -297,6 +306,13 @@ def train_hr(
     eval_patients: int = 0,
     server_batch_size: int | None = None,
     progress: bool = True,
+    fs: float | None = None,
+    max_windows_per_patient: int = 400,
+    af: bool = True,
+    af_folds: int = 5,
+    af_max_false_per_day: float = 0.5,
+    af_trees: int = 150,
+    fold_bundles: str | Path | None = None,
 ) -> HRTrainResult:
     """Train the HR detector on normal rhythm, calibrate its thresholds, write the bundle.
 
@@ -329,8 +345,24 @@ def train_hr(
         synthetic patients and store the result in the bundle's metrics.
     server_batch_size : int or None
         Also export a fixed-batch float32 TFLite model for servers (None: skip).
+    fs : float or None
+        The annotations' rate for records that give none (ltafdb: 128).
+    max_windows_per_patient : int
+        Cap on one patient's autoencoder training (and validation) windows; calibration
+        windows are capped at four times as many.
+    af, af_folds, af_max_false_per_day, af_trees
+        Records only: train the AF detector (:func:`models.hr.af_train.train_af`) with
+        this many patient-wise folds, its threshold for at most this many false AF
+        alerts per patient-day on held-out patients, this many trees.
+    fold_bundles : path-like or None
+        Also write ``fold{k}/`` bundles here: this bundle's autoencoder with fold ``k``'s
+        AF detector (never trained on fold ``k``'s patients) at that fold's threshold.
     """
+    import time
+
     from models.bundle import read_meta, write_bundle
+
+    t_start = time.monotonic()
 
     validate_fpr(fpr)
     if bool(records) == bool(synthetic):
@@ -350,20 +382,19 @@ def train_hr(
         source: dict[str, Any] = {"synthetic_patients": int(synthetic), "duration_s": duration_s,
                                   "generator": "models.synthetic.synth_ecg", "seed_base": base}
     else:
-        from models.records import list_records
-
-        for folder in records:
-            folder = Path(folder)
-            for name in tqdm(list_records(folder), desc=f"records {folder.name}", disable=not progress,
-                             file=sys.stderr):
-                runs = _record_normal_rr(folder, name)
-                for r in runs:
-                    _hash_update(h, f"{folder.name}/{name}", r)
-                if runs:
-                    series.append((f"{folder.name}/{name}", runs))
+        rr_series = list(load_rr_folders(records, fs=fs, progress=progress))
+        for rs in rr_series:
+            _hash_update(h, rs.name, rs.rr_s)
+            h.update(rs.rhythm.astype("U8").tobytes())
+            runs = _normal_runs(rs)
+            if runs:
+                series.append((rs.name, runs))
         if len(series) < 3:
             raise ValueError(f"need >= 3 records with normal rhythm in {list(map(str, records))}, got {len(series)}")
-        source = {"records": [str(Path(f).name) for f in records], "n_records": len(series)}
+        source = {"records": [str(Path(f).name) for f in records], "n_records": len(rr_series),
+                  "n_records_with_normal_rhythm": len(series),
+                  "normal_rhythm": f"runs of N-N intervals in rhythm {list(SINUS_RHYTHMS)}, noisy intervals left out",
+                  "max_windows_per_patient": int(max_windows_per_patient)}
 
     rng = np.random.default_rng(int(seed))
     order = rng.permutation(len(series))
@@ -375,14 +406,24 @@ def train_hr(
         "train": order[n_val + n_cal :],
     }
 
-    def windows_of(idx: np.ndarray, step: int) -> np.ndarray:
-        parts = [rr_windows(r, window, step) for i in idx for r in series[int(i)][1]]
-        parts = [p for p in parts if len(p)]
-        return np.concatenate(parts) if parts else np.zeros((0, window), np.float32)
+    pick = np.random.default_rng([int(seed), 3])
 
-    tr = windows_of(groups["train"], train_step)
-    va = windows_of(groups["val"], train_step)
-    cal = windows_of(groups["cal"], 1)
+    def windows_of(idx: np.ndarray, step: int, cap: int | None) -> np.ndarray:
+        out = []
+        for i in idx:
+            parts = [w for w in (rr_windows(r, window, step) for r in series[int(i)][1]) if len(w)]
+            if not parts:
+                continue
+            w = np.concatenate(parts)
+            if cap is not None and len(w) > cap:  # one patient's share, drawn evenly over its record
+                w = w[np.sort(pick.choice(len(w), cap, replace=False))]
+            out.append(w)
+        return np.concatenate(out) if out else np.zeros((0, window), np.float32)
+
+    cap = None if synthetic else int(max_windows_per_patient)
+    tr = windows_of(groups["train"], train_step, cap)
+    va = windows_of(groups["val"], train_step, cap)
+    cal = windows_of(groups["cal"], 1, None if cap is None else 4 * cap)
     for key, arr in (("train", tr), ("val", va), ("calibration", cal)):
         if arr.shape[0] == 0:
             raise ValueError(f"no {window}-beat normal-rhythm windows in the {key} split")
@@ -413,12 +454,51 @@ def train_hr(
     }
     # Windows from several patients spread the int8 ranges over real variation.
     rep = np.random.default_rng([int(seed), 5]).permutation(x_tr)[:500]
+    extra_files: dict[str, bytes] = {}
+    extra: dict[str, Any] = {}
+    af_summary: dict[str, Any] = {}
+    af_result = None
+    if not synthetic and af:
+        from models.hr.af_train import train_af
+
+        af_result = train_af(rr_series, k=af_folds, seed=seed, max_false_per_day=af_max_false_per_day,
+                             n_trees=af_trees, progress=progress)
+        extra_files[AF_DETECTOR_FILE] = af_result.detector.to_bytes()
+        af_summary = {
+            "file": AF_DETECTOR_FILE, **af_result.detector.settings(),
+            "threshold_rule": (f"lowest probability with <= {af_max_false_per_day} false AF alerts per "
+                               "patient-day under the alert rule, on out-of-fold (held-out) predictions"),
+            "max_false_per_day": af_max_false_per_day, "folds": af_folds,
+            "training_seconds": round(af_result.seconds, 1),
+        }
+        extra["af_detector"] = af_summary
+        metrics["af_detector"] = {
+            "held_out_pooled": {k: v for k, v in af_result.pooled.items() if k != "threshold_table"},
+            "held_out_threshold_table": af_result.pooled["threshold_table"],
+            "held_out_folds": af_result.folds, "fold_of": af_result.fold_of,
+        }
+        config["af_detector"] = {"folds": af_folds, "trees": af_trees, "seed": int(seed),
+                                 "records": sorted(af_result.fold_of)}
     path = write_bundle(out, det, spec, calibration=x_cal, fpr=fpr, representative=rep,
                         training_data_sha256=digest, seed=int(seed), training_config=config, metrics=metrics,
-                        server_batch_size=server_batch_size)
+                        server_batch_size=server_batch_size, extra_files=extra_files, extra=extra)
+    if fold_bundles is not None and af_result is not None:
+        from models.hr.af import AFDetector
+
+        for f, (fold_det, thr_f) in enumerate(zip(af_result.fold_detectors, af_result.fold_thresholds)):
+            d = AFDetector(fold_det.ensemble, thr_f, fold_det.rule)
+            held = sorted(n for n, k in af_result.fold_of.items() if k == f)
+            write_bundle(Path(fold_bundles) / f"fold{f}", det, spec, calibration=x_cal, fpr=fpr,
+                         representative=rep, training_data_sha256=digest, seed=int(seed),
+                         training_config={**config, "fold": f, "af_held_out_records": held},
+                         metrics={"af_detector_fold": af_result.folds[f]}, server_batch_size=None,
+                         extra_files={AF_DETECTOR_FILE: d.to_bytes()},
+                         extra={"af_detector": {**af_summary, **d.settings(), "fold": f,
+                                                "held_out_records": held}})
     return HRTrainResult(bundle=path, threshold=thr, fpr=fpr, n_params=det.n_params,
                          n_train_windows=len(tr), n_val_windows=len(va), n_cal_windows=len(cal),
-                         training_data_sha256=digest, metrics=metrics, thresholds=read_meta(path).thresholds())
+                         training_data_sha256=digest, metrics=metrics, thresholds=read_meta(path).thresholds(),
+                         af=af_summary, seconds=time.monotonic() - t_start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -435,17 +515,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-patients", type=int, default=0,
                    help="held-out synthetic patients with afib/tachy/brady episodes to measure")
     p.add_argument("--version", default="0.1.0")
+    p.add_argument("--fs", type=float, help="annotation sample rate (Hz) for records that give none (ltafdb: 128)")
+    p.add_argument("--max-windows-per-patient", type=int, default=400,
+                   help="cap on one patient's autoencoder training windows (records)")
+    p.add_argument("--no-af", action="store_true", help="records: skip the AF detector")
+    p.add_argument("--af-folds", type=int, default=5, help="patient-wise folds of the AF detector")
+    p.add_argument("--af-max-false-per-day", type=float, default=0.5,
+                   help="false AF alerts per patient-day on held-out patients the AF threshold is chosen for")
+    p.add_argument("--af-trees", type=int, default=150)
+    p.add_argument("--fold-bundles", metavar="DIR",
+                   help="also write one bundle per fold (AF detector held out from that fold's patients)")
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
         res = train_hr(args.out, records=args.records or (), synthetic=args.synthetic or 0, seed=args.seed,
                        fpr=args.fpr, epochs=args.epochs, duration_s=args.duration_s, version=args.version,
-                       eval_patients=args.eval_patients)
+                       eval_patients=args.eval_patients, fs=args.fs,
+                       max_windows_per_patient=args.max_windows_per_patient, af=not args.no_af,
+                       af_folds=args.af_folds, af_max_false_per_day=args.af_max_false_per_day,
+                       af_trees=args.af_trees, fold_bundles=args.fold_bundles)
     except ValueError as exc:
         p.error(str(exc))
+    metrics = {k: v for k, v in res.metrics.items() if k != "af_detector"}
+    af = res.metrics.get("af_detector", {})
     print(json.dumps({"bundle": str(res.bundle), "threshold": res.threshold, "thresholds": res.thresholds, "fpr": res.fpr,
                       "n_params": res.n_params, "windows": [res.n_train_windows, res.n_val_windows,
                                                             res.n_cal_windows],
-                      "metrics": res.metrics}, indent=2))
+                      "metrics": metrics, "af_detector": res.af,
+                      "af_held_out": {"pooled": af.get("held_out_pooled"),
+                                      "folds": [{k: v for k, v in f.items() if k != "records_in_fold"}
+                                                for f in af.get("held_out_folds", [])]},
+                      "seconds": round(res.seconds, 1)}, indent=2))
     return 0
 
 

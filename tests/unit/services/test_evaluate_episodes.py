@@ -16,7 +16,7 @@ import wfdb
 
 from models.synthetic import Event, synth_ecg, write_wfdb
 from streaming.events import AlertEvent
-from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT
+from services.settings import DEFAULT_HR_MODEL_DIR, DEFAULT_MODEL_DIR, REPO_ROOT
 
 T0 = 1_767_225_600_000
 
@@ -118,13 +118,14 @@ def test_annotation_only_records_run_on_the_heart_rate_stream(tmp_path):
         evaluate(folder, tmp_path / "r.json", tmp_path / "s", DEFAULT_MODEL_DIR, "hr", None)
     with pytest.raises(ValueError, match="--stream hr"):
         evaluate(folder, tmp_path / "r.json", tmp_path / "s", DEFAULT_MODEL_DIR, "ecg", None, fs=128)
+    # the AF detector ships in the heart-rate bundle
     rep = evaluate(folder, tmp_path / "r.json", tmp_path / "s", DEFAULT_MODEL_DIR, "hr", tmp_path / "p",
-                   fs=128)
+                   fs=128, hr_model_dir=DEFAULT_HR_MODEL_DIR, runtime="tflite")
     r = rep["records"]["af1"]
     assert r["source"] == "rr-only" and r["chunks"] == pytest.approx(r["duration_s"], abs=1)
     assert r["episodes"]["truth"]["af"] == [[pytest.approx(t_af, abs=0.01), pytest.approx(t_n, abs=0.01)]]
     af30 = rep["pooled"]["episodes"]["af_episodes_30s"]
-    assert (af30["alerted"], af30["total"]) == (1, 1)  # irregular_rhythm, from RR alone
+    assert (af30["alerted"], af30["total"]) == (1, 1)  # atrial_fibrillation, from RR alone
     assert rep["pooled"]["episodes"]["af_time"]["fraction"] > 0.5
     assert "tp" not in rep["pooled"]  # no ECG stream, no beat figures
     assert (tmp_path / "p" / "af1_alerts.png").is_file()

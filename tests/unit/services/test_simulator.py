@@ -92,3 +92,66 @@ def test_replay_of_an_rr_only_source_runs_the_heart_rate_core_alone(tmp_path):
     assert len(res.hr) >= 55 and max(o.hr_bpm for o in res.hr) > 125
     with pytest.raises(ValueError, match="ecg must be None"):
         replay(RRSource.from_annotations(load_record(folder, "s1").annotations()), "x", object(), hr)  # type: ignore[arg-type]
+
+
+def _noisy_annotations():
+    """An annotation-only day as nsr2db has them: 75 bpm sinus, and a noisy stretch where
+    the annotators left the beats out, marked ``~``, with holes of 3 s between the beats
+    they kept, so that a strap reporting those intervals would give ~20 bpm."""
+    import numpy as np
+
+    from models.records import BeatAnnotations
+
+    fs = 128.0
+    t = list(np.arange(1.0, 60.0, 0.8))  # 60 s of sinus
+    noise = []
+    for _ in range(10):  # 10 holes of 3 s, each with a beat kept between them
+        noise.append(t[-1] + 1.5)
+        t.append(t[-1] + 3.0)
+        t.append(t[-1] + 0.8)
+    t += list(np.arange(t[-1] + 0.8, t[-1] + 60.0, 0.8))  # sinus again
+    samples = np.round(np.asarray(t) * fs).astype(np.int64)
+    return BeatAnnotations("nz1", fs, samples, np.full(len(t), "N"), np.full(len(t), "N"), (), (),
+                           int(samples[-1]) + 1, np.round(np.asarray(noise) * fs).astype(np.int64))
+
+
+def test_rr_only_source_reports_poor_quality_in_annotated_noise_never_an_rr_across_it():
+    import numpy as np
+
+    from services.simulator import RRSource
+
+    ann = _noisy_annotations()
+    src = RRSource.from_annotations(ann)
+    assert src.noise_spans_s.shape == (10, 2)
+    w = Wearable("p-1", "dev-1", src, T0)
+    msgs = []
+    while True:
+        advanced, h = w.step_rr()
+        if not advanced:
+            break
+        if h is not None:
+            msgs.append(json.loads(h))
+    rr = [v for m in msgs for v in m["rr_ms"]]
+    assert max(rr) < 1000  # no interval across a hole
+    assert len(rr) == ann.beat_samples.size - 1 - int(ann.noisy_intervals().sum())
+    poor = [m for m in msgs if m.get("quality") == 0.0]
+    assert poor and all(m["rr_ms"] == [] for m in poor)
+    hole_s = [(m["ts_ms"] - T0) / 1000 for m in poor]
+    assert all(any(a - 1 <= s <= b for a, b in src.noise_spans_s) for s in hole_s)
+    assert min(m["hr_bpm"] for m in msgs) > 70  # the rate estimate never saw a hole
+    assert [m["seq"] for m in msgs] == list(range(len(msgs)))
+
+
+def test_the_policy_stays_quiet_through_annotated_noise():
+    from services.pipelines import build_hr_pipeline, build_policy
+    from services.replay import replay
+    from services.simulator import RRSource
+
+    hr = build_hr_pipeline(None, build_policy(None))
+    res = replay(RRSource.from_annotations(_noisy_annotations()), "rec-nz1", None, hr)
+    assert res.alerts == []
+    poor = [o for o in res.hr if o.quality == 0.0]
+    assert len(poor) >= 10 and not res.dead
+    # before the fix the strap reported the 3 s holes as RR: HR ~20 bpm, a HIGH bradycardia
+    low = [o for o in res.hr if o.hr_bpm < 30]
+    assert low == []

@@ -21,7 +21,7 @@ from streaming.conditions import (
     Finding,
     FrequentEctopySettings,
     Hold,
-    IrregularRhythmSettings,
+    AtrialFibrillationSettings,
     PauseSettings,
     RuleContext,
     Tachycardia,
@@ -56,10 +56,10 @@ def test_registry_names_match_the_public_tables() -> None:
         "ventricular_run": "physiological", "ventricular_fibrillation": "physiological",
         "pause": "physiological",
         "tachycardia": "physiological", "bradycardia": "physiological",
-        "frequent_ectopy": "physiological", "irregular_rhythm": "physiological",
+        "frequent_ectopy": "physiological", "atrial_fibrillation": "physiological",
         "anomalous_beats": "physiological", "lead_off": "technical",
         "signal_noisy": "technical", "no_data": "technical"}
-    assert HR_CONDITIONS == ("tachycardia", "bradycardia", "irregular_rhythm")
+    assert HR_CONDITIONS == ("tachycardia", "bradycardia", "atrial_fibrillation")
     for c in REGISTRY:
         assert c.settings_type.section == c.name
 
@@ -95,7 +95,7 @@ def test_example_yaml_sets_every_setting_of_every_section() -> None:
     (lambda: PauseSettings(pause_s=0.5), "pause.pause_s must be in"),
     (lambda: FrequentEctopySettings(per_min=3, clear_per_min=4), "frequent_ectopy.clear_per_min"),
     (lambda: AnomalousBeatsSettings(k=9), "anomalous_beats.k"),
-    (lambda: IrregularRhythmSettings(min_fraction=1.5), "irregular_rhythm.min_fraction"),
+    (lambda: AtrialFibrillationSettings(clear_s=-1.0), "atrial_fibrillation.clear_s"),
     (lambda: AlarmSettings(high_ignores_cooldown="yes"), "alarms.high_ignores_cooldown"),
     (lambda: HRLimits(tachy_bpm=40), "hr_low_bpm < brady_bpm < tachy_bpm"),
     (lambda: SignalSettings(min_quality=2), "signal.min_quality"),
@@ -165,7 +165,7 @@ def test_tachycardia_rule_holds_inside_the_hysteresis_band() -> None:
 # ---------------------------------------------------------------- a condition added later
 @dataclass(frozen=True, slots=True)
 class AFObservation:
-    """What an atrial-fibrillation detector on the heart-rate stream might emit."""
+    """What a watch's own (optical) atrial-fibrillation classifier might emit."""
 
     patient_id: str
     device_id: str
@@ -175,8 +175,8 @@ class AFObservation:
 
 
 @dataclass(frozen=True, slots=True)
-class AtrialFibrillationSettings:
-    section: ClassVar[str] = "atrial_fibrillation"
+class WatchAFSettings:
+    section: ClassVar[str] = "watch_af"
     min_probability: float = bounded(0.8, 0.0, 1.0)
 
     def __post_init__(self) -> None:
@@ -184,22 +184,22 @@ class AtrialFibrillationSettings:
 
 
 @dataclass(slots=True)
-class AtrialFibrillationState:
+class WatchAFState:
     since_ts_ms: int | None = None
 
 
-class AtrialFibrillation(Condition[AtrialFibrillationSettings, AtrialFibrillationState]):
+class WatchAF(Condition[WatchAFSettings, WatchAFState]):
     """Open while AF lasts, cleared when it ends."""
 
-    name = "atrial_fibrillation"
+    name = "watch_af"
     category = "physiological"
-    settings_type = AtrialFibrillationSettings
-    state_type = AtrialFibrillationState
+    settings_type = WatchAFSettings
+    state_type = WatchAFState
     consumes = (AFObservation,)
     derived_from = "hr"
     rows = (("medium", "AF probability >= ``min_probability``"),)
 
-    def observe(self, state: AtrialFibrillationState, obs: AFObservation,
+    def observe(self, state: WatchAFState, obs: AFObservation,
                 ctx: RuleContext) -> Decision | None:
         if obs.af_probability < self.settings.min_probability:
             state.since_ts_ms = None
@@ -216,18 +216,18 @@ def _af(ts: int, p: float, quality: float | None = 0.9) -> AFObservation:
 
 
 def test_a_new_condition_is_one_class_and_one_registry_entry(tmp_path: Path) -> None:
-    registry = REGISTRY + (AtrialFibrillation,)
+    registry = REGISTRY + (WatchAF,)
     p = tmp_path / "policy.yaml"
-    p.write_text("atrial_fibrillation:\n  min_probability: 0.7\n")
+    p.write_text("watch_af:\n  min_probability: 0.7\n")
     raw = yaml.safe_load(p.read_text())
     policy = AlertPolicy(PolicyConfig.from_mapping(raw, registry=registry))
-    assert policy.config.settings(AtrialFibrillation).min_probability == 0.7
-    assert "atrial_fibrillation" in conditions_table(registry)
+    assert policy.config.settings(WatchAF).min_probability == 0.7
+    assert "watch_af" in conditions_table(registry)
 
     st = policy.initial_state(PID)
     evs, st = policy.on_observation(st, _af(T0, 0.9))
     assert [(e.condition, e.action, e.priority, e.onset_ts_ms) for e in evs] == [
-        ("atrial_fibrillation", "raised", "medium", T0)]
+        ("watch_af", "raised", "medium", T0)]
     evs, st = policy.on_observation(st, _af(T0 + 60_000, 0.95))  # lasts: still one alert
     assert evs == []
     # its state round-trips with the rest
@@ -241,7 +241,7 @@ def test_a_new_condition_is_one_class_and_one_registry_entry(tmp_path: Path) -> 
 
 
 def test_a_new_observation_type_gets_the_shared_suppression_and_no_data_rules() -> None:
-    policy = AlertPolicy(PolicyConfig(registry=REGISTRY + (AtrialFibrillation,)))
+    policy = AlertPolicy(PolicyConfig(registry=REGISTRY + (WatchAF,)))
     st = policy.initial_state(PID)
     _, st = policy.on_observation(st, _af(T0, 0.9))  # raised
     evs = []
@@ -252,13 +252,13 @@ def test_a_new_observation_type_gets_the_shared_suppression_and_no_data_rules() 
     # a low-quality reading: heart-rate conditions are suppressed and start afresh
     evs, st = policy.on_observation(st, _af(T0 + 1000, 0.9, quality=0.1))
     assert [(e.condition, e.action) for e in evs] == [("no_data", "cleared")]
-    assert st.conditions["atrial_fibrillation"] == AtrialFibrillationState()
+    assert st.conditions["watch_af"] == WatchAFState()
     with pytest.raises(TypeError, match="no condition consumes"):
         AlertPolicy().on_observation(st, _af(T0, 0.9))
 
 
 def test_registry_is_validated() -> None:
-    class Early(AtrialFibrillation):
+    class Early(WatchAF):
         subsumed_by = ("no_such_condition",)
 
     with pytest.raises(PolicyConfigError, match="must come earlier"):
@@ -266,7 +266,7 @@ def test_registry_is_validated() -> None:
     with pytest.raises(PolicyConfigError, match="is taken"):
         PolicyConfig(registry=REGISTRY + (VentricularRun,))
 
-    class Misnamed(AtrialFibrillation):
+    class Misnamed(WatchAF):
         name = "afib"
 
     with pytest.raises(PolicyConfigError, match="section must be 'afib'"):
@@ -282,3 +282,44 @@ def test_state_json_leaves_out_what_a_condition_has_not_seen() -> None:
     d = json.loads(policy.state_to_json(st))
     assert set(d["conditions"]) == {"anomalous_beats"}  # the only state normal beats leave
     assert "open_alerts" not in d and "cleared_at_ts_ms" not in d
+
+
+# ---------------------------------------------------------------- the AF rule and its mirror
+def test_atrial_fibrillation_condition_is_the_rule_its_threshold_was_chosen_for() -> None:
+    """models.hr.af.af_alert_spans (what training picks the threshold with) and the
+    condition, run by the policy, give the same alerts on the same probability series."""
+    import random
+
+    from models.hr.af import AFAlertRule, af_alert_spans
+
+    rule, cfg = AFAlertRule(), PolicyConfig()
+    settings = cfg.conditions["atrial_fibrillation"]
+    assert (rule.sustain_s, rule.clear_s) == (settings.sustain_s, settings.clear_s)
+    assert rule.cooldown_s == cfg.alarms.cooldown_s and rule.max_gap_s == cfg.signal.hr_max_gap_s
+    rng = random.Random(4)
+    t, p, now, level = [], [], 0, 0.1
+    for _ in range(8000):
+        u = rng.random()  # mostly 1 Hz, sometimes 2 s, rarely a gap beyond hr_max_gap_s
+        now += 1 if u < 0.97 else 2 if u < 0.99 else 12
+        if rng.random() < 0.006:  # episodes of ~170 s, with dips below the threshold
+            level = 0.92 if level < 0.5 else 0.1
+        t.append(now)
+        p.append(min(max(level + rng.uniform(-0.25, 0.25), 0.0), 1.0))
+    policy = AlertPolicy(cfg)
+    st = policy.initial_state(PID)
+    events = []
+    for ti, pi in zip(t, p):
+        obs = HRObservation(PID, "d1", T0 + ti * 1000, 90.0, (650.0,), 0.9, af_probability=pi, af_threshold=0.7)
+        evs, st = policy.on_hr(st, obs)
+        events += [e for e in evs if e.condition == "atrial_fibrillation"]
+    got: list[tuple[float, float, float | None]] = []
+    for e in events:
+        if e.action == "raised":
+            got.append(((e.onset_ts_ms - T0) / 1000, (e.detected_ts_ms - T0) / 1000, None))
+        elif e.action == "cleared":
+            on, up, _ = got[-1]
+            got[-1] = (on, up, (e.detected_ts_ms - T0) / 1000)
+    want = af_alert_spans(t, p, 0.7, rule)
+    assert len(want) > 5
+    # the policy gives a re-opened episode an onset 1 ms after the clear (a new alert id)
+    assert [(round(a), b, c) for a, b, c in got] == [(round(a), b, c) for a, b, c in want]

@@ -381,3 +381,100 @@ def test_a_bundle_without_a_vf_detector_runs_without_it(bundle):
     p = ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms)
     obs, alerts = _run_vf(p, _wire("p-vf", _sinus_then_flutter(), 60), 10)
     assert obs == [] and not [a for a in alerts if a.condition == "ventricular_fibrillation"]
+
+
+# -- atrial fibrillation on the heart-rate stream ---------------------------------------
+@pytest.fixture(scope="module")
+def af_detector():
+    """A small AF detector trained here on synthetic RR (the pipeline's contract, not
+    the shipped model's accuracy)."""
+    from models.episodes import TruthEpisodes
+    from models.hr.af import AFDetector
+    from models.hr.af_train import af_rows, fit_af
+    from models.hr.data import RRSeries
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        rr = np.concatenate([0.8 + 0.01 * rng.standard_normal(400), rng.uniform(0.4, 1.0, 400)])
+        af = np.arange(rr.size) >= 400
+        s = RRSeries(f"x/{i}", np.cumsum(rr), rr, np.where(af, "AFIB", "N"), np.full(rr.size, "N"),
+                     np.zeros(rr.size, bool), float(rr.sum()), TruthEpisodes())
+        rows.append(af_rows(s, step=2))
+    return AFDetector(fit_af(rows, n_trees=20, sinus_step=1, params={"min_data_in_leaf": 20}).ensemble, 0.5)
+
+
+def _hr_msgs(pid: str, rr_s, start_seq: int = 0, quality: float | None = None):
+    """One heart-rate message per second carrying the RR intervals that ended in it."""
+    t = np.cumsum(rr_s)
+    out = []
+    for sec in range(int(t[-1])):
+        rr = [round(float(r) * 1000, 1) for r, e in zip(rr_s, t) if sec <= e < sec + 1]
+        if rr:
+            out.append(encode_hr(pid, f"d-{pid}", start_seq + len(out), T0 + sec * 1000, 60000 / np.mean(rr), rr,
+                                 quality))
+    return out
+
+
+def test_hr_pipeline_scores_af_in_one_batched_call_and_opens_then_clears(af_detector):
+    from streaming.pipeline import HRPipeline
+
+    rng = np.random.default_rng(1)
+    policy = build_policy(None)
+    hr = HRPipeline(None, policy, step=8, clock_ms=lambda: T0, af=af_detector)
+    af_rr = np.concatenate([0.8 + 0.01 * rng.standard_normal(100), rng.uniform(0.4, 1.0, 300),
+                            0.8 + 0.01 * rng.standard_normal(250)])
+    sinus_rr = 0.85 + 0.01 * rng.standard_normal(600)
+    a, b = _hr_msgs("p-af", af_rr), _hr_msgs("p-ok", sinus_rr)
+    msgs = [InMessage(pid.encode(), m, 0, i) for i, (pid, m) in
+            enumerate(x for pair in zip([("p-af", m) for m in a], [("p-ok", m) for m in b]) for x in pair)]
+    states: dict = {}
+    obs, alerts, due = [], [], 0
+    for i in range(0, len(msgs), 50):
+        r = hr.process(msgs[i:i + 50], states)
+        states.update(r.states)
+        obs += r.observations
+        alerts += r.alerts
+        due += r.af_windows_scored
+    scored = [o for o in obs if o.af_probability is not None]
+    assert due == len(scored) > 0 and all(o.af_threshold == 0.5 for o in scored)
+    # no probability before a full window of 64 RR intervals
+    first = next(o for o in obs if o.patient_id == "p-ok" and o.af_probability is not None)
+    assert first.ts_ms - T0 >= 63 * 0.8 * 1000
+    af = [(a.action, (a.detected_ts_ms - T0) / 1000) for a in alerts if a.patient_id == "p-af"]
+    assert [x for x, _ in af] == ["raised", "cleared"]
+    af_start, af_end = float(np.sum(af_rr[:100])), float(np.sum(af_rr[:400]))
+    assert af_start < af[0][1] < af_start + 60 and af_end < af[1][1] < af_end + 150
+    assert not [x for x in alerts if x.patient_id == "p-ok"]
+    st = states["p-af"]
+    assert len(st.rr_ms) == hr.history == 128  # the history kept in the changelog is bounded
+    assert HRPatientState.from_bytes(st.to_bytes(policy), policy).rr_ms == st.rr_ms
+
+
+def test_hr_pipeline_af_does_not_depend_on_batching_and_skips_unusable_readings(af_detector):
+    from streaming.pipeline import HRPipeline
+
+    rng = np.random.default_rng(2)
+    rr = rng.uniform(0.4, 1.0, 200)
+    raw = _hr_msgs("p-1", rr)
+    msgs = [InMessage(b"p-1", m, 0, i) for i, m in enumerate(raw)]
+
+    def probs(batch: int) -> list:
+        hr = HRPipeline(None, build_policy(None), step=8, clock_ms=lambda: T0, af=af_detector)
+        states: dict = {}
+        out = []
+        for i in range(0, len(msgs), batch):
+            r = hr.process(msgs[i:i + batch], states)
+            states.update(r.states)
+            out += [o.af_probability for o in r.observations]
+        return out
+
+    one, many = probs(1), probs(37)
+    # same windows scored, same probabilities up to float rounding of the batched sum
+    assert [p is None for p in one] == [p is None for p in many]
+    np.testing.assert_allclose([p for p in one if p is not None], [p for p in many if p is not None], rtol=1e-12)
+    # a strap reporting poor quality: its RR intervals never enter the history
+    hr = HRPipeline(None, build_policy(None), step=8, clock_ms=lambda: T0, af=af_detector)
+    poor = _hr_msgs("p-2", rr, quality=0.0)
+    r = hr.process([InMessage(b"p-2", m, 0, i) for i, m in enumerate(poor)], {})
+    assert r.states["p-2"].rr_ms == [] and r.af_windows_scored == 0 and r.alerts == []

@@ -11,8 +11,8 @@ import pytest
 from streaming.conditions import (
     AnomalousBeats,
     AnomalousBeatsState,
+    AtrialFibrillationSettings,
     FrequentEctopySettings,
-    IrregularRhythmSettings,
     Pause,
 )
 from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat
@@ -413,49 +413,73 @@ def test_sustain_restarts_after_back_in_range() -> None:
     assert s.events == []
 
 
-# ---------------------------------------------------------------- irregular rhythm
-def test_irregular_rr_sustained_is_medium_and_regular_is_not() -> None:
-    rng = random.Random(7)
-    s, ref = Sim(), Sim()
-    for i in range(70):  # one HR report per second, ~1-2 RR intervals each
-        irregular = tuple(rng.uniform(450, 1100) for _ in range(2))
-        s.hr(T0 + i * 1000, 80.0, rr_ms=irregular)
-        regular = tuple(800 + 40 * (i % 10) / 10 for _ in range(2))  # slow sinus drift
-        ref.hr(T0 + i * 1000, 75.0, rr_ms=regular)
-    assert ref.events == []
-    assert [(e.condition, e.priority) for e in s.events] == [("irregular_rhythm", "medium")]
-    assert s.events[0].details["rr_nrmssd"] >= 0.12
+# ---------------------------------------------------------------- atrial fibrillation
+def _af(s: Sim, ts_ms: int, p: float | None, thr: float = 0.8, quality: float | None = 0.9) -> list[AlertEvent]:
+    obs = HRObservation(patient_id=s.pid, device_id="d1", ts_ms=ts_ms, hr_bpm=95.0, rr_ms=(600.0,),
+                        quality=quality, af_probability=p, af_threshold=None if p is None else thr)
+    return s._take(s.policy.on_hr(s.state, obs))
 
 
-def test_short_ventricular_run_in_sinus_rhythm_is_not_irregular_rhythm() -> None:
-    # Two short runs at 170 bpm, each ended by a compensatory pause, inside sinus rhythm
-    # at 75 bpm: RMSSD over the window rises well past 0.12, but only a handful of
-    # beat-to-beat changes are large. That is ectopy, not an irregular rhythm.
-    def feed(cfg: PolicyConfig) -> list:
-        s = Sim(cfg)
-        for i in range(90):
-            if i in (30, 50):
-                rr: tuple[float, ...] = (353.0,) * 6
-            elif i in (31, 51):
-                rr = (1200.0,)
-            else:
-                rr = (800.0,)
-            s.hr(T0 + i * 1000, 75.0, rr_ms=rr)
-        return [e for e in s.events if e.condition == "irregular_rhythm"]
-
-    assert feed(PolicyConfig()) == []
-    # the RMSSD alone would have paged someone:
-    no_fraction = PolicyConfig(conditions={
-        "irregular_rhythm": IrregularRhythmSettings(min_fraction=0.0)})
-    assert [e.condition for e in feed(no_fraction)] == ["irregular_rhythm"]
-
-
-def test_irregular_from_hr_model_score_sustained() -> None:
+def test_af_opens_when_af_starts_and_clears_when_it_ends() -> None:
     s = Sim()
-    for i in range(31):
-        s.hr(T0 + i * 1000, 80.0, hr_score=0.8, hr_threshold=0.5)
-    assert [(e.condition, e.score, e.threshold) for e in s.events] == [
-        ("irregular_rhythm", 0.8, 0.5)]
+    for i in range(60):  # sinus: probability low
+        _af(s, T0 + i * 1000, 0.1)
+    for i in range(60, 300):  # AF from 60 s to 300 s
+        _af(s, T0 + i * 1000, 0.95)
+    for i in range(300, 500):  # sinus again
+        _af(s, T0 + i * 1000, 0.1)
+    got = [(e.condition, e.action, e.priority, e.detected_ts_ms - T0) for e in s.events]
+    assert got == [("atrial_fibrillation", "raised", "medium", 80_000),  # 20 s sustained
+                   ("atrial_fibrillation", "cleared", "medium", 390_000)]  # 90 s below
+    raised = s.events[0]
+    assert raised.onset_ts_ms == T0 + 60_000 and raised.score == 0.95 and raised.threshold == 0.8
+    assert "AF probability" in s.events[1].rule
+
+
+def test_af_reopens_for_a_second_episode_never_one_alert_per_record() -> None:
+    s = Sim()
+    t = 0
+    for p, seconds in ((0.1, 60), (0.9, 120), (0.1, 200), (0.9, 120), (0.1, 200)):
+        for _ in range(seconds):
+            _af(s, T0 + t * 1000, p)
+            t += 1
+    assert [(e.condition, e.action) for e in s.events] == [
+        ("atrial_fibrillation", "raised"), ("atrial_fibrillation", "cleared")] * 2
+    assert len({e.alert_id for e in s.events}) == 2
+
+
+def test_af_short_excursions_and_dips_do_not_open_or_clear() -> None:
+    s = Sim()
+    for i in range(600):  # 15 s above in every 40 s: never sustained for 20 s
+        _af(s, T0 + i * 1000, 0.9 if i % 40 < 15 else 0.2)
+    assert s.events == []
+    for i in range(600, 700):
+        _af(s, T0 + i * 1000, 0.9)
+    for i in range(700, 1300):  # inside an episode, dips of 60 s (< clear_s) keep it open
+        _af(s, T0 + i * 1000, 0.2 if i % 100 < 60 else 0.9)
+    assert [e.action for e in s.events] == ["raised"]
+
+
+def test_af_without_a_probability_or_with_an_unusable_reading_raises_nothing() -> None:
+    s = Sim()
+    for i in range(100):
+        _af(s, T0 + i * 1000, None)  # no AF detector, or its window is still filling
+    assert s.events == []
+    for i in range(100, 200):  # a strap reporting poor quality: suppressed
+        _af(s, T0 + i * 1000, 0.99, quality=0.0)
+    assert s.events == []
+    evs = [_af(s, T0 + i * 1000, 0.99) for i in range(200, 221)]
+    assert [e.action for ev in evs for e in ev] == ["raised"]
+
+
+def test_af_settings_move_the_open_and_clear_times() -> None:
+    cfg = PolicyConfig(conditions={"atrial_fibrillation": AtrialFibrillationSettings(sustain_s=5, clear_s=10)})
+    s = Sim(cfg)
+    for i in range(30):
+        _af(s, T0 + i * 1000, 0.9)
+    for i in range(30, 60):
+        _af(s, T0 + i * 1000, 0.1)
+    assert [(e.action, e.detected_ts_ms - T0) for e in s.events] == [("raised", 5_000), ("cleared", 40_000)]
 
 
 # ---------------------------------------------------------------- frequent ectopy
@@ -556,7 +580,7 @@ def _v1_before(s: Sim) -> None:
         s.beat(flagged=True)  # flags pending for frequent ectopy and anomalous beats
     s.beat(rr_ms=4300)  # pause, open
     rng = random.Random(3)
-    for i in range(35):  # tachycardia and irregular rhythm (both medium, open)
+    for i in range(35):  # tachycardia (medium, open); irregular RR (no AF probability)
         s.hr(s.t + i * 1000, 135.0, rr_ms=(rng.uniform(350, 700), rng.uniform(350, 700)))
     s.quality(s.t, noisy=True, quality=0.3)  # a noisy stretch begins
     s.t += 1000

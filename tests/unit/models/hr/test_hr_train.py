@@ -100,3 +100,63 @@ def test_main_trains_bundle(tmp_path, capsys):
     assert len(meta.training_data_sha256) == 64 and meta.training_config["synthetic_patients"] == 3
     with pytest.raises(SystemExit):
         main(["--synthetic", "3", "--out", str(tmp_path / "c"), "--fpr", "2"])
+
+
+def _write_rr_record(folder, name: str, rr_s: np.ndarray, rhythm: list[tuple[float, str]], header: bool) -> None:
+    """An annotation-only record as PhysioNet's RR databases ship them (128 Hz time base)."""
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.cumsum(rr_s)
+    samples = list(np.round(t * 128).astype(int))
+    symbols = ["N"] * len(samples)
+    aux = [""] * len(samples)
+    for at_s, label in rhythm:
+        samples.append(int(round(at_s * 128)))
+        symbols.append("+")
+        aux.append(label)
+    order = np.argsort(samples, kind="stable")
+    ext = "ecg" if header else "atr"
+    if header:
+        (folder / f"{name}.hea").write_text(f"{name} 0 128 0\n")
+    wfdb.wrann(name, ext, np.asarray(samples)[order], symbol=[symbols[i] for i in order],
+               aux_note=[aux[i] for i in order], write_dir=str(folder), fs=128 if header else None)
+
+
+@pytest.mark.slow
+def test_records_train_the_autoencoder_and_the_af_detector_into_one_bundle(tmp_path):
+    from models.hr.af import AFDetector
+    from models.hr.train import train_hr
+    from services.pipelines import build_hr_pipeline, build_policy
+
+    rng = np.random.default_rng(0)
+    for i in range(3):  # AF patients: sinus, 10 min of AF, sinus (ltafdb style, no header)
+        sinus = 0.8 + 0.03 * np.sin(np.arange(700) / 3.0) + 0.01 * rng.standard_normal(700)
+        af = rng.uniform(0.4, 1.0, 850)
+        rr = np.concatenate([sinus, af, sinus[:500]])
+        t_af, t_n = float(sinus.sum()), float(sinus.sum() + af.sum())
+        _write_rr_record(tmp_path / "ltafdb", f"{i:02d}", rr, [(0.5, "(N"), (t_af, "(AFIB"), (t_n, "(N")],
+                         header=False)
+    for i in range(3):  # sinus-rhythm subjects (nsr2db style: a 0-signal header, no rhythm labels)
+        rr = 0.9 + 0.05 * np.sin(np.arange(2000) / 4.0) + 0.01 * rng.standard_normal(2000)
+        _write_rr_record(tmp_path / "nsr2db", f"nsr{i:03d}", rr, [], header=True)
+    res = train_hr(tmp_path / "b", records=[tmp_path / "ltafdb", tmp_path / "nsr2db"], fs=128, epochs=1,
+                   max_windows_per_patient=60, af_folds=3, af_trees=10, af_max_false_per_day=50.0,
+                   fold_bundles=tmp_path / "folds", progress=False)
+    meta = read_meta(res.bundle)
+    section = meta.extra["af_detector"]
+    assert section["file"] == "af_detector.npz" and "af_detector.npz" in meta.extra_files
+    assert section["threshold"] == res.af["threshold"] and section["max_false_per_day"] == 50.0
+    af = meta.metrics["af_detector"]
+    assert len(af["held_out_folds"]) == 3 and set(af["fold_of"]) == {
+        "ltafdb/00", "ltafdb/01", "ltafdb/02", "nsr2db/nsr000", "nsr2db/nsr001", "nsr2db/nsr002"}
+    assert af["held_out_pooled"]["af_episodes_30s"] == "3/3"  # held out, synthetic AF is easy
+    assert meta.training_config["n_records"] == 6
+    # the worker's composition root finds the detector in the bundle
+    hr = build_hr_pipeline(res.bundle, build_policy(None), runtime="tflite")
+    assert isinstance(hr.af, AFDetector) and hr.af.threshold == section["threshold"]
+    for f in range(3):  # one bundle per fold, its AF detector held out from that fold
+        fm = read_meta(tmp_path / "folds" / f"fold{f}")
+        held = fm.extra["af_detector"]["held_out_records"]
+        assert held == sorted(n for n, k in af["fold_of"].items() if k == f)
+        assert fm.extra["af_detector"]["threshold"] != section["threshold"] or held
