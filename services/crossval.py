@@ -29,7 +29,7 @@ import numpy as np
 from models.ecg.train import fit_ecg, load_labelled_records, patient_of
 from models.records import list_records
 
-from services.evaluate import evaluate, format_pooled_table
+from services.evaluate import evaluate, format_pooled_table, hr_fold_map
 from services.settings import DEFAULT_HR_MODEL_DIR
 
 __all__ = ["assign_folds", "main"]
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", choices=["ecg", "both"], default="both")
     p.add_argument("--runtime", choices=["keras", "tflite", "tflite-int8"], default="keras")
     p.add_argument("--hr-model", type=Path, default=DEFAULT_HR_MODEL_DIR)
+    p.add_argument("--hr-fold-bundles", type=Path, metavar="DIR",
+                   help="per-fold heart-rate bundles (cardiowatch train hr --fold-bundles), so the AF "
+                        "figures are held out too")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "folds_detail": folds_doc}, indent=1))
     report = evaluate([Path(f) for f in a.records] + [Path(f) for f in a.eval_records], a.out / "REPORT.json",
                       a.out / "scores", bundles[1], a.stream, a.out / "plots", a.runtime, a.hr_model,
-                      model_for=model_for, group_for=group_for)
+                      model_for=model_for, group_for=group_for,
+                      hr_model_for=hr_fold_map(a.hr_fold_bundles) if a.hr_fold_bundles else None)
     # one column per fold, then all folds pooled
     print(format_pooled_table({"pooled_by_noise": {**report.get("pooled_by_group", {}),
                                                    "pooled": report["pooled"]}}))

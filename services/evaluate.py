@@ -293,6 +293,31 @@ def _episode_rules(policy) -> EpisodeRules:
     return EpisodeRules(tachy_bpm=tachy, brady_bpm=brady)
 
 
+def hr_fold_map(folder: Path) -> dict[str, Path]:
+    """``<folder name>/<record>`` -> the per-fold heart-rate bundle that held it out.
+
+    ``folder`` is what ``cardiowatch train hr --fold-bundles`` wrote: ``fold{k}/`` bundles
+    whose AF detector never saw the records listed in their
+    ``extra["af_detector"]["held_out_records"]``. A record in no fold was not in the AF
+    training at all, so the shipped bundle is already held out for it.
+    """
+    from models.bundle import read_meta
+
+    folds = sorted(p for p in Path(folder).glob("fold*") if (p / "bundle.json").is_file())
+    if not folds:
+        raise FileNotFoundError(f"no fold*/bundle.json under {folder} (written by cardiowatch train hr --fold-bundles)")
+    out: dict[str, Path] = {}
+    for f in folds:
+        held = read_meta(f).extra.get("af_detector", {}).get("held_out_records")
+        if not held:
+            raise ValueError(f"{f}: its AF detector section names no held_out_records")
+        for name in held:
+            if name in out:
+                raise ValueError(f"{name} is held out by two fold bundles: {out[name]} and {f}")
+            out[str(name)] = f
+    return out
+
+
 def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, model_dir: Path,
              stream: str, plots_dir: Path | None, runtime: str = "keras",
              hr_model_dir: Path | None = None, names: list[str] | None = None, *,
@@ -494,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-continuous", action="store_true",
                    help="noise throughout after 5 min, not in 2-minute on/off blocks")
     p.add_argument("--policy", type=Path, help="alert policy YAML (default: policy defaults)")
+    p.add_argument("--hr-fold-bundles", type=Path, metavar="DIR",
+                   help="per-fold heart-rate bundles (cardiowatch train hr --fold-bundles): each record the "
+                        "AF detector trained on is scored by the fold bundle that held it out")
     a = p.parse_args(argv)
     for folder in a.records:
         if not folder.is_dir():
@@ -509,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                        a.hr_model, a.record_names.split(",") if a.record_names else None,
                        annotation=a.annotation, fs=a.fs, channel=a.channel, noise=noise,
                        noise_dir=a.noise_dir, noise_continuous=a.noise_continuous,
-                       policy_file=a.policy)
+                       policy_file=a.policy,
+                       hr_model_for=hr_fold_map(a.hr_fold_bundles) if a.hr_fold_bundles else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"cardiowatch evaluate: {e}", file=sys.stderr)
         return 2

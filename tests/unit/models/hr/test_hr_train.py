@@ -160,3 +160,11 @@ def test_records_train_the_autoencoder_and_the_af_detector_into_one_bundle(tmp_p
         held = fm.extra["af_detector"]["held_out_records"]
         assert held == sorted(n for n, k in af["fold_of"].items() if k == f)
         assert fm.extra["af_detector"]["threshold"] != section["threshold"] or held
+    # evaluate --hr-fold-bundles scores each record by the fold bundle that held it out
+    from services.evaluate import hr_fold_map
+
+    m = hr_fold_map(tmp_path / "folds")
+    assert set(m) == set(af["fold_of"])
+    assert all(m[n] == tmp_path / "folds" / f"fold{k}" for n, k in af["fold_of"].items())
+    with pytest.raises(FileNotFoundError, match="fold"):
+        hr_fold_map(tmp_path / "b")
