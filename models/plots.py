@@ -1,5 +1,5 @@
 """Evaluation plots: score traces with reference annotations, ROC curves, heart-rate traces,
-alert timelines against the reference episodes.
+alert timelines against the reference episodes, figures with intervals by subgroup.
 
 matplotlib with the non-interactive Agg backend (no display needed). Every function
 writes one PNG, creating parent folders, and returns its path.
@@ -16,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_score_trace", "plot_roc", "plot_hr_trace", "plot_alert_timeline", "CLASS_COLOURS",
+__all__ = ["plot_score_trace", "plot_roc", "plot_hr_trace", "plot_alert_timeline", "plot_interval_panels",
+           "CLASS_COLOURS",
            "EPISODE_COLOURS", "PRIORITY_COLOURS"]
 
 CLASS_COLOURS: dict[str, str] = {"N": "tab:green", "S": "tab:orange", "V": "tab:red", "F": "tab:purple", "Q": "tab:gray"}
@@ -223,5 +224,54 @@ def plot_alert_timeline(
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, borderaxespad=0)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_interval_panels(
+    path: str | Path,
+    panels: Mapping[str, Sequence[tuple[str, float | None, float | None, float | None]]],
+    title: str = "",
+    columns: int = 3,
+) -> Path:
+    """Plot one small panel per figure: a dot and its interval for each group.
+
+    Parameters
+    ----------
+    path : path-like
+        PNG to write.
+    panels : mapping figure name -> [(group label, value, low, high), ...]
+        The groups in the order drawn (top to bottom). ``None`` values draw no dot (a
+        group too small, or without events); ``None`` bounds draw no interval.
+    title : str
+        Figure title.
+    columns : int
+        Panels per row.
+    """
+    if not panels:
+        raise ValueError("panels must name at least one figure, got none")
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    rows = -(-len(panels) // columns)
+    n_groups = max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 0.9 + (0.28 * n_groups + 0.6) * rows),
+                             squeeze=False)
+    for ax, (name, groups) in zip(axes.flat, panels.items()):
+        y = np.arange(len(groups))[::-1]
+        for yi, (_label, v, lo, hi) in zip(y, groups):
+            if v is None:
+                continue
+            if lo is not None and hi is not None:
+                ax.hlines(yi, lo, hi, color="tab:blue", lw=1.5)
+            ax.plot([v], [yi], "o", color="tab:blue", ms=4)
+        ax.set_yticks(y, [g[0] for g in groups], fontsize=7)
+        ax.set_ylim(-0.7, len(groups) - 0.3)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -12,13 +12,20 @@ Two kinds of record:
 Both keep the rhythm annotations (``+`` with an ``aux_note`` such as ``(AFIB``) and the
 ventricular-flutter/fibrillation brackets (``[`` onset, ``]`` end) raw, as sample
 indices; :mod:`models.episodes` turns them into episodes.
+
+:func:`read_demographics` reads the patient's age and sex from the header comments, in
+the two forms PhysioNet's databases use (MIT-BIH ``# 75 F 1011 654 x1``; QT Database
+European ST-T excerpts, nsr2db, chf2db ``#Age: 55  Sex: M``); anything else is unknown.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import wfdb
@@ -29,12 +36,15 @@ __all__ = [
     "PREFERRED_LEAD",
     "VF_BRACKETS",
     "BeatAnnotations",
+    "Demographics",
     "Record",
     "has_signal",
     "list_annotated",
     "list_records",
     "load_annotations",
     "load_record",
+    "parse_demographics",
+    "read_demographics",
 ]
 
 AAMI_CLASSES: dict[str, str] = {
@@ -357,3 +367,97 @@ def load_annotations(
         raise ValueError(f"record {name!r} in {folder} gives no sample rate (no header, none in "
                          f"{path.name}): pass fs (PhysioNet's ltafdb: 128)")
     return _read_annotations(base, annotation, rate, name, end)
+
+
+Sex = Literal["F", "M"]
+
+MAX_AGE_YEARS = 130.0
+"""Upper bound of a plausible age; a header beyond it is a bad value, not a patient."""
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """A patient's age and sex as the record header gives them; ``None`` is unknown.
+
+    Attributes
+    ----------
+    age_years
+        Age in years at the recording (nsr2db has ``28.5``), or ``None``.
+    sex
+        ``"F"`` or ``"M"``, or ``None`` (the header says ``?``, ``-`` or nothing).
+    """
+
+    age_years: float | None = None
+    sex: Sex | None = None
+
+    def __post_init__(self) -> None:
+        a = self.age_years
+        if a is not None and not (math.isfinite(a) and 0 <= a <= MAX_AGE_YEARS):
+            raise ValueError(f"age_years must be in [0, {MAX_AGE_YEARS:g}] or None, got {a}")
+        if self.sex not in (None, "F", "M"):
+            raise ValueError(f"sex must be 'F', 'M' or None, got {self.sex!r}")
+
+
+# MIT-BIH Arrhythmia (and the QT Database excerpts of it): the first comment line is
+# "<age> <sex> <...>", e.g. "75 F 1011 654 x1"; "?" stands for unknown.
+_MITBIH_LINE = re.compile(r"^\s*(?P<age>\d+(?:\.\d+)?|\?|-)\s+(?P<sex>[MF?-])(?:\s|$)", re.IGNORECASE)
+# European ST-T excerpts in the QT Database, nsr2db, chf2db: "Age: 55  Sex: M  ...",
+# "Age: 28.5 Sex: M", "Age: -  Sex: -", "Sex: ?".
+_LABELLED = re.compile(r"\bAge:\s*(?P<age>\S+)\s+Sex:\s*(?P<sex>\S+)", re.IGNORECASE)
+_SEX_WORDS: dict[str, Sex] = {"f": "F", "female": "F", "m": "M", "male": "M"}
+
+
+def _age(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None  # "?", "-": unknown
+
+
+def parse_demographics(comments: Sequence[str]) -> Demographics:
+    """Age and sex from a WFDB header's comment lines (without their ``#``).
+
+    A labelled ``Age: .. Sex: ..`` line anywhere wins; otherwise the first line is read as
+    MIT-BIH's ``<age> <sex> ...``. Comments in neither form (svdb, cudb, nstdb, most QT
+    Database excerpts: ``Produced by xform ...``) give unknown for both.
+
+    Raises
+    ------
+    ValueError
+        If a header states an age outside ``[0, MAX_AGE_YEARS]``.
+    """
+    lines = [str(c).strip() for c in comments]
+    for line in lines:
+        m = _LABELLED.search(line)
+        if m:
+            return Demographics(_age(m["age"]), _SEX_WORDS.get(m["sex"].lower()))
+    if lines:
+        m = _MITBIH_LINE.match(lines[0])
+        if m:
+            return Demographics(_age(m["age"]), _SEX_WORDS.get(m["sex"].lower()))
+    return Demographics()
+
+
+def read_demographics(folder: Path, name: str) -> Demographics:
+    """The age and sex in record ``name``'s header in ``folder``, or unknown for both.
+
+    Works for signal and annotation-only records (nsr2db, chf2db: a 0-signal header);
+    a record without a header (ltafdb) is unknown.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` does not exist.
+    ValueError
+        If the header states an impossible age (:func:`parse_demographics`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"record folder does not exist: {folder}")
+    if not (folder / f"{name}.hea").is_file():
+        return Demographics()
+    hdr = wfdb.rdheader(str(folder / name))
+    try:
+        return parse_demographics(hdr.comments or [])
+    except ValueError as e:
+        raise ValueError(f"record {name!r} in {folder}: {e}") from None

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
     "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),
     "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),
+    "subgroups": ("services.subgroups", "add figures by sex and age band (patient-bootstrap intervals) to a report"),
     "crossval": ("services.crossval", "leave-patient-out folds: train a bundle per fold, evaluate held-out patients"),
     "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),
     "bench stream": ("services.bench_stream", "benchmark the streaming path on the real broker"),

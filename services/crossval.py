@@ -11,7 +11,8 @@ replayed through the worker's pipeline (:func:`services.evaluate.evaluate`) scor
 the bundle of the fold that held its patient out. ``--eval-records`` adds records that
 are never trained on (noise stress records, the VF record): they are scored by the fold
 that holds their patient, or by fold 1 when no fold does. The report is the evaluate
-report (pooled over all records) with ``pooled_by_group`` per fold, plus ``folds.json``.
+report (pooled over all records) with ``pooled_by_group`` per fold and ``subgroups`` by sex
+and age band (:mod:`services.subgroups`), plus ``folds.json``.
 Fold bundles are kept in ``<out>/fold-<k>/bundle`` and reused when present, so an
 interrupted run resumes.
 """
@@ -31,6 +32,7 @@ from models.records import list_records
 
 from services.evaluate import evaluate, format_pooled_table, hr_fold_map
 from services.settings import DEFAULT_HR_MODEL_DIR
+from services.subgroups import format_subgroups_table
 
 __all__ = ["assign_folds", "main"]
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # one column per fold, then all folds pooled
     print(format_pooled_table({"pooled_by_noise": {**report.get("pooled_by_group", {}),
                                                    "pooled": report["pooled"]}}))
+    print("\n" + format_subgroups_table(report["subgroups"]))
     print(f"\ncrossval: {a.folds} folds in {(time.monotonic() - t0) / 60:.1f} min; report {a.out / 'REPORT.json'}",
           file=sys.stderr)
     return 0

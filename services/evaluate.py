@@ -41,6 +41,7 @@ from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_poli
 from services.replay import BASE_TS_MS, replay
 from services.settings import DEFAULT_HR_MODEL_DIR, DEFAULT_MODEL_DIR
 from services.simulator import RecordSource, RRSource
+from services.subgroups import format_subgroups_table, plot_subgroups, record_demographics, subgroups_section
 
 __all__ = ["EVALUATION_SCHEMA", "RecordRef", "alert_spans", "discover_records", "evaluate",
            "format_pooled_table", "main"]
@@ -410,6 +411,10 @@ def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, mo
                            "conditions": [c.label for c in conditions]}
         report["pooled_by_noise"] = {label: _pooled(runs) for label, runs in by_condition.items()}
     evaluations = [r.beats for r in all_runs if r.beats is not None]
+    # figures by sex and age band, bootstrap over patients (services.subgroups)
+    report["subgroups"] = subgroups_section(report, {e.name: e for e in evaluations}, record_demographics(report))
+    if plots_dir:
+        plot_subgroups(plots_dir / "subgroups.png", report["subgroups"])
     if plots_dir and evaluations:
         from models.plots import plot_roc
 
@@ -543,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cardiowatch evaluate: {e}", file=sys.stderr)
         return 2
     print(format_pooled_table(rep))
+    print("\n" + format_subgroups_table(rep["subgroups"]))
     return 0
 
 

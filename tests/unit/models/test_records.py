@@ -169,3 +169,85 @@ def test_real_mitdb_114_loads_mlii_and_207_has_vf_brackets(shared_data_dir):
     r = load_record(folder, "207")
     assert [s for _, s in r.vf_annotations][:2] == ["[", "]"]
     assert "!" not in set(r.beat_symbols)
+
+
+# -- demographics from header comments ---------------------------------------------------
+
+@pytest.mark.parametrize("comments, age, sex", [
+    (["75 F 1011 654 x1", "Diapres"], 75.0, "F"),           # MIT-BIH
+    (["69 M 1456 653 x2", "Digoxin, Norpace"], 69.0, "M"),
+    (["? ? 1111 111 x1"], None, None),                      # MIT-BIH unknown
+    (["Age: 47  Sex: M", "Coronary artery disease"], 47.0, "M"),  # QT Database (European ST-T)
+    (["Age: -  Sex: -", "Myocardial infarction"], None, None),
+    (["Age: 28.5 Sex: M"], 28.5, "M"),                      # nsr2db
+    (["Age: 34  Sex: ?  NYHA class: II"], 34.0, None),      # chf2db
+    (["Produced by xform from record 30, beginning at 26:35.000", "Age: 52  Sex: F"], 52.0, "F"),
+    (["Produced by xform from record 14046, beginning at 9:14:13.000"], None, None),
+    (["Created by `nst' from records 118 and em (SNR = 0 dB)"], None, None),
+    ([], None, None),
+])
+def test_parse_demographics_reads_both_header_forms(comments, age, sex):
+    from models.records import Demographics, parse_demographics
+
+    assert parse_demographics(comments) == Demographics(age, sex)
+
+
+def test_demographics_refuse_impossible_values():
+    from models.records import Demographics, parse_demographics
+
+    with pytest.raises(ValueError, match="age_years.*200"):
+        parse_demographics(["Age: 200 Sex: F"])
+    with pytest.raises(ValueError, match="sex"):
+        Demographics(40.0, "X")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="age_years"):
+        Demographics(float("nan"), None)
+
+
+def test_read_demographics_from_written_headers(tmp_path):
+    from models.records import Demographics, read_demographics
+
+    sig = np.zeros((100, 1))
+    wfdb.wrsamp("m1", fs=360, units=["mV"], sig_name=["MLII"], p_signal=sig, fmt=["212"],
+                adc_gain=[200.0], baseline=[0], comments=["61 F 1234 654 x1", "None"], write_dir=str(tmp_path))
+    wfdb.wrsamp("bare", fs=128, units=["mV"], sig_name=["ECG1"], p_signal=sig, fmt=["212"],
+                adc_gain=[200.0], baseline=[0], write_dir=str(tmp_path))
+    # a 0-signal header (nsr2db) with CR LF line ends (as PhysioNet ships mitdb and qtdb)
+    (tmp_path / "rr1.hea").write_bytes(b"rr1 0 128 0\r\n#Age: 38  Sex: F  NYHA class: III\r\n")
+    wfdb.wrann("lt1", "atr", np.array([10, 138]), symbol=["N", "N"], write_dir=str(tmp_path), fs=128)
+    assert read_demographics(tmp_path, "m1") == Demographics(61.0, "F")
+    assert read_demographics(tmp_path, "bare") == Demographics()
+    assert read_demographics(tmp_path, "rr1") == Demographics(38.0, "F")
+    assert read_demographics(tmp_path, "lt1") == Demographics()  # no header (ltafdb): unknown
+    (tmp_path / "bad.hea").write_text("bad 0 128 0\n# 250 M 1 2 x1\n")
+    with pytest.raises(ValueError, match="'bad'.*250"):
+        read_demographics(tmp_path, "bad")
+    with pytest.raises(FileNotFoundError):
+        read_demographics(tmp_path / "missing", "m1")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("folder, name, age, sex", [
+    ("mitdb-ds1", "101", 75.0, "F"), ("mitdb-ds1", "230", 32.0, "M"), ("mitdb-paced", "217", 65.0, "M"),
+    ("qtdb", "sel102", 84.0, "F"), ("qtdb", "sele0104", 47.0, "M"), ("qtdb", "sele0607", 70.0, "F"),
+    ("qtdb", "sele0166", None, None), ("qtdb", "sel30", None, None), ("qtdb", "sel803", None, None),
+    ("nsr2db", "nsr047", 28.5, "M"), ("nsr2db", "nsr001", 64.0, "F"),
+    ("chf2db", "chf201", 55.0, "M"), ("chf2db", "chf211", 34.0, None),
+    ("svdb", "800", None, None), ("cudb", "cu01", None, None), ("nstdb", "118e00", None, None),
+    ("nstdb", "em", None, None), ("ltafdb", "00", None, None),
+])
+def test_read_demographics_on_every_physionet_header_form(shared_data_dir, folder, name, age, sex):
+    from models.records import Demographics, read_demographics
+
+    assert read_demographics(shared_data_dir / folder, name) == Demographics(age, sex)
+
+
+@pytest.mark.data
+def test_every_mitbih_and_rr_header_gives_an_age(shared_data_dir):
+    from models.records import read_demographics
+
+    for folder in ("mitdb-ds1", "mitdb-paced", "nsr2db", "chf2db"):
+        names = sorted({p.stem for p in (shared_data_dir / folder).glob("*.hea")})
+        got = [read_demographics(shared_data_dir / folder, n) for n in names]
+        assert names and all(d.age_years is not None for d in got), folder
+        if folder.startswith("mitdb") or folder == "nsr2db":
+            assert all(d.sex in ("F", "M") for d in got), folder
