@@ -239,6 +239,14 @@ def test_threshold_is_the_lowest_meeting_the_false_alert_rate() -> None:
     assert table.figures(0.6)["false_af_per_patient_day_sinus_databases"] == pytest.approx(3.0, rel=1e-3)
     with pytest.raises(AFError, match="max_false_per_day"):
         table.choose(0)
+    # a target no grid value meets: choose refuses; training takes the fewest and says so
+    table2 = AlertTable([s], [rows], [p], grid=(0.6, 0.75, 0.85), rule=AFAlertRule())
+    with pytest.raises(AFError, match="no threshold"):
+        table2.choose(0.5)
+    assert table2.choose_or_fewest(0.5) == (0.85, False)
+    assert table2.choose_or_fewest(2.1) == (0.75, True)
+    with pytest.raises(AFError, match="max_false_per_day"):
+        table2.choose_or_fewest(-1)
 
 
 def test_train_af_reports_folds_and_ships_a_thresholded_detector() -> None:
