@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -38,6 +38,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streaming.continuity import ContinuityGuard
+from streaming.events import DeviceClockEvent
 from streaming.logread import LogReader
 from streaming.metrics import WorkerMetrics
 from streaming.pipeline import (
@@ -49,7 +50,8 @@ from streaming.pipeline import (
     InMessage,
 )
 
-__all__ = ["AppConfig", "ConfirmedTable", "create_app", "partition_of", "process_safely"]
+__all__ = ["AppConfig", "ConfirmedTable", "count_clock_events", "create_app", "partition_of",
+           "process_safely"]
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -257,6 +259,18 @@ def process_safely(core: Any, msgs: list[InMessage], states: Mapping[str, Any],
     return _merge_results(results) if results else core.process([], states)
 
 
+def count_clock_events(metrics: WorkerMetrics, stream: str,
+                       events: Iterable[DeviceClockEvent]) -> None:
+    """Count and log the device restarts and clock jumps a core reported (a restart
+    that also set the clock back counts as both)."""
+    for e in events:
+        if e.kind == "restart":
+            metrics.restarts.labels(stream).inc()
+        if e.direction != "none":
+            metrics.clock_jumps.labels(stream, e.direction).inc()
+        log.warning("device clock (%s stream): %s", stream, e.describe())
+
+
 def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: WorkerMetrics) -> faust.App:
     """Build the Faust app with its agents, tables, timer and ``/metrics`` page."""
     app = faust.App(
@@ -419,6 +433,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                 metrics.gaps.labels("ecg").inc(res.gaps)
                 for g in res.gap_notes:
                     log.info("gap: %s", g.describe())
+                count_clock_events(metrics, "ecg", res.clock_events)
                 metrics.redelivered.labels("ecg").inc(res.redelivered)
                 t = time.perf_counter()
                 for pid, st in res.states.items():
@@ -443,6 +458,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                 metrics.gaps.labels("hr").inc(res.gaps)
                 for g in res.gap_notes:
                     log.info("gap: %s", g.describe())
+                count_clock_events(metrics, "hr", res.clock_events)
                 metrics.redelivered.labels("hr").inc(res.redelivered)
                 for pid, st in res.states.items():
                     store(hr_table, hr_cache, pid, st, hr.policy)

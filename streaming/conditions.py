@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from streaming.errors import PolicyConfigError
 from streaming.events import (
     Category,
+    DeviceClockEvent,
     HRObservation,
     Priority,
     QualityObservation,
@@ -86,6 +87,9 @@ __all__ = [
     "NoDataSettings",
     "NoDataState",
     "NoData",
+    "DeviceClockSettings",
+    "DeviceClockState",
+    "DeviceClock",
     "REGISTRY",
     "conditions_table",
 ]
@@ -305,6 +309,11 @@ class Condition(ABC, Generic[SettingsT, StateT]):
     cleared_by_data
         If set, an open alert clears with this text as soon as any data arrives, and the
         absence clock does not apply.
+    kept_on_rebase
+        When a device's clock jump re-anchors the patient's time base, every condition
+        state starts afresh (its event times are in the old base, and nothing is stitched
+        across a jump), except those of conditions that set this (wall time, or a state
+        that follows the :class:`~streaming.events.DeviceClockEvent` itself).
     rows
         ``(priority, rule text)`` lines of the conditions table; ````key```` names one of
         the condition's settings, ````section.key```` a shared one.
@@ -318,6 +327,7 @@ class Condition(ABC, Generic[SettingsT, StateT]):
     derived_from: ClassVar[Stream | None] = None
     subsumed_by: ClassVar[tuple[str, ...]] = ()
     cleared_by_data: ClassVar[str | None] = None
+    kept_on_rebase: ClassVar[bool] = False
     rows: ClassVar[tuple[tuple[Priority, str], ...]]
 
     __slots__ = ("settings",)
@@ -946,6 +956,7 @@ class NoData(Condition[NoDataSettings, NoDataState]):
     state_type = NoDataState
     consumes = (Tick,)
     cleared_by_data = "data received again"
+    kept_on_rebase = True  # wall time
     rows = (("medium", "(tick) event time has not advanced for ``no_data_s`` of wall time"),)
 
     def observe(self, state: NoDataState, obs: Tick, ctx: RuleContext) -> Decision | None:
@@ -970,6 +981,60 @@ class NoData(Condition[NoDataSettings, NoDataState]):
                      "detected_wall_ms": now_ms})
 
 
+# ------------------------------------------------------------ technical: device clock
+@dataclass(frozen=True, slots=True)
+class DeviceClockSettings:
+    """How many clock events (restarts, clock jumps, timestamps set aside) of a device
+    within how long mean its timing cannot be trusted."""
+
+    section: ClassVar[str] = "device_clock"
+    events: int = bounded(3, 1, 10_000)
+    window_s: float = bounded(3600.0, 1.0, 7 * 86_400.0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(slots=True)
+class DeviceClockState:
+    events_ts_ms: list[int] = field(default_factory=list)  # the latest ``events``, event time
+
+
+class DeviceClock(Condition[DeviceClockSettings, DeviceClockState]):
+    """A device that keeps restarting or whose clock keeps jumping: the care team should
+    know its timing (onsets, durations) is unreliable. One glitch or one correction says
+    nothing (NTP and reboots happen); ``events`` within ``window_s`` do."""
+
+    name = "device_clock"
+    category = "technical"
+    settings_type = DeviceClockSettings
+    state_type = DeviceClockState
+    consumes = (DeviceClockEvent, QualityObservation, HRObservation)
+    kept_on_rebase = True  # moves its own times with the event's shift
+    rows = (("low", ">= ``events`` device restarts, clock jumps or timestamps set aside "
+                    "within ``window_s``"),)
+
+    def observe(self, state: DeviceClockState, obs: DeviceClockEvent | QualityObservation
+                | HRObservation, ctx: RuleContext) -> Decision | None:
+        s, ts = self.settings, obs.ts_ms
+        window_ms = s.window_s * 1000
+        if isinstance(obs, DeviceClockEvent):
+            state.events_ts_ms = [t + obs.shift_ms for t in state.events_ts_ms] + [ts]
+            del state.events_ts_ms[:-s.events]
+        recent = [t for t in state.events_ts_ms if ts - t < window_ms]
+        if len(recent) < s.events:
+            return None
+        if not isinstance(obs, DeviceClockEvent):
+            return Hold(ts)
+        span_s = (max(recent) - min(recent)) / 1000
+        return Finding("low", ts, min(recent),
+                       f"{len(recent)} device restarts or clock jumps in {span_s:.0f} s "
+                       f"(>= {s.events} within {s.window_s:g} s): event times are unreliable",
+                       float(len(recent)), "rate",
+                       details={"clock_events": len(recent), "last_kind": obs.kind,
+                                "last_shift_ms": obs.shift_ms})
+
+
 # -------------------------------------------------------------------------- registry
 #: Every condition, in dispatch order: an observation goes to the conditions that consume
 #: it in this order, and the events one observation produces come out in it. Higher
@@ -986,6 +1051,7 @@ REGISTRY: tuple[type[Condition[Any, Any]], ...] = (
     LeadOff,
     SignalNoisy,
     NoData,
+    DeviceClock,
 )
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "HRObservation",
     "QualityObservation",
     "VFObservation",
+    "ClockEventKind",
+    "DeviceClockEvent",
     "AlertEvent",
 ]
 
@@ -30,6 +32,10 @@ SCORE_SCHEMA = "cardiowatch.score/1"
 
 Priority = Literal["high", "medium", "low"]
 Category = Literal["physiological", "technical"]
+#: ``jump``: the device's clock moved and the stream was re-anchored to its new time;
+#: ``glitch``: one message was stamped off the stream's time and set aside; ``restart``:
+#: the device restarted its sequence numbers (a new stream epoch).
+ClockEventKind = Literal["jump", "glitch", "restart"]
 AlertAction = Literal["raised", "updated", "escalated", "cleared", "acknowledged", "resolved"]
 
 PRIORITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
@@ -114,6 +120,40 @@ class VFObservation:
     threshold: float
     quality: float | None = None
     model_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceClockEvent:
+    """A device's clock or sequence misbehaved (see :mod:`streaming.position`).
+
+    ``ts_ms`` is the event time where it happened, in the stream's time base after the
+    event; ``shift_ms`` is what the event moved that time base by (0: kept), so that
+    every event time a patient's state holds can follow it. ``old_seq`` / ``old_ts_ms``
+    are where the stream was (the end of its last message), ``seq`` / ``stamped_ts_ms``
+    what the message that showed the event carried.
+    """
+
+    patient_id: str
+    device_id: str
+    ts_ms: int
+    kind: ClockEventKind
+    direction: Literal["forward", "backward", "none"]
+    shift_ms: int
+    old_seq: int | None
+    old_ts_ms: int | None
+    seq: int
+    stamped_ts_ms: int
+    quality: float | None = None
+
+    def describe(self) -> str:
+        what = {"jump": f"clock jumped {self.direction} by {self.shift_ms / 1000:+.1f} s; "
+                        "time base re-anchored",
+                "glitch": "one message stamped off the stream's time was set aside",
+                "restart": "sequence restarted: new stream epoch"
+                           + (f", time base moved by {self.shift_ms / 1000:+.1f} s"
+                              if self.shift_ms else "")}[self.kind]
+        return (f"patient {self.patient_id} device {self.device_id}: {what} "
+                f"(seq {self.old_seq} -> {self.seq}, ts_ms {self.old_ts_ms} -> {self.stamped_ts_ms})")
 
 
 @dataclass(frozen=True, slots=True)

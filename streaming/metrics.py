@@ -34,6 +34,15 @@ class WorkerMetrics:
             "cardiowatch_redelivered_messages_total",
             "Messages seen again after a restart and skipped (already in state).",
             ["stream"], registry=registry)
+        self.clock_jumps = Counter(
+            "cardiowatch_device_clock_jumps_total",
+            "Device clock jumps: a stream re-anchored to the device's new time, or one "
+            "message stamped off the stream's time and set aside, by direction.",
+            ["stream", "direction"], registry=registry)
+        self.restarts = Counter(
+            "cardiowatch_device_restarts_total",
+            "Device sequence restarts (reboots): each starts a new stream epoch.",
+            ["stream"], registry=registry)
         self.read_back = Counter(
             "cardiowatch_records_read_back_total",
             "Records the consumer skipped over, read back from the log by offset.",

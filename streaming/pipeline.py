@@ -5,7 +5,8 @@ Pure Python objects, no Faust, Kafka, HTTP or Prometheus: the Faust agents
 
 One batch of consumed messages goes through::
 
-    decode (streaming.schemas) -> stream checks (duplicate / gap / time order)
+    decode (streaming.schemas) -> stream checks (streaming.position: redelivery, duplicate,
+    gap, restart, clock jump)
     -> ECG front end per chunk (models.beats: band-pass, resample, QRS, beats, SQI)
     -> beat context per patient (models.ecg.beatfeatures: the patient's own dominant beat)
     -> ONE autoencoder call and ONE beat-classifier call for every beat of every patient
@@ -38,8 +39,16 @@ from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows
 from models.hr.af import AFDetector
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
-from streaming.events import AlertEvent, HRObservation, QualityObservation, ScoredBeat, VFObservation
+from streaming.events import (
+    AlertEvent,
+    DeviceClockEvent,
+    HRObservation,
+    QualityObservation,
+    ScoredBeat,
+    VFObservation,
+)
 from streaming.policy import AlertPolicy
+from streaming.position import ECG_RULE, HR_RULE, STITCH_TOLERANCE_MS, StreamPosition, Verdict
 from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
 
 __all__ = [
@@ -59,10 +68,8 @@ DEADLETTER_SCHEMA = "cardiowatch.deadletter/1"
 DEADLETTER_RAW_MAX = 512 * 1024  # = the largest valid payload (streaming.schemas)
 Stream = Literal["ecg", "hr"]
 
-# A chunk whose first sample is within this much of where the previous chunk ended
-# continues the same segment (device clocks jitter); farther apart is a gap and the
-# signal is not stitched across it.
-GAP_TOLERANCE_MS = 100.0
+# kept for callers of the old name: see streaming.position.STITCH_TOLERANCE_MS
+GAP_TOLERANCE_MS = STITCH_TOLERANCE_MS
 STRIP_S = 6.0
 
 
@@ -134,47 +141,12 @@ def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 @dataclass(slots=True)
-class _StreamPosition:
-    """Where a device stream is: used to drop redeliveries and catch bad sequences."""
-
-    last_seq: int | None = None
-    last_ts_ms: float | None = None
-    last_offset: int = -1
-    last_partition: int = -1
-    device_id: str = ""
-
-    def copy(self) -> _StreamPosition:
-        return _StreamPosition(self.last_seq, self.last_ts_ms, self.last_offset,
-                               self.last_partition, self.device_id)
-
-    def check(self, seq: int, ts_ms: int, offset: int, partition: int,
-              device_id: str) -> Literal["redelivered", "gap", "new_device", "ok"]:
-        """Raise :class:`SequenceError` for duplicates and time going backwards."""
-        if partition == self.last_partition and offset <= self.last_offset:
-            # Already applied to this state before a restart; the offsets were not
-            # yet committed. Skipping keeps replays idempotent. (Offsets only compare
-            # within one partition: after a repartition the patient's messages move.)
-            return "redelivered"
-        if self.device_id and device_id != self.device_id:
-            # A replaced or re-paired wearable restarts its sequence numbers: a new
-            # stream, not a run of duplicates (which would silence the patient).
-            return "new_device"
-        if self.last_seq is not None and seq <= self.last_seq:
-            raise SequenceError("duplicate_seq", f"seq {seq} already seen (last seq {self.last_seq})")
-        if self.last_ts_ms is not None and ts_ms < self.last_ts_ms - GAP_TOLERANCE_MS:
-            raise SequenceError(
-                "out_of_order_ts", f"ts_ms {ts_ms} is before the previous message's end {self.last_ts_ms:.0f}")
-        gap = self.last_seq is not None and seq != self.last_seq + 1
-        return "gap" if gap else "ok"
-
-
-@dataclass(slots=True)
 class ECGPatientState:
     """Everything the ECG stream remembers about one patient."""
 
     patient_id: str
     device_id: str = ""
-    pos: _StreamPosition = field(default_factory=_StreamPosition)
+    pos: StreamPosition = field(default_factory=StreamPosition)
     sample_rate_hz: float | None = None
     seg_t0_ms: float = 0.0  # event time of model-rate sample 0 of the current segment
     front: FrontEndState | None = None
@@ -186,11 +158,10 @@ class ECGPatientState:
     beats_scored: int = 0
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
+        # v3: the position's runs and held message (streaming.position); v2 loads
         header = {
-            "v": 2, "patient_id": self.patient_id, "device_id": self.device_id,
-            "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
-            "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
-            "sample_rate_hz": self.sample_rate_hz,
+            "v": 3, "patient_id": self.patient_id, "device_id": self.device_id,
+            **self.pos.to_header(), "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
             "gaps": self.gaps, "beats_scored": self.beats_scored,
         }
@@ -208,9 +179,7 @@ class ECGPatientState:
         pstate = policy.state_from_json(b["policy"]) if b["policy"] else None
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
-            pos=_StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
-                                h.get("last_partition", -1), h["device_id"]),
-            sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
+            pos=StreamPosition.from_header(h), sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
             front=FrontEndState.from_bytes(b["front"]) if b["front"] else None,
             # a version-1 state (before the beat context) starts a new context: it
             # relearns the patient's dominant beat within its first eight beats
@@ -229,10 +198,25 @@ class _Pending:
     beats: list[Any]
     seg_t0_ms: float  # event time of sample 0 of the segment these beats belong to
     gap: tuple[int, int] | None = None  # a hole in the stream just before this step
+    # device clock events shown by this step's message, applied before everything else
+    # (a re-anchor moves the patient's time base before the step's own observations)
+    clock: tuple[DeviceClockEvent, ...] = ()
     # VF-detector windows that end in this chunk: absolute end samples in the segment
     # and the band-passed windows [k, window]
     vf_ends: np.ndarray | None = None
     vf_windows: np.ndarray | None = None
+
+
+#: Verdicts that start a new signal segment, and the gap-note reason they give.
+_GAP_REASONS = {"gap": "seq", "new_device": "device", "restart": "restart", "jump": "clock"}
+#: Verdicts after which the stream's sequence and time start a new run.
+_NEW_RUN = ("new_device", "restart", "jump")
+
+
+def _gap_reason(verdict: Verdict, last_seq: int | None, seq: int) -> str | None:
+    if verdict.kind == "gap" and last_seq is not None and seq == last_seq + 1:
+        return "time"  # in sequence, but the chunk does not start where the last ended
+    return _GAP_REASONS.get(verdict.kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +228,9 @@ class GapNote:
     stream: str
     patient_id: str
     device_id: str
-    reason: str  # "seq" (sequence jump), "time" (timestamps apart), "device", "rate"
+    # "seq" (sequence jump), "time" (timestamps apart), "device", "rate", "restart"
+    # (the device restarted its sequence), "clock" (its clock jumped; time re-anchored)
+    reason: str
     partition: int
     last_offset: int
     offset: int
@@ -271,6 +257,8 @@ class ECGBatchResult:
     model_batch_sizes: list[int]
     model_seconds: float
     vf: list[VFObservation] = field(default_factory=list)
+    #: device restarts, clock jumps and glitches (counted and logged by the shell)
+    clock_events: list[DeviceClockEvent] = field(default_factory=list)
 
     @property
     def gaps(self) -> int:
@@ -336,6 +324,7 @@ class ECGPipeline:
         quality: list[QualityObservation] = []
         pending: list[_Pending] = []
         gap_notes: list[GapNote] = []
+        clock_events: list[DeviceClockEvent] = []
         valid = redelivered = 0
 
         for m in msgs:
@@ -349,27 +338,41 @@ class ECGPipeline:
                 if st is None:
                     base = states.get(pid)
                     st = self._copy(base) if base is not None else self.new_state(pid)
-                verdict = st.pos.check(chunk.seq, chunk.ts_ms, m.offset, m.partition, chunk.device_id)
-                if verdict == "redelivered":
+                old_seq, old_offset, old_device = st.pos.last_seq, st.pos.last_offset, st.device_id
+                verdict = st.pos.check(ECG_RULE, pid, chunk.seq, chunk.ts_ms, chunk.duration_ms,
+                                       m.offset, m.partition, chunk.device_id)
+                if verdict.kind == "redelivered":
                     redelivered += 1
                     continue
+                clock_events.extend(verdict.events)
+                if verdict.kind in ("duplicate", "held"):
+                    # set aside; the position may have changed (a message held for the
+                    # next one to confirm, or a held one found to be a glitch)
+                    out_states[pid] = st
+                    if verdict.events:
+                        pending.append(_Pending(st, None, [], st.seg_t0_ms, clock=verdict.events))
+                    raise SequenceError(
+                        "duplicate_seq" if verdict.kind == "duplicate" else "out_of_order_ts",
+                        verdict.detail)
                 old_front, old_rate, old_t0 = st.front, st.sample_rate_hz, st.seg_t0_ms
                 old_end = st.pos.last_ts_ms
-                old_seq, old_offset, old_device = st.pos.last_seq, st.pos.last_offset, st.device_id
-                reset = self._advance(st, chunk, m.offset, m.partition, verdict in ("gap", "new_device"))
+                reset = self._advance(st, chunk, m.offset, m.partition, verdict)
                 out_states[pid] = st
                 gap = None
                 if reset and old_front is not None and old_rate is not None and old_end is not None:
-                    why = ("device" if verdict == "new_device" else "seq" if verdict == "gap"
-                           else "rate" if old_rate != chunk.sample_rate_hz else "time")
+                    why = _gap_reason(verdict, old_seq, chunk.seq) or (
+                        "rate" if old_rate != chunk.sample_rate_hz else "time")
                     gap_notes.append(GapNote("ecg", pid, old_device, why, m.partition, old_offset,
                                              m.offset, old_seq, chunk.seq))
-                    # beats still waiting in the old segment are emitted, not dropped
+                    # beats still waiting in the old segment are emitted, not dropped (in
+                    # the old time base: they are applied before the re-anchor)
                     flushed, _ = self.front_end(old_rate).seg.flush(old_front.seg)
                     if flushed:
                         pending.append(_Pending(st, None, list(flushed), old_t0))
-                    # nothing ECG-derived may span the hole, nor the new segment's warm-up
-                    gap = (int(old_end), int(chunk.ts_ms + WARMUP_S * 1000))
+                    # nothing ECG-derived may span the hole, nor the new segment's warm-up;
+                    # after a re-anchor the hole starts where the old stream ended, moved
+                    # into the new time base
+                    gap = (int(old_end + verdict.shift_ms), int(chunk.ts_ms + WARMUP_S * 1000))
                 assert st.front is not None  # _advance started a segment if there was none
                 prev_buf = st.front.seg.buf
                 res, st.front = self.front_end(chunk.sample_rate_hz).process(
@@ -378,7 +381,7 @@ class ECGPipeline:
                 q = QualityObservation(pid, chunk.device_id, chunk.ts_ms, int(chunk.duration_ms),
                                        float(res.quality), bool(res.lead_off), bool(res.noisy))
                 quality.append(q)
-                item = _Pending(st, q, list(res.beats), st.seg_t0_ms, gap)
+                item = _Pending(st, q, list(res.beats), st.seg_t0_ms, gap, clock=verdict.events)
                 if self.vf_detector is not None:
                     vs = self.vf_detector.settings
                     item.vf_ends, item.vf_windows = due_windows(
@@ -393,7 +396,7 @@ class ECGPipeline:
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending, vf)
         return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
                               gap_notes, len(sizes), sizes, model_seconds,
-                              [o for obs in vf.values() for o in obs])
+                              [o for obs in vf.values() for o in obs], clock_events)
 
     def flush(self, states: Mapping[str, ECGPatientState]) -> ECGBatchResult:
         """End of a finite stream (a replayed record): emit the beats still waiting for
@@ -470,6 +473,9 @@ class ECGPipeline:
         now = self.clock_ms()
         for i, item in enumerate(pending):
             st, q, beats = item.st, item.quality, item.beats
+            for c in item.clock:
+                ev, st.policy = self.policy.on_observation(st.policy, c)
+                alerts.extend(ev)
             if item.gap is not None:
                 ev, st.policy = self.policy.on_gap(st.policy, *item.gap)
                 alerts.extend(ev)
@@ -524,16 +530,26 @@ class ECGPipeline:
         return replace(st, pos=st.pos.copy())
 
     def _advance(self, st: ECGPatientState, chunk: ECGChunk, offset: int, partition: int,
-                 seq_gap: bool) -> bool:
+                 verdict: Verdict) -> bool:
         """Move the stream position; start a new segment (returns True) on a gap, a new
-        device or a new rate."""
+        device, a restart, a clock jump or a new rate.
+
+        Within a segment the time base follows the device's clock: sample ``k`` is at
+        ``seg_t0_ms + k / rate``, and each chunk moves ``seg_t0_ms`` by how far its
+        stamped start is from where the previous chunk ended (at most the stitch
+        tolerance). A device whose clock runs 1 % fast or slow against its sampling
+        therefore keeps its beats, chunk quality and pause checks on one clock; without
+        it the beats fell 36 s an hour behind the chunk times, and a fast clock raised a
+        false pause alarm after about 400 s."""
         new_segment = (
             st.front is None
             or st.sample_rate_hz != chunk.sample_rate_hz
-            or seq_gap
+            or verdict.kind != "ok"
             or st.pos.last_ts_ms is None
             or abs(chunk.ts_ms - st.pos.last_ts_ms) > GAP_TOLERANCE_MS
         )
+        if not new_segment and st.pos.last_ts_ms is not None:
+            st.seg_t0_ms += chunk.ts_ms - st.pos.last_ts_ms
         if new_segment:
             if st.front is not None:
                 st.gaps += 1
@@ -541,11 +557,9 @@ class ECGPipeline:
             st.seg_t0_ms = float(chunk.ts_ms)
             st.sample_rate_hz = chunk.sample_rate_hz
             st.strip = np.zeros(0, np.float32)
-        st.device_id = st.pos.device_id = chunk.device_id
-        st.pos.last_seq = chunk.seq
-        st.pos.last_ts_ms = chunk.end_ts_ms
-        st.pos.last_offset = offset
-        st.pos.last_partition = partition
+        st.pos.advance(chunk.seq, chunk.ts_ms, chunk.duration_ms, offset, partition,
+                       chunk.device_id, verdict.kind in _NEW_RUN)
+        st.device_id = chunk.device_id
         return new_segment
 
     def _keep_strip(self, st: ECGPatientState, filtered: np.ndarray, chunk: ECGChunk) -> None:
@@ -589,24 +603,21 @@ class HRScorer:
 class HRPatientState:
     patient_id: str
     device_id: str = ""
-    pos: _StreamPosition = field(default_factory=_StreamPosition)
+    pos: StreamPosition = field(default_factory=StreamPosition)
     rr_ms: list[float] = field(default_factory=list)
     new_rr: int = 0
     policy: Any = None
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
-        header = {"v": 1, "patient_id": self.patient_id, "device_id": self.device_id,
-                  "last_seq": self.pos.last_seq, "last_ts_ms": self.pos.last_ts_ms,
-                  "last_offset": self.pos.last_offset, "last_partition": self.pos.last_partition,
-                  "rr_ms": self.rr_ms, "new_rr": self.new_rr}
+        # v2: the position's runs and held message (streaming.position); v1 loads
+        header = {"v": 2, "patient_id": self.patient_id, "device_id": self.device_id,
+                  **self.pos.to_header(), "rr_ms": self.rr_ms, "new_rr": self.new_rr}
         return _pack(header, {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)})
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
         h, b = _unpack(raw)
-        return cls(h["patient_id"], h["device_id"],
-                   _StreamPosition(h["last_seq"], h["last_ts_ms"], h["last_offset"],
-                                   h.get("last_partition", -1), h["device_id"]),
+        return cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h),
                    list(h["rr_ms"]), h["new_rr"],
                    policy.state_from_json(b["policy"]) if b["policy"] else None)
 
@@ -622,6 +633,8 @@ class HRBatchResult:
     gap_notes: list[GapNote]
     windows_scored: int
     af_windows_scored: int = 0
+    #: device restarts, clock jumps and glitches (counted and logged by the shell)
+    clock_events: list[DeviceClockEvent] = field(default_factory=list)
 
     @property
     def gaps(self) -> int:
@@ -681,10 +694,13 @@ class HRPipeline:
                 states: Mapping[str, HRPatientState | None]) -> HRBatchResult:
         out: dict[str, HRPatientState] = {}
         dead: list[DeadLetter] = []
-        # (patient state, sample, RR window to score or None), in message order
-        items: list[tuple[HRPatientState, HRSample, np.ndarray | None]] = []
+        # (patient state, sample or None for a message set aside, RR window to score or
+        # None, the device clock events it showed), in message order
+        items: list[tuple[HRPatientState, HRSample | None, np.ndarray | None,
+                          tuple[DeviceClockEvent, ...]]] = []
         af_due: list[tuple[int, list[float]]] = []  # (item index, AF window)
         gap_notes: list[GapNote] = []
+        clock_events: list[DeviceClockEvent] = []
         valid = redelivered = 0
         window = self.scorer.window if self.scorer else 32
         min_quality = self.policy.config.signal.min_quality
@@ -698,19 +714,29 @@ class HRPipeline:
                     base = states.get(s.patient_id)
                     st = (replace(base, pos=base.pos.copy(), rr_ms=list(base.rr_ms))
                           if base is not None else self.new_state(s.patient_id))
-                verdict = st.pos.check(s.seq, s.ts_ms, m.offset, m.partition, s.device_id)
-                if verdict == "redelivered":
+                old_seq, old_offset = st.pos.last_seq, st.pos.last_offset
+                verdict = st.pos.check(HR_RULE, s.patient_id, s.seq, s.ts_ms, 0.0, m.offset,
+                                       m.partition, s.device_id)
+                if verdict.kind == "redelivered":
                     redelivered += 1
                     continue
-                if verdict == "new_device":
+                clock_events.extend(verdict.events)
+                if verdict.kind in ("duplicate", "held"):
+                    out[s.patient_id] = st
+                    if verdict.events:
+                        items.append((st, None, None, verdict.events))
+                    raise SequenceError(
+                        "duplicate_seq" if verdict.kind == "duplicate" else "out_of_order_ts",
+                        verdict.detail)
+                if verdict.kind == "new_device":
                     st.rr_ms = []  # another device's beats are not one RR series
-                if verdict in ("gap", "new_device"):
-                    gap_notes.append(GapNote("hr", s.patient_id, st.device_id,
-                                             "seq" if verdict == "gap" else "device", m.partition,
-                                             st.pos.last_offset, m.offset, st.pos.last_seq, s.seq))
-                st.pos.last_seq, st.pos.last_ts_ms, st.pos.last_offset = s.seq, float(s.ts_ms), m.offset
-                st.pos.last_partition = m.partition
-                st.device_id = st.pos.device_id = s.device_id
+                why = _gap_reason(verdict, old_seq, s.seq)
+                if why is not None:
+                    gap_notes.append(GapNote("hr", s.patient_id, st.device_id, why, m.partition,
+                                             old_offset, m.offset, old_seq, s.seq))
+                st.pos.advance(s.seq, s.ts_ms, 0.0, m.offset, m.partition, s.device_id,
+                               verdict.kind in _NEW_RUN)
+                st.device_id = s.device_id
                 usable = s.quality is None or s.quality >= min_quality
                 if usable:
                     st.rr_ms = (st.rr_ms + list(s.rr_ms))[-self.history:]
@@ -722,7 +748,7 @@ class HRPipeline:
                 if self.af is not None and usable and len(st.rr_ms) >= self.af.window_beats:
                     af_due.append((len(items), st.rr_ms[-self.af.window_beats:]))
                 out[s.patient_id] = st
-                items.append((st, s, win))
+                items.append((st, s, win, verdict.events))
                 valid += 1
             except Exception as exc:  # invalid input or a bug: keep the message, go on
                 dead.append(DeadLetter.from_error("hr", exc, m))
@@ -730,7 +756,7 @@ class HRPipeline:
         # One model call for every due window of every patient in this batch.
         scores: dict[int, float] = {}
         thr: float | None = None
-        windows = [(i, w) for i, (_, _, w) in enumerate(items) if w is not None]
+        windows = [(i, w) for i, (_, _, w, _) in enumerate(items) if w is not None]
         if self.scorer is not None and windows:
             x = np.concatenate([self.scorer.make_window(w) for _, w in windows])
             sc = np.asarray(self.scorer.detector.score(x), dtype=np.float64)
@@ -747,12 +773,17 @@ class HRPipeline:
         obs: list[HRObservation] = []
         alerts: list[AlertEvent] = []
         now = self.clock_ms()
-        for i, (st, s, _) in enumerate(items):
-            o = HRObservation(st.patient_id, s.device_id, s.ts_ms, s.hr_bpm, s.rr_ms, s.quality,
+        for i, (st, smp, _, clock) in enumerate(items):
+            for c in clock:
+                ev, st.policy = self.policy.on_observation(st.policy, c)
+                alerts.extend(replace(a, produced_wall_ms=now) for a in ev)
+            if smp is None:
+                continue
+            o = HRObservation(st.patient_id, smp.device_id, smp.ts_ms, smp.hr_bpm, smp.rr_ms, smp.quality,
                               scores.get(i), thr if i in scores else None,
                               af_p.get(i), af_thr if i in af_p else None)
             obs.append(o)
             ev, st.policy = self.policy.on_hr(st.policy, o)
             alerts.extend(replace(a, produced_wall_ms=now) for a in ev)
         return HRBatchResult(obs, alerts, dead, out, valid, redelivered, gap_notes, len(scores),
-                             len(af_p))
+                             len(af_p), clock_events)

@@ -44,13 +44,15 @@ condition                      priority    rule
                                            for ``noisy_s``
 ``no_data``                    medium      technical: (tick) event time has not advanced for
                                            ``no_data_s`` of wall time
+``device_clock``               low         technical: >= ``events`` device restarts, clock jumps or
+                                           timestamps set aside within ``window_s``
 =============================  ==========  ==========================================================
 
 Heart-rate limits are clinician limits: they apply beside the models, whatever the model
 scores; ``hr_limits`` holds the defaults and ``patient_limits`` overrides them per patient.
 
 Dispatch: an observation (scored beat, heart-rate observation, chunk quality, stream gap,
-tick, or a type added later) updates the patient's shared stream facts, clears an open
+device clock event, tick, or a type added later) updates the patient's shared stream facts, clears an open
 ``no_data`` if it is data, then goes to the conditions that consume its type in registry
 order; the events it produces come out in that order. After a beat, heart-rate or
 quality observation, open alerts of its conditions that have been absent long enough
@@ -71,6 +73,12 @@ that subsumes it is open.
 
 Alert ids are ``f"{patient_id}:{condition}:{onset_ts_ms}"``: a replay of the same input
 after a crash produces the same ids.
+
+Device clocks: when the stream core re-anchors a patient's time base (a device clock
+jump, :class:`~streaming.events.DeviceClockEvent` with ``shift_ms``), every event time
+the state holds moves with it and every condition state starts afresh, so no pause,
+run or sustained rate is inferred across the jump and onsets after it are in the new
+time.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ from streaming.events import (
     AlertAction,
     AlertEvent,
     Category,
+    DeviceClockEvent,
     HRObservation,
     Priority,
     QualityObservation,
@@ -131,7 +140,7 @@ STATE_VERSION = 2
 #: Condition name -> category. Priorities are decided per finding (see module docstring).
 CONDITIONS: dict[str, Category] = {c.name: c.category for c in REGISTRY}
 #: Conditions raised from the heart-rate stream.
-HR_CONDITIONS: tuple[str, ...] = tuple(c.name for c in REGISTRY if HRObservation in c.consumes)
+HR_CONDITIONS: tuple[str, ...] = tuple(c.name for c in REGISTRY if c.derived_from == "hr")
 
 # JSON has no infinity: "never update" is a large finite sentinel
 _NEVER = 1e300
@@ -534,6 +543,9 @@ _SHARED_FIELDS = tuple((f.name, f.default) for f in fields(PatientPolicyState)
                        if f.name not in ("patient_id", "conditions", "open_alerts",
                                          "cleared_at_ts_ms"))
 _ALERT_FIELDS = tuple(f.name for f in fields(OpenAlert))
+#: The stream facts that are event times (moved by a device clock re-anchor).
+_TIME_FACTS = ("last_event_ts_ms", "ecg_ts_ms", "beats_complete_ts_ms", "last_beat_ts_ms",
+               "unusable_until_ts_ms", "last_hr_ts_ms")
 
 
 class _StateCodec:
@@ -655,7 +667,8 @@ class AlertPolicy:
         self._codecs = {c.name: _StateCodec(c.state_type) for c in conds}
         self._intakes: dict[type[Any], Callable[[_Call, Any], None]] = {
             ScoredBeat: self._beat, HRObservation: self._hr, QualityObservation: self._quality,
-            Tick: self._tick, StreamGap: self._gap}
+            Tick: self._tick, StreamGap: self._gap, DeviceClockEvent: self._clock}
+        self._reset_on_rebase = tuple(c for c in conds if not c.kept_on_rebase)
 
     # ------------------------------------------------------------------ public API
     def initial_state(self, patient_id: str) -> PatientPolicyState:
@@ -869,6 +882,31 @@ class AlertPolicy:
         st = call.st
         st.unusable_until_ts_ms = _max(st.unusable_until_ts_ms, gap.end_ts_ms)
         self._dispatch(call, StreamGap, gap, gap.end_ts_ms, ("ecg",), sweep=False)
+
+    def _clock(self, call: _Call, ev: DeviceClockEvent) -> None:
+        """A device restart or clock event. A re-anchor (``shift_ms``) moves every event
+        time the state holds into the device's new time base, so durations (hysteresis,
+        cooldown, absence) keep their length across it and nothing is suppressed or
+        cleared by the jump itself; condition states start afresh (no run, pause or
+        sustained rate is stitched across a jump). Open alerts keep their onset (their
+        id names it)."""
+        self._check_patient(call.st, ev.patient_id)
+        st, d = call.st, ev.shift_ms
+        if d:
+            for name in _TIME_FACTS:
+                v = getattr(st, name)
+                if v is not None:
+                    setattr(st, name, v + d)
+            st.open_alerts = {
+                k: replace(r, last_present_ts_ms=r.last_present_ts_ms + d,
+                           last_emit_ts_ms=r.last_emit_ts_ms + d)
+                for k, r in st.open_alerts.items()}
+            st.cleared_at_ts_ms = {k: v + d for k, v in st.cleared_at_ts_ms.items()}
+            for c in self._reset_on_rebase:
+                st.conditions[c.name] = c.new_state()
+                call.owned.add(c.name)
+        st.device_id = ev.device_id
+        self._dispatch(call, DeviceClockEvent, ev, ev.ts_ms, (), sweep=True)
 
     def _tick(self, call: _Call, tick: Tick) -> None:
         st = call.st

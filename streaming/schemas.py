@@ -16,8 +16,8 @@ Heart-rate sample (``cardiowatch.hr/1``, same key)::
      "rr_ms": [830.0, 845.0], "quality": 0.97}
 
 ``rr_ms`` (beat-to-beat intervals ending in this sample's second) and ``quality``
-(0..1) are optional. Stateless checks live here; stream checks (duplicate or gapped
-sequence numbers, time going backwards) live in :mod:`streaming.pipeline`.
+(0..1) are optional. Stateless checks live here; stream checks (redelivered, duplicate
+or gapped sequence numbers, restarts, clock jumps) live in :mod:`streaming.position`.
 """
 
 from __future__ import annotations

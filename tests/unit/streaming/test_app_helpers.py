@@ -97,3 +97,24 @@ def test_retry_or_stop_stops_the_process_when_the_step_keeps_failing(monkeypatch
     with pytest.raises(SystemExit) as e:
         asyncio.run(app_mod.retry_or_stop(step, "step", "a restart replays it", attempts=4))
     assert e.value.code == 70
+
+
+def test_clock_events_are_counted_by_stream_and_direction_and_logged(caplog):
+    from prometheus_client import CollectorRegistry
+
+    from streaming.app import count_clock_events
+    from streaming.events import DeviceClockEvent
+    from streaming.metrics import WorkerMetrics
+
+    m = WorkerMetrics(CollectorRegistry())
+    evs = [DeviceClockEvent("p-1", "d", T0, "restart", "none", 0, 59, T0, 1, T0),
+           DeviceClockEvent("p-1", "d", T0, "jump", "backward", -120_000, 60, T0, 61, T0 - 120_000),
+           DeviceClockEvent("p-1", "d", T0, "glitch", "forward", 0, 59, T0, 60, T0 + 3_600_000),
+           DeviceClockEvent("p-1", "d", T0, "restart", "backward", -5000, 9, T0, 0, T0 - 5000)]
+    with caplog.at_level("WARNING"):
+        count_clock_events(m, "ecg", evs)
+    get = m.registry.get_sample_value
+    assert get("cardiowatch_device_restarts_total", {"stream": "ecg"}) == 2
+    assert get("cardiowatch_device_clock_jumps_total", {"stream": "ecg", "direction": "backward"}) == 2
+    assert get("cardiowatch_device_clock_jumps_total", {"stream": "ecg", "direction": "forward"}) == 1
+    assert "patient p-1 device d" in caplog.text and "seq 60 -> 61" in caplog.text

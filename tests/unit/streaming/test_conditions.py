@@ -58,7 +58,8 @@ def test_registry_names_match_the_public_tables() -> None:
         "tachycardia": "physiological", "bradycardia": "physiological",
         "frequent_ectopy": "physiological", "atrial_fibrillation": "physiological",
         "anomalous_beats": "physiological", "lead_off": "technical",
-        "signal_noisy": "technical", "no_data": "technical"}
+        "signal_noisy": "technical", "no_data": "technical",
+        "device_clock": "technical"}
     assert HR_CONDITIONS == ("tachycardia", "bradycardia", "atrial_fibrillation")
     for c in REGISTRY:
         assert c.settings_type.section == c.name
