@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from models.errors import CardiowatchError
 from models.trees import TreeEnsemble
 
 __all__ = [
@@ -119,7 +120,7 @@ def _feature_names() -> tuple[str, ...]:
 FEATURES: tuple[str, ...] = _feature_names()
 
 
-class AFError(ValueError):
+class AFError(CardiowatchError, ValueError):
     """Bad input to the AF stage (window shape, values, detector file or settings)."""
 
 
