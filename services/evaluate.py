@@ -62,8 +62,9 @@ class RecordRef:
 
 def discover_records(folders: Sequence[Path], annotation: str = "atr",
                      names: Sequence[str] | None = None) -> list[RecordRef]:
-    """The records of ``folders``, pooled: headers with signals, and annotation-only records
-    (a ``.{annotation}`` file with a 0-signal header or none). Names that occur in more
+    """The annotated records of ``folders``, pooled: a ``.{annotation}`` file with a signal
+    header, a 0-signal header or none (annotation-only records). Records without it are
+    left out: nothing could say whether their detections and alerts are true. Names that occur in more
     than one folder are prefixed by their folder (``mitdb/100``). ``names`` keeps only
     those records (bare or prefixed names)."""
     found: list[tuple[Path, str, bool]] = []
@@ -71,9 +72,10 @@ def discover_records(folders: Sequence[Path], annotation: str = "atr",
         folder = Path(folder)
         stems = sorted(set(list_records(folder)) | set(list_annotated(folder, annotation)))
         for stem in stems:
-            sig = has_signal(folder, stem)
-            if sig or (folder / f"{stem}.{annotation}").is_file():
-                found.append((folder, stem, sig))
+            # a record without reference annotations has no truth to judge detections
+            # or alerts against (qtdb's unlabelled excerpts, nstdb's noise records)
+            if (folder / f"{stem}.{annotation}").is_file():
+                found.append((folder, stem, has_signal(folder, stem)))
     counts: dict[str, int] = {}
     for _, stem, _ in found:
         counts[stem] = counts.get(stem, 0) + 1

@@ -60,10 +60,13 @@ def test_discover_pools_folders_and_prefixes_clashing_names(tmp_path):
         write_wfdb(synth_ecg(20, 250, seed=1), tmp_path / sub, "s1")
     write_wfdb(synth_ecg(20, 250, seed=2), tmp_path / "b", "s2")
     _annotation_only(tmp_path / "b", "nsr9", np.full(10, 1.0), ["N"] * 10, header=True)
-    refs = discover_records([tmp_path / "a", tmp_path / "b"], annotation="ecg")
-    assert [(r.key, r.has_signal) for r in refs] == [("a/s1", True), ("nsr9", False), ("b/s1", True),
-                                                     ("s2", True)]
-    assert [r.key for r in discover_records([tmp_path / "a", tmp_path / "b"], "ecg", ["s2", "a/s1"])] == \
+    write_wfdb(synth_ecg(20, 250, seed=3), tmp_path / "b", "s3")
+    (tmp_path / "b" / "s3.atr").unlink()  # a signal without reference beats cannot be judged
+    refs = discover_records([tmp_path / "a", tmp_path / "b"], annotation="atr")
+    assert [(r.key, r.has_signal) for r in refs] == [("a/s1", True), ("b/s1", True), ("s2", True)]
+    assert [(r.key, r.has_signal) for r in discover_records([tmp_path / "a", tmp_path / "b"], "ecg")] == \
+        [("nsr9", False)]
+    assert [r.key for r in discover_records([tmp_path / "a", tmp_path / "b"], "atr", ["s2", "a/s1"])] == \
         ["a/s1", "s2"]
     with pytest.raises(ValueError, match="unknown"):
         discover_records([tmp_path / "a"], "atr", ["nope"])
