@@ -575,19 +575,29 @@ def write_bundle(
         )
         doc = meta.to_json_dict()
         BundleMeta.from_json_dict(doc, source=f"{out / META_FILE} (as written)")  # the reader accepts what we write
-        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        for fp in tmp.iterdir():
-            os.chmod(fp, 0o644)
-        _swap_into_place(tmp, out)
+        _write_meta(tmp, doc)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_meta(tmp: Path, doc: dict[str, Any]) -> None:
+    """Write ``bundle.json`` into the temp folder, flushed to disk."""
+    with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=False, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Open the temp folder's permissions (mkdtemp creates 0700) and swap it into ``out``."""
+    os.chmod(tmp, 0o755)
+    for fp in tmp.iterdir():
+        os.chmod(fp, 0o644)
+    _swap_into_place(tmp, out)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -660,16 +670,9 @@ def update_extras(bundle_dir: str | Path, files: Mapping[str, str | Path | bytes
                 shutil.copyfile(src, tmp / fname)
         hashes = {name: _sha256_file(tmp / name) for name in sorted(set(meta.files) | set(files))}
         new = replace(meta, files=hashes, extra=extra_doc)
-        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
-            json.dump(new.to_json_dict(), fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_meta(tmp, new.to_json_dict())
         checked = read_meta(tmp)  # the reader accepts what we wrote, hashes included
-        os.chmod(tmp, 0o755)
-        for fp in tmp.iterdir():
-            os.chmod(fp, 0o644)
-        _swap_into_place(tmp, out)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
