@@ -192,13 +192,15 @@ class KafkaSecurity:
                                                    f"PEM CA certificate: {exc}") from None
         if self.ssl_certfile is not None:
             try:
+                # "" rather than None: OpenSSL would otherwise ask a terminal for the
+                # password of an encrypted key
                 ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile),
-                                    password=self.ssl_key_password)
+                                    password=self.ssl_key_password or "")
             except (ssl.SSLError, OSError) as exc:
                 raise KafkaSecurityError(
-                    "ssl_keyfile", f"client certificate {str(self.ssl_certfile)!r} with key "
-                                   f"{str(self.ssl_keyfile)!r} cannot be loaded (wrong file, key that "
-                                   f"does not match, or wrong ssl_key_password): {exc}") from None
+                    "ssl_keyfile", f"ssl_certfile {str(self.ssl_certfile)!r} with ssl_keyfile "
+                                   f"{str(self.ssl_keyfile)!r} cannot be loaded (not PEM, a key that "
+                                   f"is not the certificate's, or a wrong ssl_key_password): {exc}") from None
         return ctx
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
