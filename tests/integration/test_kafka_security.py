@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import KAFKA_SH, LocalBroker
+from services.broker import LocalBroker
 from services.settings import REPO_ROOT, KafkaSettings, Topics
 from streaming.kafka_security import (
     KafkaAuthError,
@@ -55,11 +55,31 @@ def secure_broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture(scope="module")
 def foreign_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA file of another, unrelated CA (made by the same ``kafka.sh certs``)."""
-    d = tmp_path_factory.mktemp("foreign-ca")
-    subprocess.run(["bash", str(KAFKA_SH), "certs", "--dir", str(d / "tls")], check=True,
-                   capture_output=True, timeout=60)
-    return d / "tls" / "ca.pem"
+    """The CA that docker-compose.secure.yml's ``compose-certs.sh`` makes (keytool only):
+    a real CA, unrelated to the secure broker's."""
+    d = tmp_path_factory.mktemp("compose-certs")
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "kafka" / "compose-certs.sh"), str(d / "broker"),
+                    str(d / "client")], check=True, capture_output=True, timeout=120)
+    return d / "client" / "ca.pem"
+
+
+def test_compose_certs_make_a_broker_chain_for_host_kafka(foreign_ca: Path) -> None:
+    broker = foreign_ca.parent.parent / "broker"
+    pw = (broker / "keystore.password").read_text()
+    cert = subprocess.run(["keytool", "-exportcert", "-rfc", "-alias", "broker", "-keystore",
+                           str(broker / "broker.p12"), "-storepass", pw], check=True, capture_output=True,
+                          text=True, timeout=60).stdout
+    (broker / "broker.pem").write_text(cert)
+    v = subprocess.run(["openssl", "verify", "-CAfile", str(foreign_ca), "-purpose", "sslserver",
+                        str(broker / "broker.pem")], capture_output=True, text=True, timeout=30)
+    assert v.returncode == 0, v.stdout + v.stderr
+    san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(broker / "broker.pem")],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    assert "DNS:kafka" in san and "IP Address:127.0.0.1" in san
+    assert KafkaSecurity(protocol="SSL", ssl_cafile=foreign_ca).ssl_context is not None
+    assert "password=" in (broker / "kafka_server_jaas.conf").read_text()
+    assert oct((foreign_ca.parent / "client.password").stat().st_mode & 0o777) == "0o644"
+    assert oct((broker / "admin.password").stat().st_mode & 0o777) == "0o600"
 
 
 def _probe(bootstrap: str, sec: KafkaSecurity) -> tuple[str | BaseException, float]:
@@ -177,6 +197,7 @@ def test_worker_and_simulator_refuse_to_start_with_a_named_cause(secure_broker: 
         assert expected in out, (argv, out[-3000:])
         assert "Traceback" not in out, (argv, out[-3000:])
         assert took < FAIL_FAST_S, (argv, took)
+        print(f"{argv[0]} ({fault}, {took:.1f} s): {out.strip().splitlines()[-1]}")
 
 
 def test_worker_end_to_end_over_sasl_ssl(secure_broker: LocalBroker, tmp_path: Path) -> None:
