@@ -504,7 +504,7 @@ main() {
         status) cmd_status "$@" ;;
         create-topics) cmd_create_topics "$@" ;;
         _watchdog) cmd_watchdog "$@" ;;
-        -h|--help|help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//' ;;
+        -h|--help|help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//' ;;
         *) die "unknown command '$cmd' (expected fetch, start, stop, status, create-topics, certs)" ;;
     esac
 }
