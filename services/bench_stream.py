@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from services.broker import LocalBroker, free_port
-from services.settings import DEFAULT_MODEL_DIR, KAFKA_SECURITY_KEYS, REPO_ROOT, KafkaSettings, Topics
+from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topics, without_kafka_security
 from services.simulator import Simulation, Wearable, make_producer, patient_ids, slot_offset_ms
 from streaming.kafka_security import KafkaSecurity
 
@@ -204,7 +204,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
             say("starting local broker")
             broker = LocalBroker(partitions=partitions, data_dir=work / "broker").start()
             bootstrap = broker.bootstrap
-            base_env = {k: v for k, v in base_env.items() if k not in KAFKA_SECURITY_KEYS.values()}
+            base_env = without_kafka_security(base_env)
         say("measuring the model-only ceiling")
         ceiling = model_ceiling(model_dir, runtime)
         say(f"model-only ceiling: {ceiling:.0f} beats/s")

@@ -20,6 +20,7 @@ __all__ = [
     "Topics",
     "KafkaSettings",
     "kafka_security_from_env",
+    "without_kafka_security",
     "KAFKA_SECURITY_KEYS",
     "WorkerSettings",
     "DispatcherSettings",
@@ -123,6 +124,13 @@ def _keys_named(message: str) -> str:
     """``message`` with the KafkaSecurity field names replaced by their setting keys."""
     return re.sub(r"\b(" + "|".join(KAFKA_SECURITY_KEYS) + r")\b",
                   lambda m: KAFKA_SECURITY_KEYS[m.group(1)], message)
+
+
+def without_kafka_security(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less every Kafka security setting: the environment of a child process
+    that talks to a plaintext broker of its parent's own (demo, bench)."""
+    drop = {*KAFKA_SECURITY_KEYS.values(), _SASL_PASSWORD_FILE}
+    return {k: v for k, v in env.items() if k not in drop}
 
 
 def kafka_security_from_env(env: Mapping[str, str]) -> KafkaSecurity:

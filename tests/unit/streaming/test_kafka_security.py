@@ -178,3 +178,14 @@ def test_encrypted_client_key_needs_its_password(tls: Path, tmp_path: Path) -> N
         kafka_security_from_env({**env, f"{P}SSL_KEY_PASSWORD": "wrong"})
     with pytest.raises(SettingsError, match=f"{P}SSL_KEYFILE"):  # refused, never a password prompt
         kafka_security_from_env(env)
+
+
+def test_child_environment_without_kafka_security(tls: Path, tmp_path: Path) -> None:
+    from services.settings import without_kafka_security
+
+    pw = tmp_path / "pw"
+    pw.write_text("x")
+    env = {**_sasl_ssl(tls), f"{P}SASL_PASSWORD_FILE": str(pw), "CARDIOWATCH_BOOTSTRAP": "h:1", "PATH": "/bin"}
+    child = without_kafka_security(env)
+    assert child == {"CARDIOWATCH_BOOTSTRAP": "h:1", "PATH": "/bin"}
+    assert KafkaSettings.from_env(child).security == KafkaSecurity()
