@@ -15,6 +15,10 @@ the lowest layer (``models``) so that every layer can derive from it::
     ├── InvalidMessage                streaming.errors: a message rejected at the boundary
     │   └── MalformedMessage, FieldError, ValueOutOfRange, SequenceError
     ├── PolicyConfigError, PolicyStateError      streaming.errors (also ValueError)
+    ├── KafkaSecurityError            streaming.kafka_security: half-configured TLS/SASL (also ValueError)
+    ├── KafkaConnectError             streaming.kafka_security: start-up probe failed (also ConnectionError)
+    │   ├── KafkaTLSError             untrusted broker certificate, refused handshake
+    │   └── KafkaAuthError            SASL mechanism or credentials rejected
     ├── SettingsError                 services.settings (also ValueError)
     ├── RoutingConfigError            services.routing (also ValueError)
     ├── TokenFileError                services.ack_api (also ValueError)

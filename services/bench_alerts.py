@@ -47,6 +47,7 @@ from services.receiver import Arrival, WebhookReceiver
 from services.routing import parse_routing
 from services.settings import DispatcherSettings, KafkaSettings, Topics
 from streaming.events import AlertEvent
+from streaming.kafka_security import KafkaSecurity
 from streaming.metrics import DispatcherMetrics
 
 __all__ = ["LATENCY_TARGET_P99_MS", "bench", "main"]
@@ -158,7 +159,7 @@ async def _saturated(producer: Any, topic: str, rec: WebhookReceiver, n_alerts: 
 
 async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
                 create_topics: Any, *, rate_per_s: float = 50.0, duration_s: float = 20.0,
-                warmup_s: float = 2.0) -> dict[str, Any]:
+                warmup_s: float = 2.0, security: KafkaSecurity | None = None) -> dict[str, Any]:
     """Run both phases against ``bootstrap``; ``create_topics(names, partitions)`` makes topics.
 
     Parameters
@@ -179,8 +180,12 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
         Length of the measured steady phase (0 skips it).
     warmup_s : float
         Unmeasured steady traffic first (connections, fetch sessions).
+    security : KafkaSecurity, optional
+        How the producer and the dispatchers connect (default plaintext).
     """
     from aiokafka import AIOKafkaProducer
+
+    security = security or KafkaSecurity()
 
     prefix = f"bench.{uuid.uuid4().hex[:8]}"
     d = Topics()
@@ -198,7 +203,7 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
             "primary": {"url": rec.url, "secret": secret, "timeout_s": 10}}}}}})
 
         async def start_dispatcher(t: Topics, group: str) -> tuple[asyncio.Event, Any, float]:
-            settings = DispatcherSettings(KafkaSettings(bootstrap=bootstrap, topics=t),
+            settings = DispatcherSettings(KafkaSettings(bootstrap=bootstrap, topics=t, security=security),
                                           routing_file=Path("<bench>"), group_id=group)
             stop, ready = asyncio.Event(), asyncio.Event()
             task = asyncio.create_task(run_dispatcher(
@@ -209,7 +214,8 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
             _progress(f"dispatcher ready on {t.alerts}")
             return stop, task, time.time()
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                    **security.aiokafka_kwargs())
         await producer.start()
         try:
             if duration_s > 0:
@@ -258,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--rate must be > 0, got {a.rate}")
     if a.alerts == 0 and a.duration_s == 0:
         p.error("nothing to measure: --alerts 0 and --duration-s 0")
+    security = KafkaSecurity()
     if a.bootstrap:
         broker = None
         bootstrap = a.bootstrap
+        security = KafkaSettings.from_env().security  # CARDIOWATCH_KAFKA_* for a given broker
         from services.broker import create_topics as _create
 
         def create(names: list[str], parts: int) -> None:
-            _create(bootstrap, names, parts)
+            _create(bootstrap, names, parts, security=security)
     else:
         _progress("starting a local Kafka broker")
         broker = LocalBroker(partitions=a.partitions).start()
@@ -272,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         create = broker.create_topics  # type: ignore[assignment]
     try:
         result = asyncio.run(bench(bootstrap, a.alerts, a.patients, a.partitions, create,
-                                   rate_per_s=a.rate, duration_s=a.duration_s, warmup_s=a.warmup_s))
+                                   rate_per_s=a.rate, duration_s=a.duration_s, warmup_s=a.warmup_s,
+                                   security=security))
     finally:
         if broker is not None:
             broker.stop()

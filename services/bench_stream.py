@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from services.broker import LocalBroker, free_port
-from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, Topics
+from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topics, without_kafka_security
 from services.simulator import Simulation, Wearable, make_producer, patient_ids, slot_offset_ms
+from streaming.kafka_security import KafkaSecurity
 
 __all__ = ["main", "model_ceiling"]
 
@@ -159,13 +160,13 @@ def _scrape(port: int) -> dict[str, float]:
 class _ScoreReader(threading.Thread):
     """Reads the scores topic and records (score broker timestamp - R peak time)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity) -> None:
         super().__init__(daemon=True)
         from kafka import KafkaConsumer
 
         self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
                                       enable_auto_commit=False, group_id=None,
-                                      consumer_timeout_ms=500)
+                                      consumer_timeout_ms=500, **security.kafka_python_kwargs())
         self.latencies: list[tuple[float, float]] = []  # (receive wall s, latency s)
         self.ids: set[str] = set()
         self.stop_flag = False
@@ -194,16 +195,21 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
     work = Path(tempfile.mkdtemp(prefix="cardiowatch-bench-"))
     broker = None
     worker = None
+    # A given broker: CARDIOWATCH_KAFKA_* say how to reach it (the worker reads the same).
+    # The local one is plaintext, so those settings are dropped for it.
+    base_env = dict(os.environ)
+    security = KafkaSettings.from_env().security if bootstrap is not None else KafkaSecurity()
     try:
         if bootstrap is None:
             say("starting local broker")
             broker = LocalBroker(partitions=partitions, data_dir=work / "broker").start()
             bootstrap = broker.bootstrap
+            base_env = without_kafka_security(base_env)
         say("measuring the model-only ceiling")
         ceiling = model_ceiling(model_dir, runtime)
         say(f"model-only ceiling: {ceiling:.0f} beats/s")
         wport = free_port()
-        env = dict(os.environ, CARDIOWATCH_BOOTSTRAP=bootstrap, CARDIOWATCH_PARTITIONS=str(partitions),
+        env = dict(base_env, CARDIOWATCH_BOOTSTRAP=bootstrap, CARDIOWATCH_PARTITIONS=str(partitions),
                    CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
                    CARDIOWATCH_APP_ID=f"bench-{os.getpid()}-{int(time.time())}",
                    CARDIOWATCH_MODEL_DIR=str(model_dir), CARDIOWATCH_RUNTIME=runtime)
@@ -220,7 +226,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
                     raise RuntimeError("worker did not start:\n" + (work / "worker.log").read_text()[-3000:])
                 time.sleep(0.5)
         time.sleep(3.0)
-        reader = _ScoreReader(bootstrap, Topics().scores)
+        reader = _ScoreReader(bootstrap, Topics().scores, security)
         reader.start()
         templates = [_Template(seed, 300) for seed in range(min(patients, 20))]
         start_ms = int(time.time() * 1000)
@@ -229,7 +235,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms + slot_offset_ms(i),
                                    (i * 37) % 300)
                      for i, pid in enumerate(patient_ids(patients))]
-        sim = Simulation(wearables, make_producer(bootstrap), Topics().ecg, Topics().hr,
+        sim = Simulation(wearables, make_producer(bootstrap, security), Topics().ecg, Topics().hr,
                          start_ms=start_ms)
         total_s = warmup_s + seconds
         say(f"streaming {patients} patients for {total_s:.0f} s ({warmup_s:.0f} s warm-up)")

@@ -31,7 +31,8 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.errors import CardiowatchError
-from services.settings import REPO_ROOT, KafkaSettings, SettingsError, Topics
+from services.settings import REPO_ROOT, KafkaSettings, SettingsError, Topics, kafka_security_from_env
+from streaming.kafka_security import KafkaSecurity
 
 __all__ = [
     "BrokerError",
@@ -92,13 +93,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _admin(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
+def _admin(bootstrap: str, timeout_s: float, security: KafkaSecurity | None = None) -> KafkaAdminClient:
     timeout_ms = max(int(timeout_s * 1000), 500)
     return KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="cardiowatch-broker-admin",
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=max(timeout_ms, 5000),
+        **(security or KafkaSecurity()).kafka_python_kwargs(),
     )
 
 
@@ -107,6 +109,7 @@ def wait_ready(
     timeout_s: float = 90.0,
     pid: int | None = None,
     log_files: Sequence[Path] = (),
+    security: KafkaSecurity | None = None,
 ) -> float:
     """Block until the broker at ``bootstrap`` answers a kafka-python admin call.
 
@@ -120,6 +123,8 @@ def wait_ready(
         The broker's process id; if that process exits, fail at once instead of waiting.
     log_files : sequence of Path
         Logs whose tail goes into the error message.
+    security : KafkaSecurity, optional
+        How to connect (default plaintext).
 
     Returns
     -------
@@ -155,7 +160,7 @@ def wait_ready(
             time.sleep(min(0.2, max(remaining, 0)))
             continue
         try:
-            admin = _admin(bootstrap, min(5.0, max(remaining, 0.5)))
+            admin = _admin(bootstrap, min(5.0, max(remaining, 0.5)), security)
             try:
                 brokers = admin.describe_cluster().get("brokers", [])
             finally:
@@ -163,7 +168,7 @@ def wait_ready(
             if brokers:
                 return time.monotonic() - t0
             last_error = "metadata lists no brokers yet"
-        except KafkaError as exc:
+        except (KafkaError, OSError) as exc:  # OSError: a TLS handshake the broker is not ready for
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(0.2)
     raise BrokerError(
@@ -176,6 +181,7 @@ def create_topics(
     names: Iterable[str],
     partitions: int = 8,
     timeout_s: float = 30.0,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create topics that do not exist yet (replication factor 1); idempotent.
 
@@ -189,6 +195,8 @@ def create_topics(
         Partitions of each new topic, in [1, 1024]. Existing topics are left as they are.
     timeout_s : float
         Admin request timeout.
+    security : KafkaSecurity, optional
+        How to connect (default plaintext).
 
     Returns
     -------
@@ -208,7 +216,7 @@ def create_topics(
     for name in wanted:
         if not name or not name.strip():
             raise ValueError(f"topic names must be non-empty, got {name!r}")
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]
@@ -234,10 +242,11 @@ def create_topics(
     return created
 
 
-def topic_partitions(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> dict[str, int]:
+def topic_partitions(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0,
+                     security: KafkaSecurity | None = None) -> dict[str, int]:
     """Return ``{topic: partition count}`` for the named topics that exist."""
     wanted = list(names)
-    admin = _admin(bootstrap, timeout_s)
+    admin = _admin(bootstrap, timeout_s, security)
     try:
         existing = set(admin.list_topics())
         present = [n for n in wanted if n in existing]
@@ -277,6 +286,13 @@ class LocalBroker:
         Topic names to create on start (default ``Topics()``).
     ready_timeout_s : float
         How long :meth:`start` waits for the broker to answer.
+    secure : bool
+        Start a SASL_SSL broker (``kafka.sh start --security sasl_ssl``): TLS made at
+        start-up, SCRAM users ``cardiowatch`` and ``admin``. :attr:`security` and
+        :attr:`client_env` then say how to connect.
+    mtls : bool
+        With ``secure``: also an SSL listener that requires a client certificate
+        (:attr:`mtls_bootstrap`).
 
     Examples
     --------
@@ -293,6 +309,8 @@ class LocalBroker:
         *,
         topics: Topics | None = None,
         ready_timeout_s: float = 120.0,
+        secure: bool = False,
+        mtls: bool = False,
     ) -> None:
         if port is not None and not 1 <= port <= 65535:
             raise ValueError(f"port must be in [1, 65535], got {port}")
@@ -300,6 +318,10 @@ class LocalBroker:
             raise ValueError(f"partitions must be in [1, {_MAX_PARTITIONS}], got {partitions}")
         if ready_timeout_s <= 0:
             raise ValueError(f"ready_timeout_s must be > 0, got {ready_timeout_s}")
+        if mtls and not secure:
+            raise ValueError("mtls=True needs secure=True")
+        self.secure, self.mtls = secure, mtls
+        self._mtls_port: int | None = None
         self._requested_port = port
         self._port: int | None = None
         self._owns_data_dir = data_dir is None
@@ -324,6 +346,45 @@ class LocalBroker:
         if self._port is None:
             raise BrokerError("LocalBroker is not started; call start() first")
         return self._port
+
+    # -- security (secure=True) ---------------------------------------------------------
+    def _env_file(self, name: str) -> dict[str, str]:
+        if not self.secure:
+            return {}
+        if self._data_dir is None or self._port is None:
+            raise BrokerError("LocalBroker is not started; call start() first")
+        lines = (self._data_dir / name).read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """``CARDIOWATCH_KAFKA_*`` settings of the SCRAM user ``cardiowatch`` (empty for a
+        plaintext broker): put them in a service's environment."""
+        return self._env_file("client.env")
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """How the services connect: :attr:`client_env` as a :class:`KafkaSecurity`."""
+        return kafka_security_from_env(self.client_env)
+
+    @property
+    def admin_security(self) -> KafkaSecurity:
+        """The SCRAM user ``admin`` (topic creation), or plaintext."""
+        return kafka_security_from_env(self._env_file("admin.env"))
+
+    @property
+    def tls_dir(self) -> Path:
+        """Folder of ``ca.pem``, ``client.pem`` and ``client.key`` (secure brokers)."""
+        if not self.secure or self._data_dir is None:
+            raise BrokerError("only a started LocalBroker(secure=True) has TLS material")
+        return self._data_dir / "tls"
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        """``"127.0.0.1:PORT"`` of the listener that requires a client certificate."""
+        if self._mtls_port is None:
+            raise BrokerError("no mTLS listener: start LocalBroker(secure=True, mtls=True)")
+        return f"127.0.0.1:{self._mtls_port}"
 
     @property
     def data_dir(self) -> Path | None:
@@ -376,14 +437,18 @@ class LocalBroker:
         error = ""
         for _ in range(attempts):
             port = self._requested_port or free_port()
+            extra = ["--security", "sasl_ssl"] if self.secure else []
+            mtls_port = free_port() if self.mtls else None
+            if mtls_port is not None:
+                extra += ["--mtls-port", str(mtls_port)]
             t0 = time.monotonic()
             result = _run_script(
                 ["start", "--port", str(port), "--data-dir", str(self._data_dir),
-                 "--timeout-s", str(int(self.ready_timeout_s)), "--owner-pid", str(os.getpid())],
+                 "--timeout-s", str(int(self.ready_timeout_s)), "--owner-pid", str(os.getpid()), *extra],
                 self.ready_timeout_s + 60)
             if result.returncode == 0:
                 self.start_to_ready_s = time.monotonic() - t0
-                self._port = port
+                self._port, self._mtls_port = port, mtls_port
                 self._pid = self.pid
                 break
             error = result.stderr.strip()
@@ -402,7 +467,8 @@ class LocalBroker:
     def create_topics(self, names: Iterable[str], partitions: int | None = None) -> list[str]:
         """Create the named topics on this broker if missing; see :func:`create_topics`."""
         return create_topics(self.bootstrap, names,
-                             self.partitions if partitions is None else partitions)
+                             self.partitions if partitions is None else partitions,
+                             security=self.admin_security)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``); idempotent."""
@@ -416,7 +482,7 @@ class LocalBroker:
         if self._pid is not None and _pid_alive(self._pid):
             raise BrokerError(f"broker pid {self._pid} still alive after deploy/kafka.sh stop")
         self._pid = None
-        self._port = None
+        self._port = self._mtls_port = None
         self._cleanup_data_dir()
 
     def _cleanup_data_dir(self) -> None:
@@ -476,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         if args.command == "wait-ready":
-            waited_s = wait_ready(args.bootstrap, args.timeout_s, args.pid, args.log)
+            waited_s = wait_ready(args.bootstrap, args.timeout_s, args.pid, args.log,
+                                  security=kafka_security_from_env(os.environ))
             print(f"broker at {args.bootstrap} ready after {waited_s:.1f} s", file=sys.stderr)
             return 0
         if args.command in ("create-topics", "start"):
@@ -484,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "create-topics":
             bootstrap = args.bootstrap or settings.bootstrap
             partitions = args.partitions or settings.partitions
-            created = create_topics(bootstrap, settings.topics.all(), partitions)
+            created = create_topics(bootstrap, settings.topics.all(), partitions,
+                                    security=settings.security)
             print(f"created {len(created)} topic(s) on {bootstrap}: {', '.join(created) or '-'}",
                   file=sys.stderr)
             return 0

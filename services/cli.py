@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     for width in (2, 1):
         name = " ".join(args[:width])
         if name in COMMANDS:
+            from streaming.kafka_security import KafkaConnectError
+
             module = importlib.import_module(COMMANDS[name][0])
-            rc = module.main(args[width:])
+            try:
+                rc = module.main(args[width:])
+            except KafkaConnectError as exc:  # bad certificate, password, address: say which
+                print(f"cardiowatch {name}: error: cannot use Kafka: {exc}", file=sys.stderr)
+                return 3
             return int(rc or 0)
     groups = {n.split()[0] for n in COMMANDS if " " in n}
     if args[0] in groups:

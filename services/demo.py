@@ -31,7 +31,7 @@ import yaml
 
 from services.broker import LocalBroker, free_port
 from services.receiver import Arrival, WebhookReceiver
-from services.settings import REPO_ROOT, Topics
+from services.settings import REPO_ROOT, Topics, without_kafka_security
 from services.simulator import Simulation, build_wearables, make_producer
 from services.simulator import parse_args as simulator_args
 
@@ -174,7 +174,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         tokens = work / "ack-tokens.yaml"
         tokens.write_text(yaml.safe_dump({secrets.token_urlsafe(24): "demo-nurse"}))
         wport, dport, aport = free_port(), free_port(), free_port()
-        env = dict(os.environ, CARDIOWATCH_BOOTSTRAP=broker.bootstrap, CARDIOWATCH_PARTITIONS="4",
+        # the demo's own broker is plaintext: the shell's Kafka security settings stay out
+        env = dict(without_kafka_security(os.environ), CARDIOWATCH_BOOTSTRAP=broker.bootstrap, CARDIOWATCH_PARTITIONS="4",
                    CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
                    CARDIOWATCH_APP_ID=f"cardiowatch-demo-{secrets.token_hex(3)}",
                    CARDIOWATCH_ROUTING_FILE=str(routing), CARDIOWATCH_ACK_TOKENS_FILE=str(tokens),

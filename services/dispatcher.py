@@ -53,6 +53,7 @@ from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_r
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
 from streaming.events import AlertEvent
+from streaming.kafka_security import KafkaSecurity, check_connection
 from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
 
@@ -621,11 +622,13 @@ def _enqueue(st: _State, item: _Item) -> None:
         st.workers[key] = asyncio.create_task(_worker(st, key), name=f"deliver:{key[:32]!r}")
 
 
-async def open_log_reader(bootstrap: str, topics: list[str],
-                          timeout_s: float = 30.0) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+async def open_log_reader(bootstrap: str, topics: list[str], timeout_s: float = 30.0,
+                          security: KafkaSecurity | None = None,
+                          ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A group-less consumer assigned every partition of ``topics``, at the beginning."""
     c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                         enable_auto_commit=False, auto_offset_reset="earliest")
+                         enable_auto_commit=False, auto_offset_reset="earliest",
+                         **(security or KafkaSecurity()).aiokafka_kwargs())
     await c.start()
     deadline = time.monotonic() + timeout_s
     # without a group the subscription assigns every partition once metadata has arrived
@@ -649,7 +652,8 @@ async def log_behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> boo
 
 async def _rebuild(st: _State, bootstrap: str, opts: DispatchOptions) -> AIOKafkaConsumer:
     """Replay ``alerts`` and ``acks`` into the tracker; return a consumer tailing ``acks``."""
-    c, tps = await open_log_reader(bootstrap, [st.topics.alerts, st.topics.acks], opts.rebuild_timeout_s)
+    c, tps = await open_log_reader(bootstrap, [st.topics.alerts, st.topics.acks], opts.rebuild_timeout_s,
+                                   st.settings.kafka.security)
     end = await c.end_offsets(tps)
     # Decoded as they arrive, ECG strips dropped (neither the tracker nor the book keeps
     # them), then replayed in log-time order across the two topics.
@@ -813,13 +817,15 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
     own_poster = AiohttpPoster() if client is None else None
     poster: WebhookPoster = own_poster if own_poster is not None else _as_poster(client)  # type: ignore[arg-type]
-    bootstrap = settings.kafka.bootstrap
+    bootstrap, security = settings.kafka.bootstrap, settings.kafka.security
+    # a bad certificate or password: one error naming it (KafkaConnectError), no retries
+    await check_connection(bootstrap, security, settings.kafka.connect_timeout_s)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2)
+                                linger_ms=2, **security.aiokafka_kwargs())
     await producer.start()
     st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
                 metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
-                fetcher=LogReader(bootstrap),
+                fetcher=LogReader(bootstrap, security=security),
                 breaker=CircuitBreaker(options.breaker_failures, options.breaker_cooldown_s))
     tasks: list[asyncio.Task[None]] = []
     api: AckApi | None = None
@@ -829,7 +835,7 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         acks_consumer = await _rebuild(st, bootstrap, options)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=500)
+            auto_offset_reset="earliest", max_poll_records=500, **security.aiokafka_kwargs())
         consumer.subscribe([st.topics.alerts], listener=_Rebalance(st, consumer))
         await consumer.start()
         if options.serve_ack_api:

@@ -7,16 +7,21 @@ and pass them on explicitly. Every error names the offending key.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import CardiowatchError
+from streaming.kafka_security import KafkaSecurity, KafkaSecurityError
 
 __all__ = [
     "SettingsError",
     "Topics",
     "KafkaSettings",
+    "kafka_security_from_env",
+    "without_kafka_security",
+    "KAFKA_SECURITY_KEYS",
     "WorkerSettings",
     "DispatcherSettings",
     "SimulatorSettings",
@@ -96,11 +101,104 @@ class Topics:
                 self.alerts_deadletter, self.acks]
 
 
+# --- Kafka security (TLS, mutual TLS, SASL) ------------------------------------------
+# KafkaSecurity field -> the setting that fills it; errors from KafkaSecurity name a
+# field and are re-raised here naming the key.
+KAFKA_SECURITY_KEYS: dict[str, str] = {
+    "protocol": "CARDIOWATCH_KAFKA_SECURITY_PROTOCOL",
+    "ssl_cafile": "CARDIOWATCH_KAFKA_SSL_CAFILE",
+    "ssl_certfile": "CARDIOWATCH_KAFKA_SSL_CERTFILE",
+    "ssl_keyfile": "CARDIOWATCH_KAFKA_SSL_KEYFILE",
+    "ssl_key_password": "CARDIOWATCH_KAFKA_SSL_KEY_PASSWORD",
+    "ssl_check_hostname": "CARDIOWATCH_KAFKA_SSL_CHECK_HOSTNAME",
+    "sasl_mechanism": "CARDIOWATCH_KAFKA_SASL_MECHANISM",
+    "sasl_username": "CARDIOWATCH_KAFKA_SASL_USERNAME",
+    "sasl_password": "CARDIOWATCH_KAFKA_SASL_PASSWORD",
+}
+_SASL_PASSWORD_FILE = "CARDIOWATCH_KAFKA_SASL_PASSWORD_FILE"
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def _keys_named(message: str) -> str:
+    """``message`` with the KafkaSecurity field names replaced by their setting keys."""
+    return re.sub(r"\b(" + "|".join(KAFKA_SECURITY_KEYS) + r")\b",
+                  lambda m: KAFKA_SECURITY_KEYS[m.group(1)], message)
+
+
+def without_kafka_security(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less every Kafka security setting: the environment of a child process
+    that talks to a plaintext broker of its parent's own (demo, bench)."""
+    drop = {*KAFKA_SECURITY_KEYS.values(), _SASL_PASSWORD_FILE}
+    return {k: v for k, v in env.items() if k not in drop}
+
+
+def kafka_security_from_env(env: Mapping[str, str]) -> KafkaSecurity:
+    """The Kafka client security settings from ``CARDIOWATCH_KAFKA_*`` (plaintext when
+    none is set).
+
+    The TLS files are loaded here once, so a process with a bad CA, certificate or key
+    refuses to start instead of failing on its first connection.
+
+    Raises
+    ------
+    SettingsError
+        Missing, contradictory or unreadable settings, naming the key.
+    """
+    def opt(key: str) -> str | None:
+        value = env.get(key, "").strip()
+        return value or None
+
+    k = KAFKA_SECURITY_KEYS
+    password = env.get(k["sasl_password"]) or None
+    password_file = opt(_SASL_PASSWORD_FILE)
+    if password_file is not None:
+        if password is not None:
+            raise SettingsError(f"set one of {k['sasl_password']} and {_SASL_PASSWORD_FILE}, not both")
+        try:
+            password = Path(password_file).read_text().rstrip("\r\n") or None
+        except OSError as exc:
+            raise SettingsError(f"{_SASL_PASSWORD_FILE} {password_file!r} cannot be read: "
+                                f"{exc.strerror}") from None
+        if password is None:
+            raise SettingsError(f"{_SASL_PASSWORD_FILE} {password_file!r} is empty")
+    check_raw = (opt(k["ssl_check_hostname"]) or "true").lower()
+    if check_raw not in _BOOLS:
+        raise SettingsError(f"{k['ssl_check_hostname']} must be true or false, got {check_raw!r}")
+
+    def path(key: str) -> Path | None:
+        value = opt(key)
+        return Path(value) if value else None
+
+    protocol = (opt(k["protocol"]) or "PLAINTEXT").upper()
+    mechanism = opt(k["sasl_mechanism"])
+    try:
+        sec = KafkaSecurity(
+            protocol=protocol,  # type: ignore[arg-type]  # checked by KafkaSecurity
+            ssl_cafile=path(k["ssl_cafile"]),
+            ssl_certfile=path(k["ssl_certfile"]),
+            ssl_keyfile=path(k["ssl_keyfile"]),
+            ssl_key_password=env.get(k["ssl_key_password"]) or None,
+            ssl_check_hostname=_BOOLS[check_raw],
+            sasl_mechanism=mechanism.upper() if mechanism else None,  # type: ignore[arg-type]
+            sasl_username=opt(k["sasl_username"]),
+            sasl_password=password,
+        )
+        sec.ssl_context  # load the files now: refuse to start on a bad one
+    except KafkaSecurityError as exc:
+        hint = f" (or {_SASL_PASSWORD_FILE})" if exc.field == "sasl_password" else ""
+        raise SettingsError(_keys_named(exc.detail) + hint) from None
+    return sec
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str = "127.0.0.1:9092"
     partitions: int = 8
     topics: Topics = field(default_factory=Topics)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # the start-up probe's bound (services call streaming.kafka_security.check_connection)
+    connect_timeout_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -112,6 +210,9 @@ class KafkaSettings:
             bootstrap=bootstrap,
             partitions=_int(env, "CARDIOWATCH_PARTITIONS", cls.partitions, 1, 1024),
             topics=Topics.from_env(env),
+            security=kafka_security_from_env(env),
+            connect_timeout_s=_float(env, "CARDIOWATCH_KAFKA_CONNECT_TIMEOUT_S", cls.connect_timeout_s,
+                                     1.0, 600.0),
         )
 
 

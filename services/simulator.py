@@ -11,6 +11,7 @@ not a burst on every second.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from models.synthetic import Event, SyntheticPatient
+from streaming.kafka_security import KafkaSecurity, check_connection
 from streaming.schemas import encode_ecg, encode_hr
 
 from services.settings import KafkaSettings
@@ -356,11 +358,12 @@ class Simulation:
         self.producer.flush()
 
 
-def make_producer(bootstrap: str):
+def make_producer(bootstrap: str, security: KafkaSecurity | None = None):
     from kafka import KafkaProducer
 
     return KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5,
-                         compression_type=None, max_request_size=1_048_576)
+                         compression_type=None, max_request_size=1_048_576,
+                         **(security or KafkaSecurity()).kafka_python_kwargs())
 
 
 def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[Wearable], dict]:
@@ -462,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     wearables, truth = build_wearables(args, start_ms)
     if args.truth:
         args.truth.write_text(json.dumps(truth, indent=1))
-    sim = Simulation(wearables, make_producer(bootstrap), kafka.topics.ecg, kafka.topics.hr,
+    # a bad certificate or password: one error naming it (KafkaConnectError), no retries
+    asyncio.run(check_connection(bootstrap, kafka.security, kafka.connect_timeout_s))
+    sim = Simulation(wearables, make_producer(bootstrap, kafka.security), kafka.topics.ecg, kafka.topics.hr,
                      speed=args.speed, chunk_s=args.chunk_s, start_ms=start_ms)
     signal.signal(signal.SIGTERM, sim.stop)
     signal.signal(signal.SIGINT, sim.stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,21 +48,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: WorkerSettings, loglevel: str = "info") -> int:
+    import asyncio
+
     import faust
 
     from streaming.app import AppConfig, create_app
+    from streaming.kafka_security import check_connection
+
+    k: KafkaSettings = settings.kafka
+    # Before loading models or starting Faust: a bad certificate or password ends the
+    # start here with one error naming it (raises KafkaConnectError), not in Faust's
+    # reconnect loop.
+    print(f"[worker] kafka {k.bootstrap} via {k.security.describe()}", file=sys.stderr, flush=True)
+    asyncio.run(check_connection(k.bootstrap, k.security, k.connect_timeout_s))
 
     policy = build_policy(settings.policy_file)
     ecg = build_ecg_pipeline(load_ecg_bundle(settings.model_dir, settings.runtime), policy)
     hr = build_hr_pipeline(settings.hr_model_dir, policy,
                            runtime="keras" if settings.runtime == "keras" else "tflite")
-    k: KafkaSettings = settings.kafka
     cfg = AppConfig(
         app_id=settings.app_id, bootstrap=k.bootstrap, partitions=k.partitions,
         topic_ecg=k.topics.ecg, topic_hr=k.topics.hr, topic_scores=k.topics.scores,
         topic_alerts=k.topics.alerts, topic_deadletter=k.topics.deadletter,
         data_dir=settings.data_dir, web_port=settings.metrics_port, web_bind=settings.web_bind,
         batch_max=settings.batch_max, batch_within_s=settings.batch_within_s,
+        security=k.security,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg, ecg, hr, WorkerMetrics(CollectorRegistry()))

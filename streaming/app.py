@@ -38,6 +38,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streaming.continuity import ContinuityGuard
+from streaming.kafka_security import KafkaSecurity
 from streaming.events import DeviceClockEvent
 from streaming.logread import LogReader
 from streaming.metrics import WorkerMetrics
@@ -76,6 +77,7 @@ class AppConfig:
     batch_max: int = 512
     batch_within_s: float = 0.2
     tick_interval_s: float = 5.0
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class _DecodedCache(Generic[S]):
@@ -276,6 +278,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
     app = faust.App(
         cfg.app_id,
         broker=[f"kafka://{hp}" for hp in cfg.bootstrap.split(",")],
+        broker_credentials=cfg.security.faust_credentials(),
         store="memory://",
         datadir=str(cfg.data_dir),
         topic_partitions=cfg.partitions,
@@ -304,7 +307,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         return app.tables.add(t)  # type: ignore[no-any-return]
 
     ecg_table, hr_table = table("ecg-state"), table("hr-state")
-    reader = LogReader(cfg.bootstrap)
+    reader = LogReader(cfg.bootstrap, security=cfg.security)
     # The tick timer and the agents both rewrite a patient's state; one lock keeps a
     # batch's read-modify-write from interleaving with a tick's.
     ecg_lock, hr_lock = asyncio.Lock(), asyncio.Lock()

@@ -14,12 +14,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streaming.kafka_security import KafkaSecurity
 
-def _group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+
+def _group_offsets(bootstrap: str, group: str, topic: str,
+                   security: KafkaSecurity) -> dict[int, int]:
     """The committed offsets of ``group`` on ``topic``'s partitions (none: absent)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.kafka_python_kwargs())
     try:
         got = admin.list_group_offsets(group).get(group, {})
     finally:
@@ -34,15 +37,18 @@ class LogReader:
     that never needs it opens no connection.
     """
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0,
+                 security: KafkaSecurity | None = None) -> None:
         self._bootstrap, self._timeout_s = bootstrap, timeout_s
+        self._security = security or KafkaSecurity()
         self._c: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
     async def _consumer(self) -> AIOKafkaConsumer:
         if self._c is None:
             c = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
-                                 enable_auto_commit=False, auto_offset_reset="earliest")
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                 **self._security.aiokafka_kwargs())
             await c.start()
             self._c = c
         return self._c
@@ -91,7 +97,8 @@ class LogReader:
         none (the worker reads from the earliest offset when nothing is committed)."""
         if not tps:
             return {}
-        committed = await asyncio.to_thread(_group_offsets, self._bootstrap, group, tps[0].topic)
+        committed = await asyncio.to_thread(_group_offsets, self._bootstrap, group, tps[0].topic,
+                                              self._security)
         async with self._lock:
             first = await (await self._consumer()).beginning_offsets(tps)
         return {tp.partition: committed.get(tp.partition, first[tp]) for tp in tps}

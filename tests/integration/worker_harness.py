@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from services.broker import free_port
 from services.settings import REPO_ROOT, Topics
+from streaming.kafka_security import KafkaSecurity
 
 __all__ = ["WorkerProcess", "produce", "read_all", "read_until"]
 
@@ -85,9 +86,11 @@ class WorkerProcess:
                 self.proc.wait(10)
 
 
-def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> int:
+def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]],
+            security: KafkaSecurity | None = None) -> int:
     """Send (topic, key, value) records in order and wait for every ack."""
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2_000_000)
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=2_000_000,
+                      **(security or KafkaSecurity()).kafka_python_kwargs())
     n = 0
     for topic, key, value in records:
         p.send(topic, key=key, value=value)
@@ -98,10 +101,11 @@ def produce(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | N
 
 
 def read_until(bootstrap: str, topic: str, done: Callable[[list], bool], timeout_s: float,
-               decode: Callable = json.loads) -> list:
+               decode: Callable = json.loads, security: KafkaSecurity | None = None) -> list:
     """Read ``topic`` from the start until ``done(records)`` or the timeout."""
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                      enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000)
+                      enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000,
+                      **(security or KafkaSecurity()).kafka_python_kwargs())
     out: list = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -140,3 +140,80 @@ def test_dockerfile_installs_the_repo_with_the_lock() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.MULTILINE)
     assert re.search(r"pip install -c requirements\.lock \.", text)
     assert "COPY pyproject.toml requirements.lock" in text
+
+
+# --- the secured variant: docker-compose.secure.yml on top of docker-compose.yml ----------
+@pytest.fixture(scope="module")
+def secure() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.secure.yml").read_text())["services"]
+
+
+def _listeners(env: dict[str, str], key: str) -> dict[str, str]:
+    return dict(item.split("://", 1) for item in env[key].split(","))
+
+
+def test_secure_variant_services_log_in_with_settings_keys(
+        services: dict[str, dict[str, Any]], secure: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    import subprocess
+
+    # a real CA file and password file where the containers would have theirs
+    ca, pw = tmp_path / "ca.pem", tmp_path / "client.password"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t",
+                    "-keyout", str(tmp_path / "ca.key"), "-out", str(ca)], check=True, capture_output=True)
+    pw.write_text("pw\n")
+    known = _settings_keys()
+    for name in ("worker", "dispatcher", "simulator"):
+        env = {**_env(services[name]), **_env(secure[name])}  # compose merges environment by key
+        unknown = [k for k in env if k.startswith("CARDIOWATCH_") and k not in known]
+        assert unknown == [], (name, unknown)
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in secure[name]["volumes"]}
+        for key in ("CARDIOWATCH_KAFKA_SSL_CAFILE", "CARDIOWATCH_KAFKA_SASL_PASSWORD_FILE"):
+            assert mounts.get(str(Path(env[key]).parent)) == "kafka-client-tls", (name, key)
+        env["CARDIOWATCH_KAFKA_SSL_CAFILE"], env["CARDIOWATCH_KAFKA_SASL_PASSWORD_FILE"] = str(ca), str(pw)
+        k = KafkaSettings.from_env(env)
+        assert k.bootstrap == _internal_bootstrap(services["kafka"]) == "kafka:19092"
+        sec = k.security
+        assert (sec.protocol, sec.sasl_mechanism, sec.sasl_username, sec.sasl_password) == \
+            ("SASL_SSL", "SCRAM-SHA-512", "cardiowatch", "pw")
+        assert sec.ssl_check_hostname
+
+
+def test_secure_variant_broker_has_no_plaintext_client_listener(
+        services: dict[str, dict[str, Any]], secure: dict[str, dict[str, Any]]) -> None:
+    env = {**_env(services["kafka"]), **_env(secure["kafka"])}
+    listeners = _listeners(env, "KAFKA_LISTENERS")
+    advertised = _listeners(env, "KAFKA_ADVERTISED_LISTENERS")
+    protocols = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners) == set(protocols)
+    assert {n: p for n, p in protocols.items() if p != "SASL_SSL"} == {env["KAFKA_CONTROLLER_LISTENER_NAMES"]:
+                                                                       "PLAINTEXT"}
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
+    inter = env["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    assert advertised[inter] == "kafka:19092" and listeners[inter].endswith(":19092")
+    # the image loads the keystore only when an advertised listener reads "...SSL://"
+    assert all(f"{n}://" in env["KAFKA_ADVERTISED_LISTENERS"] and n.endswith("SSL") for n in advertised)
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert "SCRAM-SHA-512" in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    # every file the broker is told about is one compose-certs.sh writes
+    script = (REPO_ROOT / "deploy" / "kafka" / "compose-certs.sh").read_text()
+    for f in (env["KAFKA_SSL_KEYSTORE_FILENAME"], env["KAFKA_SSL_KEYSTORE_CREDENTIALS"],
+              Path(env["KAFKA_OPTS"].split("=", 1)[1]).name, Path(env["KAFKA_SSL_TRUSTSTORE_LOCATION"]).name):
+        assert f in script, f
+    certs = secure["kafka-certs"]
+    assert certs["image"] == services["kafka"]["image"]
+    assert (REPO_ROOT / certs["volumes"][0].split(":")[0]).is_file()
+    assert secure["kafka"]["depends_on"]["kafka-certs"]["condition"] == "service_completed_successfully"
+
+
+def test_secure_variant_init_creates_the_scram_user_and_the_settings_topics(
+        secure: dict[str, dict[str, Any]]) -> None:
+    script = "\n".join(secure["kafka-init"]["command"])
+    assert re.findall(r"^\s*create\s+(\S+)\s*$", script, flags=re.MULTILINE) == Topics().all()
+    user = _env(secure["worker"])["CARDIOWATCH_KAFKA_SASL_USERNAME"]
+    mech = _env(secure["worker"])["CARDIOWATCH_KAFKA_SASL_MECHANISM"]
+    assert f"--entity-type users --entity-name {user}" in script
+    assert f"{mech}=[password=$$(cat /etc/kafka/client/client.password)]" in script
+    create_fn = script.split("create() {", 1)[1].split("}", 1)[0]
+    args = shlex.split(create_fn.replace("\\\n", " "))
+    assert args[args.index("--partitions") + 1] == str(KafkaSettings().partitions)
+    assert args[args.index("--command-config") + 1] == "/etc/kafka/secrets/admin.properties"
