@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -47,7 +48,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.errors import CardiowatchError
-from services.ack_api import AckApi, AckRecord, AlertBook, load_tokens
+from services.access import AccessConfigError, TokenBook
+from services.ack_api import AckApi, AckRecord, AlertBook, AlertState
 from services.payloads import render
 from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
 from services.settings import DispatcherSettings
@@ -71,6 +73,7 @@ __all__ = [
     "deliver",
     "delivery_failure_alert",
     "is_delivery_failure",
+    "alert_team",
     "run_dispatcher",
     "open_log_reader",
     "log_behind",
@@ -466,7 +469,10 @@ class _State:
     def apply_ack(self, rec: AckRecord) -> AlertEvent | None:
         self.book.apply(rec)
         fn = self.tracker.acknowledge if rec.action == "ack" else self.tracker.resolve
-        return fn(rec.alert_id, rec.ts_ms, rec.by)
+        ev = fn(rec.alert_id, rec.ts_ms, rec.by)
+        if ev is not None and rec.team is not None:  # the audit log says from which team, too
+            ev = dataclasses.replace(ev, details={**ev.details, "by_team": rec.team})
+        return ev
 
     def refresh_gauges(self) -> None:
         open_, unack = self.book.counts()
@@ -770,6 +776,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._st.metrics.assigned_partitions.set(len(assigned))
 
 
+def alert_team(routing: RoutingConfig) -> Callable[[AlertState], str]:
+    """The care team an alert is routed to, as the ack API sees it: the dispatcher's own
+    ``delivery_failure`` alerts go to the ops team, the others to their patient's team."""
+    def team_of(a: AlertState) -> str:
+        if a.condition == DELIVERY_FAILURE and a.category == "technical":
+            return routing.ops_team
+        return routing.team_for(a.patient_id).name
+    return team_of
+
+
 def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:
     from streaming.escalation import EscalationConfig, EscalationTracker
     return EscalationTracker(EscalationConfig(
@@ -783,14 +799,14 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
                          metrics: DispatcherMetrics | None = None,
                          tracker: EscalationTrackerLike | None = None,
                          options: DispatchOptions = DispatchOptions(),
-                         tokens: dict[str, str] | None = None,
+                         tokens: TokenBook | None = None,
                          on_ready: Callable[[AckApi | None], None] | None = None) -> None:
     """Consume ``alerts`` and deliver them until ``stop`` is set; then drain and commit.
 
     Parameters
     ----------
     settings : DispatcherSettings
-        Kafka bootstrap, topics, group id, metrics and ack ports, ack tokens file.
+        Kafka bootstrap, topics, group id, metrics and ack ports.
     routing : RoutingConfig
         Care-team routes and the escalation policy.
     client : httpx.AsyncClient or WebhookPoster, optional
@@ -804,11 +820,16 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         Default: ``streaming.escalation.EscalationTracker`` from ``routing.escalation``.
     options : DispatchOptions
         Bounds and intervals.
-    tokens : dict, optional
-        Ack API ``token -> user``; default read from ``settings.ack_tokens_file``.
+    tokens : TokenBook, optional
+        Ack API tokens (hashed, each a user in a team); default the routing file's.
     on_ready : callable, optional
         Called with the started ack API (or None) once consuming begins.
     """
+    if settings.ack_tokens_file is not None:
+        raise AccessConfigError(
+            f"CARDIOWATCH_ACK_TOKENS_FILE ({str(settings.ack_tokens_file)!r}) is no longer read: ack tokens "
+            "belong to a team in the routing file, hashed; convert the file with 'cardiowatch token hash "
+            "--from-tokens-file FILE --team TEAM' and unset the variable")
     stop = stop or asyncio.Event()
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
     own_poster = AiohttpPoster() if client is None else None
@@ -833,9 +854,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         consumer.subscribe([st.topics.alerts], listener=_Rebalance(st, consumer))
         await consumer.start()
         if options.serve_ack_api:
-            if tokens is None:
-                tokens = load_tokens(settings.ack_tokens_file) if settings.ack_tokens_file else {}
-            api = AckApi(st.book, tokens, _KafkaAckSink(st), host=settings.bind_host, port=settings.ack_port)
+            api = AckApi(st.book, TokenBook(routing.tokens) if tokens is None else tokens, _KafkaAckSink(st),
+                         team_of=alert_team(routing), host=settings.bind_host, port=settings.ack_port)
             await api.start()
         tasks.append(asyncio.create_task(_tail_acks(st, acks_consumer), name="acks"))
         tasks.append(asyncio.create_task(_escalate(st, routing.escalation.poll_s), name="escalate"))

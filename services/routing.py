@@ -9,6 +9,10 @@ deliveries raise a technical alert that goes to ``ops_team`` (``technical`` rout
 Every validation error is a :class:`RoutingConfigError` naming the key path, e.g.
 ``teams.cardiology.routes.high.primary.url``. Secrets are inline (``secret``) or read
 from a file (``secret_file``, relative to the routing file); never from the environment.
+
+A team's acknowledgement tokens are listed under ``teams.<team>.tokens`` as
+``{user, token_hash}`` with ``token_hash: sha256:<64 hex>`` (``cardiowatch token hash``);
+the ack API answers a token only for alerts routed to its team.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from urllib.parse import urlparse
 import yaml
 
 from models.errors import CardiowatchError
+from services.access import AckPrincipal, TokenEntry, parse_token_hash
 from services.signing import WebhookSecret
 
 __all__ = [
@@ -130,6 +135,7 @@ class RoutingConfig:
     default_team: str
     ops_team: str
     escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    tokens: tuple[TokenEntry, ...] = ()  # ack API tokens of every team
 
     def team_for(self, patient_id: str) -> Team:
         return self.teams[self.patients.get(patient_id, self.default_team)]
@@ -262,10 +268,12 @@ def parse_routing(raw: Any, base_dir: Path | str = ".") -> RoutingConfig:
     if not teams_raw:
         raise RoutingConfigError("teams", "must name at least one team")
     teams: dict[str, Team] = {}
+    tokens: list[TokenEntry] = []
     for tname, traw in teams_raw.items():
         tpath = f"teams.{tname}"
         td = _map(traw, tpath)
-        _unknown(td, {"routes", "retry"}, tpath)
+        _unknown(td, {"routes", "retry", "tokens"}, tpath)
+        tokens += _tokens(td.get("tokens"), f"{tpath}.tokens", str(tname))
         team_retry = _retry(td.get("retry"), f"{tpath}.retry", RetryPolicy())
         routes_raw = _map(td.get("routes"), f"{tpath}.routes")
         routes: dict[str, Route] = {}
@@ -291,8 +299,35 @@ def parse_routing(raw: Any, base_dir: Path | str = ".") -> RoutingConfig:
         if team not in teams:
             raise RoutingConfigError(f"patients.{pid}", f"must name a team ({', '.join(teams)}), got {team!r}")
         patients[str(pid)] = str(team)
+    seen: dict[bytes, str] = {}
+    for t in tokens:
+        if t.digest in seen:
+            raise RoutingConfigError(f"teams.{t.principal.team}.tokens",
+                                     f"user {t.principal.user!r} has the same token as {seen[t.digest]!r}; "
+                                     "each user needs their own")
+        seen[t.digest] = t.principal.user
     return RoutingConfig(MappingProxyType(teams), MappingProxyType(patients), str(default_team),
-                         str(ops_team), _escalation(d.get("escalation")))
+                         str(ops_team), _escalation(d.get("escalation")), tuple(tokens))
+
+
+def _tokens(v: Any, path: str, team: str) -> list[TokenEntry]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise RoutingConfigError(path, f"must be a list of {{user, token_hash}}, got {type(v).__name__}")
+    out: list[TokenEntry] = []
+    for i, raw in enumerate(v):
+        d = _map(raw, f"{path}.{i}")
+        _unknown(d, {"user", "token_hash"}, f"{path}.{i}")
+        user = d.get("user")
+        if not isinstance(user, str) or not user.strip():
+            raise RoutingConfigError(f"{path}.{i}.user", f"must be a non-empty string, got {type(user).__name__}")
+        try:
+            digest = parse_token_hash(d.get("token_hash"))
+        except ValueError as e:  # the message never repeats the value (it may be a plain token)
+            raise RoutingConfigError(f"{path}.{i}.token_hash", str(e)) from None
+        out.append(TokenEntry(digest, AckPrincipal(user, team)))
+    return out
 
 
 def _escalation(v: Any) -> EscalationPolicy:

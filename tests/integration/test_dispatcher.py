@@ -25,6 +25,7 @@ import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from services.access import hash_token
 from services.dispatcher import (
     CircuitBreaker,
     DispatchOptions,
@@ -509,9 +510,9 @@ def test_unacknowledged_high_alert_escalates_on_time_acknowledged_does_not(
                 "default_team": "c",
                 "escalation": {"escalate_after_s": {"high": 1.0}, "max_level": 1, "poll_s": 0.05},
                 "teams": {"c": {"retry": FAST_RETRY, "routes": {"default": {
-                    "primary": _ep(team.url), "escalation": [_ep(nurse.url)]}}}}})
-            async with _Dispatcher(kafka_broker.bootstrap, topics, routing,
-                                   tokens={token: "dr.ack"}) as d:
+                    "primary": _ep(team.url), "escalation": [_ep(nurse.url)]}},
+                    "tokens": [{"user": "dr.ack", "token_hash": hash_token(token)}]}}})
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d:
                 left, acked = _alert("p-left", 1), _alert("p-acked", 1)
                 await _produce(kafka_broker.bootstrap, topics.alerts, [left, acked])
                 await _until(lambda: len(team.received) == 2, 10, "first notifications")
