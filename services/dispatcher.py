@@ -30,17 +30,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -51,7 +55,15 @@ from models.errors import CardiowatchError
 from services.access import AccessConfigError, TokenBook
 from services.ack_api import AckApi, AckRecord, AlertBook, AlertState
 from services.payloads import render
-from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
+from services.routing import (
+    Endpoint,
+    RetryPolicy,
+    Route,
+    RoutingConfig,
+    load_routing,
+    redact_url,
+    route_key_for,
+)
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
 from streaming.events import AlertEvent
@@ -74,6 +86,7 @@ __all__ = [
     "delivery_failure_alert",
     "is_delivery_failure",
     "alert_team",
+    "scrub",
     "run_dispatcher",
     "open_log_reader",
     "log_behind",
@@ -134,11 +147,12 @@ class WebhookPoster(Protocol):
     """Sends one signed webhook; the dispatcher's only view of HTTP.
 
     Returns the HTTP status code; raises :class:`DeliveryTimeout` or
-    :class:`DeliveryTransportError` when no response arrived.
+    :class:`DeliveryTransportError` when no response arrived. ``https://`` URLs are
+    verified against ``ca_file`` (PEM) when given, else the system trust store.
     """
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int: ...
+                   timeout_s: float, *, ca_file: Path | None = None) -> int: ...
 
 
 class HttpxPoster:
@@ -153,7 +167,10 @@ class HttpxPoster:
         self.client = client
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int:
+                   timeout_s: float, *, ca_file: Path | None = None) -> int:
+        if ca_file is not None:  # an httpx client verifies with one context, set when it was built
+            raise DeliveryTransportError("a per-route ca_file needs the default AiohttpPoster; the "
+                                         "injected httpx client cannot switch CA per request")
         try:
             resp = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
         except httpx.TimeoutException as e:
@@ -169,12 +186,21 @@ class AiohttpPoster:
     The pool has no total or per-host connection cap, so requests hung on one endpoint
     can never make deliveries to another wait for a connection. ``timeout_s`` bounds the
     whole request (connect, send, response). Redirects are not followed (a 3xx is a
-    non-retryable failure, as with httpx's default).
+    non-retryable failure, as with httpx's default). TLS is always verified: one
+    ``ssl.SSLContext`` per CA file (the system store when none), built once.
     """
 
     def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
         self._session = session
         self._own = session is None
+        self._contexts: dict[Path | None, ssl.SSLContext] = {}
+
+    def _context(self, ca_file: Path | None) -> ssl.SSLContext:
+        ctx = self._contexts.get(ca_file)
+        if ctx is None:
+            ctx = self._contexts[ca_file] = ssl.create_default_context(
+                cafile=None if ca_file is None else str(ca_file))
+        return ctx
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -185,14 +211,23 @@ class AiohttpPoster:
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int:
+                   timeout_s: float, *, ca_file: Path | None = None) -> int:
+        try:
+            ctx = self._context(ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise DeliveryTransportError(f"cannot load CA file {str(ca_file)!r}: {e}") from e
         try:
             async with self.session.post(url, data=body, headers=dict(headers), allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                                         ssl=ctx, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 await resp.read()  # drain so the connection goes back to the pool
                 return resp.status
         except asyncio.TimeoutError as e:
             raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
+        except aiohttp.ClientConnectorCertificateError as e:
+            cert = e.certificate_error
+            why = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
+            raise DeliveryTransportError(f"TLS certificate not trusted ({why}); give the route a "
+                                         "ca_file that signed it") from e
         except aiohttp.ClientError as e:
             raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
 
@@ -200,6 +235,23 @@ class AiohttpPoster:
         if self._own and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def scrub(message: str, ep: Endpoint) -> str:
+    """``message`` without ``ep``'s URL path, query or user info (often credentials) or any
+    form of its signing key: this is what reaches logs, dead letters and ops alerts."""
+    out = message.replace(ep.url, redact_url(ep.url))
+    pieces: list[str] = []
+    with contextlib.suppress(ValueError):
+        u = urlsplit(ep.url)
+        # pieces shorter than 6 characters ("/hook") are no credential, and replacing them
+        # would garble unrelated text
+        pieces += [p for p in (u.path, u.query, u.username, u.password, u.fragment) if p and len(p) >= 6]
+    b64 = base64.b64encode(ep.secret.key).decode()
+    pieces += [b64, b64.rstrip("="), ep.secret.key.hex()]
+    for piece in sorted(set(pieces), key=len, reverse=True):
+        out = out.replace(piece, "<redacted>")
+    return out
 
 
 def _as_poster(client: httpx.AsyncClient | WebhookPoster) -> WebhookPoster:
@@ -310,7 +362,10 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
         headers.update({"content-type": ctype, "user-agent": "cardiowatch-dispatcher/0.1"})
         retryable = True
         try:
-            status = await client.post(ep.url, body, headers, ep.timeout_s)
+            if ep.ca_file is None:  # posters written before per-route CA files keep working
+                status = await client.post(ep.url, body, headers, ep.timeout_s)
+            else:
+                status = await client.post(ep.url, body, headers, ep.timeout_s, ca_file=ep.ca_file)
             if 200 <= status < 300:
                 if breaker is not None:
                     breaker.record(ep.url, True)
@@ -320,7 +375,7 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
         except DeliveryTimeout:
             reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
         except DeliveryTransportError as e:
-            reasons.append(f"{ep.name} attempt {attempt}: {e}")
+            reasons.append(f"{ep.name} attempt {attempt}: {scrub(str(e), ep)}")
         if retryable and breaker is not None:
             breaker.record(ep.url, False)
             if can_fail_over and breaker.is_open(ep.url):

@@ -10,6 +10,12 @@ Every validation error is a :class:`RoutingConfigError` naming the key path, e.g
 ``teams.cardiology.routes.high.primary.url``. Secrets are inline (``secret``) or read
 from a file (``secret_file``, relative to the routing file); never from the environment.
 
+Webhooks go over HTTPS with certificate verification (the system trust store, or a
+route's or endpoint's ``ca_file``); plain ``http://`` is accepted only to a loopback
+address or where the route or endpoint says ``allow_insecure_http: true``. Errors and
+endpoint names never carry a secret: URLs in messages keep only scheme, host and port
+(a webhook URL's path is often itself a credential).
+
 A team's acknowledgement tokens are listed under ``teams.<team>.tokens`` as
 ``{user, token_hash}`` with ``token_hash: sha256:<64 hex>`` (``cardiowatch token hash``);
 the ack API answers a token only for alerts routed to its team.
@@ -17,6 +23,8 @@ the ack API answers a token only for alerts routed to its team.
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +51,8 @@ __all__ = [
     "load_routing",
     "parse_routing",
     "route_key_for",
+    "redact_url",
+    "is_loopback_host",
 ]
 
 PayloadFormat = Literal["native", "fhir", "alertmanager"]
@@ -68,6 +78,11 @@ class Endpoint:
     secret: WebhookSecret
     timeout_s: float = 5.0
     format: PayloadFormat = "native"
+    ca_file: Path | None = None  # PEM bundle to verify the receiver's certificate with
+    allow_insecure_http: bool = False
+
+    def __repr__(self) -> str:  # the URL's path and query may be credentials
+        return f"Endpoint(name={self.name!r}, url={redact_url(self.url)!r}, format={self.format!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +169,31 @@ def route_key_for(category: str, priority: str) -> str:
     return "technical" if category == "technical" else priority
 
 
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/...`` without user info, path, query or fragment, for messages."""
+    try:
+        u = urlparse(url)
+        host = u.hostname or "?"
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    host = f"[{host}]" if ":" in host else host
+    tail = "/..." if (u.path not in ("", "/") or u.query or u.fragment) else ""
+    return f"{u.scheme}://{host}{port}{tail}"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``)."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load_routing(path: Path | str) -> RoutingConfig:
     """Read and validate a routing YAML file."""
     p = Path(path)
@@ -187,15 +227,54 @@ def _num(d: Mapping[str, Any], key: str, path: str, default: float, lo: float, h
     return float(v)
 
 
-def _endpoint(v: Any, path: str, base_dir: Path) -> Endpoint:
+def _flag(d: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise RoutingConfigError(f"{path}.{key}", f"must be true or false, got {v!r}")
+    return v
+
+
+def _ca_file(d: Mapping[str, Any], path: str, base_dir: Path, default: Path | None) -> Path | None:
+    if "ca_file" not in d:
+        return default
+    raw = d["ca_file"]
+    if not isinstance(raw, str) or not raw:
+        raise RoutingConfigError(f"{path}.ca_file", f"must be a path, got {type(raw).__name__}")
+    f = Path(raw)
+    f = f if f.is_absolute() else base_dir / f
+    try:  # load it now, so a bad CA file stops the dispatcher at start, not at the first alert
+        ssl.create_default_context(cafile=str(f))
+    except (OSError, ssl.SSLError) as e:
+        raise RoutingConfigError(f"{path}.ca_file", f"cannot load CA certificates from {str(f)!r}: "
+                                 f"{getattr(e, 'strerror', None) or e}") from None
+    return f
+
+
+def _endpoint(v: Any, path: str, base_dir: Path, insecure: bool = False,
+              ca_file: Path | None = None) -> Endpoint:
     d = _map(v, path)
-    _unknown(d, {"url", "secret", "secret_file", "timeout_s", "format"}, path)
+    _unknown(d, {"url", "secret", "secret_file", "timeout_s", "format", "ca_file", "allow_insecure_http"}, path)
     url = d.get("url")
     if not isinstance(url, str):
-        raise RoutingConfigError(f"{path}.url", f"must be a string, got {url!r}")
-    u = urlparse(url)
-    if u.scheme not in ("http", "https") or not u.netloc:
-        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {url!r}")
+        raise RoutingConfigError(f"{path}.url", f"must be a string, got {type(url).__name__}")
+    try:
+        u = urlparse(url)
+        host = u.hostname
+        u.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {redact_url(url)!r}") from None
+    if u.scheme not in ("http", "https") or not u.netloc or not host:
+        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {redact_url(url)!r}")
+    insecure = _flag(d, "allow_insecure_http", path, insecure)
+    if u.scheme == "http" and not insecure and not is_loopback_host(host):
+        raise RoutingConfigError(f"{path}.url", f"must be https:// to a non-loopback host, got "
+                                 f"{redact_url(url)!r} (set allow_insecure_http: true to accept plain "
+                                 "HTTP on this route)")
+    ca = _ca_file(d, path, base_dir, ca_file)
+    if u.scheme != "https":
+        ca = None  # a route-wide CA file does not concern its plain loopback endpoints
+    if "ca_file" in d and u.scheme != "https":
+        raise RoutingConfigError(f"{path}.ca_file", f"applies to https:// URLs only, got {redact_url(url)!r}")
     if ("secret" in d) == ("secret_file" in d):
         raise RoutingConfigError(f"{path}.secret", "give exactly one of 'secret' or 'secret_file'")
     if "secret" in d:
@@ -216,7 +295,8 @@ def _endpoint(v: Any, path: str, base_dir: Path) -> Endpoint:
     if fmt not in _FORMATS:
         raise RoutingConfigError(f"{path}.format", f"must be one of {', '.join(_FORMATS)}, got {fmt!r}")
     return Endpoint(name=path, url=url, secret=secret,
-                    timeout_s=_num(d, "timeout_s", path, 5.0, 0.001, 300.0), format=fmt)
+                    timeout_s=_num(d, "timeout_s", path, 5.0, 0.001, 300.0), format=fmt,
+                    ca_file=ca, allow_insecure_http=insecure)
 
 
 def _retry(v: Any, path: str, default: RetryPolicy) -> RetryPolicy:
@@ -237,16 +317,21 @@ def _retry(v: Any, path: str, default: RetryPolicy) -> RetryPolicy:
 
 def _route(v: Any, path: str, base_dir: Path, team_retry: RetryPolicy) -> Route:
     d = _map(v, path)
-    _unknown(d, {"primary", "failover", "escalation", "retry"}, path)
+    _unknown(d, {"primary", "failover", "escalation", "retry", "ca_file", "allow_insecure_http"}, path)
     if "primary" not in d:
         raise RoutingConfigError(f"{path}.primary", "is required")
     esc = d.get("escalation", [])
     if not isinstance(esc, list):
         raise RoutingConfigError(f"{path}.escalation", f"must be a list of endpoints, got {type(esc).__name__}")
+    # route-wide TLS settings; an endpoint may override them
+    insecure = _flag(d, "allow_insecure_http", path, False)
+    ca = _ca_file(d, path, base_dir, None)
     return Route(
-        primary=_endpoint(d["primary"], f"{path}.primary", base_dir),
-        failover=None if d.get("failover") is None else _endpoint(d["failover"], f"{path}.failover", base_dir),
-        escalation=tuple(_endpoint(e, f"{path}.escalation.{i}", base_dir) for i, e in enumerate(esc)),
+        primary=_endpoint(d["primary"], f"{path}.primary", base_dir, insecure, ca),
+        failover=None if d.get("failover") is None else _endpoint(d["failover"], f"{path}.failover",
+                                                                  base_dir, insecure, ca),
+        escalation=tuple(_endpoint(e, f"{path}.escalation.{i}", base_dir, insecure, ca)
+                         for i, e in enumerate(esc)),
         retry=_retry(d.get("retry"), f"{path}.retry", team_retry),
     )
 
