@@ -35,6 +35,7 @@ __all__ = [
     "AlertBook",
     "AckSink",
     "TokenFileError",
+    "AckRecordError",
     "load_tokens",
     "AckApi",
 ]
@@ -49,6 +50,10 @@ FINISHED: frozenset[str] = frozenset({"resolved", "closed"})
 
 class TokenFileError(CardiowatchError, ValueError):
     """The ack token file is missing or malformed."""
+
+
+class AckRecordError(CardiowatchError, ValueError):
+    """A record of the ``acks`` topic is not a valid acknowledgement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +74,30 @@ class AckRecord:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AckRecord:
-        d = json.loads(raw)
+        """Decode a record of the ``acks`` topic.
+
+        Raises
+        ------
+        AckRecordError
+            Not JSON, not an object, or a missing or mistyped field (named).
+        """
+        try:
+            d = json.loads(raw)
+        except (ValueError, TypeError, RecursionError) as e:
+            raise AckRecordError(f"ack record must be UTF-8 JSON: {str(e)[:120]}") from None
         if not isinstance(d, dict) or d.get("action") not in ("ack", "resolve"):
-            raise ValueError(f"ack record must be an object with action ack|resolve, got {str(raw)[:80]!r}")
-        team = d.get("team")
-        return cls(str(d["alert_id"]), d["action"], str(d["by"]), int(d["ts_ms"]), d.get("note"),
-                   None if team is None else str(team))
+            raise AckRecordError(f"ack record must be an object with action ack|resolve, got {str(raw)[:80]!r}")
+        for name in ("alert_id", "by"):
+            if not isinstance(d.get(name), str) or not d[name]:
+                raise AckRecordError(f"ack record field {name!r} must be a non-empty string, got {d.get(name)!r:.60}")
+        ts = d.get("ts_ms")
+        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+            raise AckRecordError(f"ack record field 'ts_ms' must be epoch milliseconds, got {ts!r:.60}")
+        note, team = d.get("note"), d.get("team")
+        for name, v in (("note", note), ("team", team)):
+            if v is not None and not isinstance(v, str):
+                raise AckRecordError(f"ack record field {name!r} must be a string or null, got {v!r:.60}")
+        return cls(d["alert_id"], d["action"], d["by"], ts, note, team)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +212,7 @@ def load_tokens(path: Path | str) -> dict[str, str]:
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as e:
         raise TokenFileError(f"ack tokens file {str(p)!r} cannot be read: {e}") from None
     if not isinstance(raw, Mapping) or not raw:
         raise TokenFileError(f"ack tokens file {str(p)!r} must be a non-empty mapping token -> user")

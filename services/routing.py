@@ -201,8 +201,8 @@ def load_routing(path: Path | str) -> RoutingConfig:
         raw = yaml.safe_load(p.read_text())
     except OSError as e:
         raise RoutingConfigError("<file>", f"cannot read routing file {str(p)!r}: {e}") from None
-    except yaml.YAMLError as e:
-        raise RoutingConfigError("<file>", f"routing file {str(p)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: "!!int x", 5000 digits...
+        raise RoutingConfigError("<file>", f"routing file {str(p)!r} is not valid YAML: {str(e)[:300]}") from None
     return parse_routing(raw, base_dir=p.parent)
 
 
@@ -244,7 +244,7 @@ def _ca_file(d: Mapping[str, Any], path: str, base_dir: Path, default: Path | No
     f = f if f.is_absolute() else base_dir / f
     try:  # load it now, so a bad CA file stops the dispatcher at start, not at the first alert
         ssl.create_default_context(cafile=str(f))
-    except (OSError, ssl.SSLError) as e:
+    except (OSError, ssl.SSLError, ValueError) as e:  # ValueError: a NUL in the path
         raise RoutingConfigError(f"{path}.ca_file", f"cannot load CA certificates from {str(f)!r}: "
                                  f"{getattr(e, 'strerror', None) or e}") from None
     return f
@@ -287,6 +287,8 @@ def _endpoint(v: Any, path: str, base_dir: Path, insecure: bool = False,
             text = f.read_text().strip()
         except OSError as e:
             raise RoutingConfigError(spath, f"cannot read {str(f)!r}: {e.strerror}") from None
+        except ValueError as e:  # a NUL in the path, or a file that is not UTF-8 text
+            raise RoutingConfigError(spath, f"cannot read {str(f)!r}: {str(e)[:80]}") from None
     try:
         secret = WebhookSecret.parse(text)
     except ValueError as e:
@@ -373,15 +375,15 @@ def parse_routing(raw: Any, base_dir: Path | str = ".") -> RoutingConfig:
                                      f"is required when routes lack {', '.join(missing)}")
         teams[str(tname)] = Team(str(tname), MappingProxyType(routes))
     default_team = d.get("default_team")
-    if default_team not in teams:
+    if not isinstance(default_team, str) or default_team not in teams:
         raise RoutingConfigError("default_team", f"must name a team ({', '.join(teams)}), got {default_team!r}")
     ops_team = d.get("ops_team", default_team)
-    if ops_team not in teams:
+    if not isinstance(ops_team, str) or ops_team not in teams:
         raise RoutingConfigError("ops_team", f"must name a team ({', '.join(teams)}), got {ops_team!r}")
     patients_raw = _map(d.get("patients", {}) or {}, "patients")
     patients: dict[str, str] = {}
     for pid, team in patients_raw.items():
-        if team not in teams:
+        if not isinstance(team, str) or team not in teams:
             raise RoutingConfigError(f"patients.{pid}", f"must name a team ({', '.join(teams)}), got {team!r}")
         patients[str(pid)] = str(team)
     seen: dict[bytes, str] = {}
