@@ -1,20 +1,22 @@
 """Delivery stage: acknowledgement HTTP API (aiohttp) run inside the dispatcher process.
 
 ``POST /v1/alerts/{alert_id}/ack`` and ``/resolve`` with ``Authorization: Bearer <token>``
-(tokens from a YAML/JSON file mapping token to user) and an optional JSON body
-``{"note": "..."}``; ``GET /v1/alerts?open=true`` lists alerts; ``GET /healthz``.
-Answers 401 (no or bad token), 400 (malformed body), 404 (unknown alert), 409 (already
-resolved or closed). A successful call hands an ack record (``alert_id, action, by, ts_ms,
-note``) to an :class:`AckSink`, which in the dispatcher produces it to the ``acks``
-topic and stops escalation.
+and an optional JSON body ``{"note": "..."}``; ``GET /v1/alerts?open=true`` lists alerts;
+``GET /healthz``. A token belongs to a user in a care team (hashed in the routing file,
+see :mod:`services.access`), and the API answers it only for alerts routed to that team.
+Answers 401 (no or bad token), 429 with ``Retry-After`` (too many bad tokens from this
+address), 400 (malformed body), 403 (unknown alert *or* another team's: the same status
+and body, so a token cannot probe which ids exist), 409 (already resolved or closed). A
+successful call hands an ack record (``alert_id, action, by, team, ts_ms, note``) to an
+:class:`AckSink`, which in the dispatcher produces it to the ``acks`` topic and stops
+escalation.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -23,6 +25,7 @@ import yaml
 from aiohttp import web
 
 from models.errors import CardiowatchError
+from services.access import AckPrincipal, BadTokenLimiter, TokenBook
 from streaming.events import AlertEvent
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "AlertBook",
     "AckSink",
     "TokenFileError",
+    "AckRecordError",
     "load_tokens",
     "AckApi",
 ]
@@ -48,6 +52,10 @@ class TokenFileError(CardiowatchError, ValueError):
     """The ack token file is missing or malformed."""
 
 
+class AckRecordError(CardiowatchError, ValueError):
+    """A record of the ``acks`` topic is not a valid acknowledgement."""
+
+
 @dataclass(frozen=True, slots=True)
 class AckRecord:
     """One acknowledgement or resolution, as written to the ``acks`` topic."""
@@ -57,17 +65,39 @@ class AckRecord:
     by: str
     ts_ms: int
     note: str | None = None
+    team: str | None = None  # the care team of the token used; None in records older than teams
 
     def to_json(self) -> bytes:
         return json.dumps({"alert_id": self.alert_id, "action": self.action, "by": self.by,
-                           "ts_ms": self.ts_ms, "note": self.note}, separators=(",", ":")).encode()
+                           "team": self.team, "ts_ms": self.ts_ms, "note": self.note},
+                          separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AckRecord:
-        d = json.loads(raw)
+        """Decode a record of the ``acks`` topic.
+
+        Raises
+        ------
+        AckRecordError
+            Not JSON, not an object, or a missing or mistyped field (named).
+        """
+        try:
+            d = json.loads(raw)
+        except (ValueError, TypeError, RecursionError) as e:
+            raise AckRecordError(f"ack record must be UTF-8 JSON: {str(e)[:120]}") from None
         if not isinstance(d, dict) or d.get("action") not in ("ack", "resolve"):
-            raise ValueError(f"ack record must be an object with action ack|resolve, got {str(raw)[:80]!r}")
-        return cls(str(d["alert_id"]), d["action"], str(d["by"]), int(d["ts_ms"]), d.get("note"))
+            raise AckRecordError(f"ack record must be an object with action ack|resolve, got {str(raw)[:80]!r}")
+        for name in ("alert_id", "by"):
+            if not isinstance(d.get(name), str) or not d[name]:
+                raise AckRecordError(f"ack record field {name!r} must be a non-empty string, got {d.get(name)!r:.60}")
+        ts = d.get("ts_ms")
+        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+            raise AckRecordError(f"ack record field 'ts_ms' must be epoch milliseconds, got {ts!r:.60}")
+        note, team = d.get("note"), d.get("team")
+        for name, v in (("note", note), ("team", team)):
+            if v is not None and not isinstance(v, str):
+                raise AckRecordError(f"ack record field {name!r} must be a string or null, got {v!r:.60}")
+        return cls(d["alert_id"], d["action"], d["by"], ts, note, team)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +204,15 @@ class AckSink(Protocol):
 
 
 def load_tokens(path: Path | str) -> dict[str, str]:
-    """Read a YAML or JSON mapping ``token -> user``."""
+    """Read an old plain YAML or JSON mapping ``token -> user``.
+
+    The dispatcher no longer reads such files (tokens are hashed per team in the routing
+    file); ``cardiowatch token hash --from-tokens-file`` converts one with this.
+    """
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as e:
         raise TokenFileError(f"ack tokens file {str(p)!r} cannot be read: {e}") from None
     if not isinstance(raw, Mapping) or not raw:
         raise TokenFileError(f"ack tokens file {str(p)!r} must be a non-empty mapping token -> user")
@@ -192,11 +226,27 @@ def load_tokens(path: Path | str) -> dict[str, str]:
 
 
 class AckApi:
-    """The aiohttp application; ``start()`` binds ``127.0.0.1:port`` (0 picks one)."""
+    """The aiohttp application; ``start()`` binds ``127.0.0.1:port`` (0 picks one).
 
-    def __init__(self, book: AlertBook, tokens: Mapping[str, str], sink: AckSink, *,
+    Parameters
+    ----------
+    book : AlertBook
+        Alerts and their statuses.
+    tokens : TokenBook
+        Bearer tokens (hashed) and the user and team each identifies.
+    sink : AckSink
+        Where successful acks and resolutions go.
+    team_of : callable
+        The care team an alert is routed to; a token sees and acts on only its team's.
+    limiter : BadTokenLimiter, optional
+        Bad-token limit per client address; default 5 in a burst, then one per 10 s.
+    """
+
+    def __init__(self, book: AlertBook, tokens: TokenBook, sink: AckSink, *,
+                 team_of: Callable[[AlertState], str], limiter: BadTokenLimiter | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
-        self._book, self._tokens, self._sink = book, dict(tokens), sink
+        self._book, self._tokens, self._sink, self._team_of = book, tokens, sink, team_of
+        self._limiter = limiter if limiter is not None else BadTokenLimiter()
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=64 * 1024)
@@ -223,25 +273,34 @@ class AckApi:
             await self._runner.cleanup()
             self._runner = None
 
-    def _user(self, request: web.Request) -> str | None:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        user = None
-        for known, name in self._tokens.items():  # compare every token: no early exit timing
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
-                user = name
-        return user
+    def _principal(self, request: web.Request) -> AckPrincipal | web.Response:
+        """The caller, or the 401/429 answer. A locked-out address is refused before its
+        token is looked at, so a good guess made while locked out teaches nothing."""
+        client = request.remote or "?"
+        auth = request.headers.get("Authorization")
+        wait_s = self._limiter.retry_after_s(client)
+        if wait_s > 0 and auth is not None:
+            resp = _err(429, "too many bad tokens from this address; retry later")
+            resp.headers["Retry-After"] = str(wait_s)
+            return resp
+        scheme, _, token = (auth or "").partition(" ")
+        principal = self._tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            if auth is not None:  # a credential was offered and was wrong: count it
+                self._limiter.failed(client)
+            return _err(401, "missing or invalid bearer token")
+        return principal
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _list(self, request: web.Request) -> web.Response:
-        if self._user(request) is None:
-            return _err(401, "missing or invalid bearer token")
+        who = self._principal(request)
+        if isinstance(who, web.Response):
+            return who
         open_only = request.query.get("open", "false").lower() in ("1", "true", "yes")
-        return web.json_response({"alerts": [a.to_dict() for a in self._book.alerts(open_only)]})
+        return web.json_response({"alerts": [a.to_dict() for a in self._book.alerts(open_only)
+                                             if self._team_of(a) == who.team]})
 
     async def _ack(self, request: web.Request) -> web.Response:
         return await self._act(request, "ack")
@@ -250,9 +309,9 @@ class AckApi:
         return await self._act(request, "resolve")
 
     async def _act(self, request: web.Request, action: AckAction) -> web.Response:
-        user = self._user(request)
-        if user is None:
-            return _err(401, "missing or invalid bearer token")
+        who = self._principal(request)
+        if isinstance(who, web.Response):
+            return who
         note: str | None = None
         raw = await request.read()
         if raw.strip():
@@ -267,14 +326,15 @@ class AckApi:
                 return _err(400, "note must be a string of at most 2000 characters")
         alert_id = request.match_info["alert_id"]
         state = self._book.get(alert_id)
-        if state is None:
-            return _err(404, f"unknown alert {alert_id!r}")
+        if state is None or self._team_of(state) != who.team:
+            # the same answer for both, so a token cannot tell another team's ids from none
+            return _err(403, f"no alert {alert_id!r} for team {who.team!r}")
         if state.status in FINISHED:
             return _err(409, f"alert {alert_id!r} is already {state.status}")
-        rec = AckRecord(alert_id, action, user, int(time.time() * 1000), note)
+        rec = AckRecord(alert_id, action, who.user, int(time.time() * 1000), note, who.team)
         await self._sink.publish(rec)
-        return web.json_response({"alert_id": alert_id, "action": action, "by": user,
-                                  "ts_ms": rec.ts_ms, "note": note})
+        return web.json_response({"alert_id": alert_id, "action": action, "by": who.user,
+                                  "team": who.team, "ts_ms": rec.ts_ms, "note": note})
 
 
 def _err(status: int, message: str) -> web.Response:

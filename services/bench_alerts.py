@@ -209,7 +209,7 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
             task = asyncio.create_task(run_dispatcher(
                 settings, routing, stop=stop, metrics=DispatcherMetrics(CollectorRegistry()),
                 options=DispatchOptions(max_in_flight=max(1000, n_alerts)),
-                tokens={}, on_ready=lambda _api: ready.set()))
+                on_ready=lambda _api: ready.set()))
             await asyncio.wait_for(ready.wait(), 120)
             _progress(f"dispatcher ready on {t.alerts}")
             return stop, task, time.time()

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dispatch": ("services.dispatcher", "run the alert dispatcher and acknowledgement API"),
     "simulate": ("services.simulator", "replay WFDB records or synthetic patients into Kafka"),
     "receiver": ("services.receiver", "run a local signed-webhook receiver"),
+    "token hash": ("services.access", "hash an acknowledgement token for the routing file (or make a new one)"),
     "broker": ("services.broker", "fetch, start, stop the local Apache Kafka broker"),
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),
     "bench stream": ("services.bench_stream", "benchmark the streaming path on the real broker"),
     "bench alerts": ("services.bench_alerts", "benchmark alert delivery to a local receiver"),
+    "fuzz": ("services.fuzz", "run the property-based fuzz suite with many cases (--cases N)"),
     "bench core": ("services.bench_core", "benchmark the stream core alone, per ECG chunk"),
 }
 

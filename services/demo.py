@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from services.access import hash_token
 from services.broker import LocalBroker, free_port
 from services.receiver import Arrival, WebhookReceiver
 from services.settings import REPO_ROOT, Topics, without_kafka_security
@@ -69,7 +70,7 @@ class _ReceiverThread:
         self._thread.join(10)
 
 
-def _routing(url: str, secret: str) -> dict:
+def _routing(url: str, secret: str, token_hash: str) -> dict:
     endpoint = {"url": url, "secret": secret, "timeout_s": 5, "format": "native"}
     return {
         "version": 1, "default_team": "ward", "ops_team": "ward",
@@ -77,6 +78,7 @@ def _routing(url: str, secret: str) -> dict:
         "teams": {"ward": {
             "retry": {"max_attempts": 5, "base_backoff_s": 0.2, "max_backoff_s": 5, "total_budget_s": 30},
             "routes": {"default": {"primary": endpoint, "escalation": [endpoint]}},
+            "tokens": [{"user": "demo-nurse", "token_hash": token_hash}],
         }},
         "patients": {},
     }
@@ -170,15 +172,13 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         url = receiver.start()
         _log(f"webhook receiver listening at {url}")
         routing = work / "routing.yaml"
-        routing.write_text(yaml.safe_dump(_routing(url, secret)))
-        tokens = work / "ack-tokens.yaml"
-        tokens.write_text(yaml.safe_dump({secrets.token_urlsafe(24): "demo-nurse"}))
+        routing.write_text(yaml.safe_dump(_routing(url, secret, hash_token(secrets.token_urlsafe(24)))))
         wport, dport, aport = free_port(), free_port(), free_port()
         # the demo's own broker is plaintext: the shell's Kafka security settings stay out
         env = dict(without_kafka_security(os.environ), CARDIOWATCH_BOOTSTRAP=broker.bootstrap, CARDIOWATCH_PARTITIONS="4",
                    CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
                    CARDIOWATCH_APP_ID=f"cardiowatch-demo-{secrets.token_hex(3)}",
-                   CARDIOWATCH_ROUTING_FILE=str(routing), CARDIOWATCH_ACK_TOKENS_FILE=str(tokens),
+                   CARDIOWATCH_ROUTING_FILE=str(routing),
                    CARDIOWATCH_DISPATCHER_METRICS_PORT=str(dport), CARDIOWATCH_ACK_PORT=str(aport),
                    CARDIOWATCH_BATCH_WITHIN_S="0.1", PYTHONUNBUFFERED="1")
         py = sys.executable

@@ -30,16 +30,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -47,9 +52,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.errors import CardiowatchError
-from services.ack_api import AckApi, AckRecord, AlertBook, load_tokens
+from services.access import AccessConfigError, TokenBook
+from services.ack_api import AckApi, AckRecord, AlertBook, AlertState
 from services.payloads import render
-from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
+from services.routing import (
+    Endpoint,
+    RetryPolicy,
+    Route,
+    RoutingConfig,
+    load_routing,
+    redact_url,
+    route_key_for,
+)
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
 from streaming.events import AlertEvent
@@ -72,6 +86,8 @@ __all__ = [
     "deliver",
     "delivery_failure_alert",
     "is_delivery_failure",
+    "alert_team",
+    "scrub",
     "run_dispatcher",
     "open_log_reader",
     "log_behind",
@@ -132,11 +148,12 @@ class WebhookPoster(Protocol):
     """Sends one signed webhook; the dispatcher's only view of HTTP.
 
     Returns the HTTP status code; raises :class:`DeliveryTimeout` or
-    :class:`DeliveryTransportError` when no response arrived.
+    :class:`DeliveryTransportError` when no response arrived. ``https://`` URLs are
+    verified against ``ca_file`` (PEM) when given, else the system trust store.
     """
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int: ...
+                   timeout_s: float, *, ca_file: Path | None = None) -> int: ...
 
 
 class HttpxPoster:
@@ -151,7 +168,10 @@ class HttpxPoster:
         self.client = client
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int:
+                   timeout_s: float, *, ca_file: Path | None = None) -> int:
+        if ca_file is not None:  # an httpx client verifies with one context, set when it was built
+            raise DeliveryTransportError("a per-route ca_file needs the default AiohttpPoster; the "
+                                         "injected httpx client cannot switch CA per request")
         try:
             resp = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
         except httpx.TimeoutException as e:
@@ -167,12 +187,21 @@ class AiohttpPoster:
     The pool has no total or per-host connection cap, so requests hung on one endpoint
     can never make deliveries to another wait for a connection. ``timeout_s`` bounds the
     whole request (connect, send, response). Redirects are not followed (a 3xx is a
-    non-retryable failure, as with httpx's default).
+    non-retryable failure, as with httpx's default). TLS is always verified: one
+    ``ssl.SSLContext`` per CA file (the system store when none), built once.
     """
 
     def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
         self._session = session
         self._own = session is None
+        self._contexts: dict[Path | None, ssl.SSLContext] = {}
+
+    def _context(self, ca_file: Path | None) -> ssl.SSLContext:
+        ctx = self._contexts.get(ca_file)
+        if ctx is None:
+            ctx = self._contexts[ca_file] = ssl.create_default_context(
+                cafile=None if ca_file is None else str(ca_file))
+        return ctx
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -183,14 +212,23 @@ class AiohttpPoster:
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float) -> int:
+                   timeout_s: float, *, ca_file: Path | None = None) -> int:
+        try:
+            ctx = self._context(ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise DeliveryTransportError(f"cannot load CA file {str(ca_file)!r}: {e}") from e
         try:
             async with self.session.post(url, data=body, headers=dict(headers), allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                                         ssl=ctx, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 await resp.read()  # drain so the connection goes back to the pool
                 return resp.status
         except asyncio.TimeoutError as e:
             raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
+        except aiohttp.ClientConnectorCertificateError as e:
+            cert = e.certificate_error
+            why = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
+            raise DeliveryTransportError(f"TLS certificate not trusted ({why}); give the route a "
+                                         "ca_file that signed it") from e
         except aiohttp.ClientError as e:
             raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
 
@@ -198,6 +236,23 @@ class AiohttpPoster:
         if self._own and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def scrub(message: str, ep: Endpoint) -> str:
+    """``message`` without ``ep``'s URL path, query or user info (often credentials) or any
+    form of its signing key: this is what reaches logs, dead letters and ops alerts."""
+    out = message.replace(ep.url, redact_url(ep.url))
+    pieces: list[str] = []
+    with contextlib.suppress(ValueError):
+        u = urlsplit(ep.url)
+        # pieces shorter than 6 characters ("/hook") are no credential, and replacing them
+        # would garble unrelated text
+        pieces += [p for p in (u.path, u.query, u.username, u.password, u.fragment) if p and len(p) >= 6]
+    b64 = base64.b64encode(ep.secret.key).decode()
+    pieces += [b64, b64.rstrip("="), ep.secret.key.hex()]
+    for piece in sorted(set(pieces), key=len, reverse=True):
+        out = out.replace(piece, "<redacted>")
+    return out
 
 
 def _as_poster(client: httpx.AsyncClient | WebhookPoster) -> WebhookPoster:
@@ -308,7 +363,10 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
         headers.update({"content-type": ctype, "user-agent": "cardiowatch-dispatcher/0.1"})
         retryable = True
         try:
-            status = await client.post(ep.url, body, headers, ep.timeout_s)
+            if ep.ca_file is None:  # posters written before per-route CA files keep working
+                status = await client.post(ep.url, body, headers, ep.timeout_s)
+            else:
+                status = await client.post(ep.url, body, headers, ep.timeout_s, ca_file=ep.ca_file)
             if 200 <= status < 300:
                 if breaker is not None:
                     breaker.record(ep.url, True)
@@ -318,7 +376,7 @@ async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy,
         except DeliveryTimeout:
             reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
         except DeliveryTransportError as e:
-            reasons.append(f"{ep.name} attempt {attempt}: {e}")
+            reasons.append(f"{ep.name} attempt {attempt}: {scrub(str(e), ep)}")
         if retryable and breaker is not None:
             breaker.record(ep.url, False)
             if can_fail_over and breaker.is_open(ep.url):
@@ -467,7 +525,10 @@ class _State:
     def apply_ack(self, rec: AckRecord) -> AlertEvent | None:
         self.book.apply(rec)
         fn = self.tracker.acknowledge if rec.action == "ack" else self.tracker.resolve
-        return fn(rec.alert_id, rec.ts_ms, rec.by)
+        ev = fn(rec.alert_id, rec.ts_ms, rec.by)
+        if ev is not None and rec.team is not None:  # the audit log says from which team, too
+            ev = dataclasses.replace(ev, details={**ev.details, "by_team": rec.team})
+        return ev
 
     def refresh_gauges(self) -> None:
         open_, unack = self.book.counts()
@@ -774,6 +835,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._st.metrics.assigned_partitions.set(len(assigned))
 
 
+def alert_team(routing: RoutingConfig) -> Callable[[AlertState], str]:
+    """The care team an alert is routed to, as the ack API sees it: the dispatcher's own
+    ``delivery_failure`` alerts go to the ops team, the others to their patient's team."""
+    def team_of(a: AlertState) -> str:
+        if a.condition == DELIVERY_FAILURE and a.category == "technical":
+            return routing.ops_team
+        return routing.team_for(a.patient_id).name
+    return team_of
+
+
 def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:
     from streaming.escalation import EscalationConfig, EscalationTracker
     return EscalationTracker(EscalationConfig(
@@ -787,14 +858,14 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
                          metrics: DispatcherMetrics | None = None,
                          tracker: EscalationTrackerLike | None = None,
                          options: DispatchOptions = DispatchOptions(),
-                         tokens: dict[str, str] | None = None,
+                         tokens: TokenBook | None = None,
                          on_ready: Callable[[AckApi | None], None] | None = None) -> None:
     """Consume ``alerts`` and deliver them until ``stop`` is set; then drain and commit.
 
     Parameters
     ----------
     settings : DispatcherSettings
-        Kafka bootstrap, topics, group id, metrics and ack ports, ack tokens file.
+        Kafka bootstrap, topics, group id, metrics and ack ports.
     routing : RoutingConfig
         Care-team routes and the escalation policy.
     client : httpx.AsyncClient or WebhookPoster, optional
@@ -808,11 +879,16 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         Default: ``streaming.escalation.EscalationTracker`` from ``routing.escalation``.
     options : DispatchOptions
         Bounds and intervals.
-    tokens : dict, optional
-        Ack API ``token -> user``; default read from ``settings.ack_tokens_file``.
+    tokens : TokenBook, optional
+        Ack API tokens (hashed, each a user in a team); default the routing file's.
     on_ready : callable, optional
         Called with the started ack API (or None) once consuming begins.
     """
+    if settings.ack_tokens_file is not None:
+        raise AccessConfigError(
+            f"CARDIOWATCH_ACK_TOKENS_FILE ({str(settings.ack_tokens_file)!r}) is no longer read: ack tokens "
+            "belong to a team in the routing file, hashed; convert the file with 'cardiowatch token hash "
+            "--from-tokens-file FILE --team TEAM' and unset the variable")
     stop = stop or asyncio.Event()
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
     own_poster = AiohttpPoster() if client is None else None
@@ -839,9 +915,8 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         consumer.subscribe([st.topics.alerts], listener=_Rebalance(st, consumer))
         await consumer.start()
         if options.serve_ack_api:
-            if tokens is None:
-                tokens = load_tokens(settings.ack_tokens_file) if settings.ack_tokens_file else {}
-            api = AckApi(st.book, tokens, _KafkaAckSink(st), host=settings.bind_host, port=settings.ack_port)
+            api = AckApi(st.book, TokenBook(routing.tokens) if tokens is None else tokens, _KafkaAckSink(st),
+                         team_of=alert_team(routing), host=settings.bind_host, port=settings.ack_port)
             await api.start()
         tasks.append(asyncio.create_task(_tail_acks(st, acks_consumer), name="acks"))
         tasks.append(asyncio.create_task(_escalate(st, routing.escalation.poll_s), name="escalate"))

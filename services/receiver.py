@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -79,10 +80,14 @@ class WebhookReceiver:
         Initial behaviour.
     on_arrival : callable, optional
         Called with each new (non-duplicate) :class:`Arrival`.
+    ssl_context : ssl.SSLContext, optional
+        Serve HTTPS with this server context (certificate and key loaded).
     """
 
     def __init__(self, secret: str | WebhookSecret, *, host: str = "127.0.0.1", port: int = 0,
-                 mode: ReceiverMode = "ok", on_arrival: Callable[[Arrival], None] | None = None) -> None:
+                 mode: ReceiverMode = "ok", on_arrival: Callable[[Arrival], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl = ssl_context
         self._secret = secret if isinstance(secret, WebhookSecret) else WebhookSecret.parse(secret)
         self._host, self._port = host, port
         self._mode: ReceiverMode = "ok"
@@ -100,7 +105,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._port}/hook"
+        return f"{'https' if self._ssl is not None else 'http'}://{self._host}:{self._port}/hook"
 
     @property
     def port(self) -> int:
@@ -128,7 +133,8 @@ class WebhookReceiver:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True,
+                                 ssl_context=self._ssl)
         await self._site.start()
         if self._port == 0:
             server = self._site._server  # aiohttp exposes the bound socket only here

@@ -9,10 +9,22 @@ deliveries raise a technical alert that goes to ``ops_team`` (``technical`` rout
 Every validation error is a :class:`RoutingConfigError` naming the key path, e.g.
 ``teams.cardiology.routes.high.primary.url``. Secrets are inline (``secret``) or read
 from a file (``secret_file``, relative to the routing file); never from the environment.
+
+Webhooks go over HTTPS with certificate verification (the system trust store, or a
+route's or endpoint's ``ca_file``); plain ``http://`` is accepted only to a loopback
+address or where the route or endpoint says ``allow_insecure_http: true``. Errors and
+endpoint names never carry a secret: URLs in messages keep only scheme, host and port
+(a webhook URL's path is often itself a credential).
+
+A team's acknowledgement tokens are listed under ``teams.<team>.tokens`` as
+``{user, token_hash}`` with ``token_hash: sha256:<64 hex>`` (``cardiowatch token hash``);
+the ack API answers a token only for alerts routed to its team.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +35,7 @@ from urllib.parse import urlparse
 import yaml
 
 from models.errors import CardiowatchError
+from services.access import AckPrincipal, TokenEntry, parse_token_hash
 from services.signing import WebhookSecret
 
 __all__ = [
@@ -38,6 +51,8 @@ __all__ = [
     "load_routing",
     "parse_routing",
     "route_key_for",
+    "redact_url",
+    "is_loopback_host",
 ]
 
 PayloadFormat = Literal["native", "fhir", "alertmanager"]
@@ -63,6 +78,11 @@ class Endpoint:
     secret: WebhookSecret
     timeout_s: float = 5.0
     format: PayloadFormat = "native"
+    ca_file: Path | None = None  # PEM bundle to verify the receiver's certificate with
+    allow_insecure_http: bool = False
+
+    def __repr__(self) -> str:  # the URL's path and query may be credentials
+        return f"Endpoint(name={self.name!r}, url={redact_url(self.url)!r}, format={self.format!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +150,7 @@ class RoutingConfig:
     default_team: str
     ops_team: str
     escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    tokens: tuple[TokenEntry, ...] = ()  # ack API tokens of every team
 
     def team_for(self, patient_id: str) -> Team:
         return self.teams[self.patients.get(patient_id, self.default_team)]
@@ -148,6 +169,31 @@ def route_key_for(category: str, priority: str) -> str:
     return "technical" if category == "technical" else priority
 
 
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/...`` without user info, path, query or fragment, for messages."""
+    try:
+        u = urlparse(url)
+        host = u.hostname or "?"
+        port = f":{u.port}" if u.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    host = f"[{host}]" if ":" in host else host
+    tail = "/..." if (u.path not in ("", "/") or u.query or u.fragment) else ""
+    return f"{u.scheme}://{host}{port}{tail}"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``)."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load_routing(path: Path | str) -> RoutingConfig:
     """Read and validate a routing YAML file."""
     p = Path(path)
@@ -155,8 +201,8 @@ def load_routing(path: Path | str) -> RoutingConfig:
         raw = yaml.safe_load(p.read_text())
     except OSError as e:
         raise RoutingConfigError("<file>", f"cannot read routing file {str(p)!r}: {e}") from None
-    except yaml.YAMLError as e:
-        raise RoutingConfigError("<file>", f"routing file {str(p)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: "!!int x", 5000 digits...
+        raise RoutingConfigError("<file>", f"routing file {str(p)!r} is not valid YAML: {str(e)[:300]}") from None
     return parse_routing(raw, base_dir=p.parent)
 
 
@@ -181,15 +227,54 @@ def _num(d: Mapping[str, Any], key: str, path: str, default: float, lo: float, h
     return float(v)
 
 
-def _endpoint(v: Any, path: str, base_dir: Path) -> Endpoint:
+def _flag(d: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise RoutingConfigError(f"{path}.{key}", f"must be true or false, got {v!r}")
+    return v
+
+
+def _ca_file(d: Mapping[str, Any], path: str, base_dir: Path, default: Path | None) -> Path | None:
+    if "ca_file" not in d:
+        return default
+    raw = d["ca_file"]
+    if not isinstance(raw, str) or not raw:
+        raise RoutingConfigError(f"{path}.ca_file", f"must be a path, got {type(raw).__name__}")
+    f = Path(raw)
+    f = f if f.is_absolute() else base_dir / f
+    try:  # load it now, so a bad CA file stops the dispatcher at start, not at the first alert
+        ssl.create_default_context(cafile=str(f))
+    except (OSError, ssl.SSLError, ValueError) as e:  # ValueError: a NUL in the path
+        raise RoutingConfigError(f"{path}.ca_file", f"cannot load CA certificates from {str(f)!r}: "
+                                 f"{getattr(e, 'strerror', None) or e}") from None
+    return f
+
+
+def _endpoint(v: Any, path: str, base_dir: Path, insecure: bool = False,
+              ca_file: Path | None = None) -> Endpoint:
     d = _map(v, path)
-    _unknown(d, {"url", "secret", "secret_file", "timeout_s", "format"}, path)
+    _unknown(d, {"url", "secret", "secret_file", "timeout_s", "format", "ca_file", "allow_insecure_http"}, path)
     url = d.get("url")
     if not isinstance(url, str):
-        raise RoutingConfigError(f"{path}.url", f"must be a string, got {url!r}")
-    u = urlparse(url)
-    if u.scheme not in ("http", "https") or not u.netloc:
-        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {url!r}")
+        raise RoutingConfigError(f"{path}.url", f"must be a string, got {type(url).__name__}")
+    try:
+        u = urlparse(url)
+        host = u.hostname
+        u.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {redact_url(url)!r}") from None
+    if u.scheme not in ("http", "https") or not u.netloc or not host:
+        raise RoutingConfigError(f"{path}.url", f"must be an http(s) URL, got {redact_url(url)!r}")
+    insecure = _flag(d, "allow_insecure_http", path, insecure)
+    if u.scheme == "http" and not insecure and not is_loopback_host(host):
+        raise RoutingConfigError(f"{path}.url", f"must be https:// to a non-loopback host, got "
+                                 f"{redact_url(url)!r} (set allow_insecure_http: true to accept plain "
+                                 "HTTP on this route)")
+    ca = _ca_file(d, path, base_dir, ca_file)
+    if u.scheme != "https":
+        ca = None  # a route-wide CA file does not concern its plain loopback endpoints
+    if "ca_file" in d and u.scheme != "https":
+        raise RoutingConfigError(f"{path}.ca_file", f"applies to https:// URLs only, got {redact_url(url)!r}")
     if ("secret" in d) == ("secret_file" in d):
         raise RoutingConfigError(f"{path}.secret", "give exactly one of 'secret' or 'secret_file'")
     if "secret" in d:
@@ -202,6 +287,8 @@ def _endpoint(v: Any, path: str, base_dir: Path) -> Endpoint:
             text = f.read_text().strip()
         except OSError as e:
             raise RoutingConfigError(spath, f"cannot read {str(f)!r}: {e.strerror}") from None
+        except ValueError as e:  # a NUL in the path, or a file that is not UTF-8 text
+            raise RoutingConfigError(spath, f"cannot read {str(f)!r}: {str(e)[:80]}") from None
     try:
         secret = WebhookSecret.parse(text)
     except ValueError as e:
@@ -210,7 +297,8 @@ def _endpoint(v: Any, path: str, base_dir: Path) -> Endpoint:
     if fmt not in _FORMATS:
         raise RoutingConfigError(f"{path}.format", f"must be one of {', '.join(_FORMATS)}, got {fmt!r}")
     return Endpoint(name=path, url=url, secret=secret,
-                    timeout_s=_num(d, "timeout_s", path, 5.0, 0.001, 300.0), format=fmt)
+                    timeout_s=_num(d, "timeout_s", path, 5.0, 0.001, 300.0), format=fmt,
+                    ca_file=ca, allow_insecure_http=insecure)
 
 
 def _retry(v: Any, path: str, default: RetryPolicy) -> RetryPolicy:
@@ -231,16 +319,21 @@ def _retry(v: Any, path: str, default: RetryPolicy) -> RetryPolicy:
 
 def _route(v: Any, path: str, base_dir: Path, team_retry: RetryPolicy) -> Route:
     d = _map(v, path)
-    _unknown(d, {"primary", "failover", "escalation", "retry"}, path)
+    _unknown(d, {"primary", "failover", "escalation", "retry", "ca_file", "allow_insecure_http"}, path)
     if "primary" not in d:
         raise RoutingConfigError(f"{path}.primary", "is required")
     esc = d.get("escalation", [])
     if not isinstance(esc, list):
         raise RoutingConfigError(f"{path}.escalation", f"must be a list of endpoints, got {type(esc).__name__}")
+    # route-wide TLS settings; an endpoint may override them
+    insecure = _flag(d, "allow_insecure_http", path, False)
+    ca = _ca_file(d, path, base_dir, None)
     return Route(
-        primary=_endpoint(d["primary"], f"{path}.primary", base_dir),
-        failover=None if d.get("failover") is None else _endpoint(d["failover"], f"{path}.failover", base_dir),
-        escalation=tuple(_endpoint(e, f"{path}.escalation.{i}", base_dir) for i, e in enumerate(esc)),
+        primary=_endpoint(d["primary"], f"{path}.primary", base_dir, insecure, ca),
+        failover=None if d.get("failover") is None else _endpoint(d["failover"], f"{path}.failover",
+                                                                  base_dir, insecure, ca),
+        escalation=tuple(_endpoint(e, f"{path}.escalation.{i}", base_dir, insecure, ca)
+                         for i, e in enumerate(esc)),
         retry=_retry(d.get("retry"), f"{path}.retry", team_retry),
     )
 
@@ -262,10 +355,12 @@ def parse_routing(raw: Any, base_dir: Path | str = ".") -> RoutingConfig:
     if not teams_raw:
         raise RoutingConfigError("teams", "must name at least one team")
     teams: dict[str, Team] = {}
+    tokens: list[TokenEntry] = []
     for tname, traw in teams_raw.items():
         tpath = f"teams.{tname}"
         td = _map(traw, tpath)
-        _unknown(td, {"routes", "retry"}, tpath)
+        _unknown(td, {"routes", "retry", "tokens"}, tpath)
+        tokens += _tokens(td.get("tokens"), f"{tpath}.tokens", str(tname))
         team_retry = _retry(td.get("retry"), f"{tpath}.retry", RetryPolicy())
         routes_raw = _map(td.get("routes"), f"{tpath}.routes")
         routes: dict[str, Route] = {}
@@ -280,19 +375,46 @@ def parse_routing(raw: Any, base_dir: Path | str = ".") -> RoutingConfig:
                                      f"is required when routes lack {', '.join(missing)}")
         teams[str(tname)] = Team(str(tname), MappingProxyType(routes))
     default_team = d.get("default_team")
-    if default_team not in teams:
+    if not isinstance(default_team, str) or default_team not in teams:
         raise RoutingConfigError("default_team", f"must name a team ({', '.join(teams)}), got {default_team!r}")
     ops_team = d.get("ops_team", default_team)
-    if ops_team not in teams:
+    if not isinstance(ops_team, str) or ops_team not in teams:
         raise RoutingConfigError("ops_team", f"must name a team ({', '.join(teams)}), got {ops_team!r}")
     patients_raw = _map(d.get("patients", {}) or {}, "patients")
     patients: dict[str, str] = {}
     for pid, team in patients_raw.items():
-        if team not in teams:
+        if not isinstance(team, str) or team not in teams:
             raise RoutingConfigError(f"patients.{pid}", f"must name a team ({', '.join(teams)}), got {team!r}")
         patients[str(pid)] = str(team)
+    seen: dict[bytes, str] = {}
+    for t in tokens:
+        if t.digest in seen:
+            raise RoutingConfigError(f"teams.{t.principal.team}.tokens",
+                                     f"user {t.principal.user!r} has the same token as {seen[t.digest]!r}; "
+                                     "each user needs their own")
+        seen[t.digest] = t.principal.user
     return RoutingConfig(MappingProxyType(teams), MappingProxyType(patients), str(default_team),
-                         str(ops_team), _escalation(d.get("escalation")))
+                         str(ops_team), _escalation(d.get("escalation")), tuple(tokens))
+
+
+def _tokens(v: Any, path: str, team: str) -> list[TokenEntry]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise RoutingConfigError(path, f"must be a list of {{user, token_hash}}, got {type(v).__name__}")
+    out: list[TokenEntry] = []
+    for i, raw in enumerate(v):
+        d = _map(raw, f"{path}.{i}")
+        _unknown(d, {"user", "token_hash"}, f"{path}.{i}")
+        user = d.get("user")
+        if not isinstance(user, str) or not user.strip():
+            raise RoutingConfigError(f"{path}.{i}.user", f"must be a non-empty string, got {type(user).__name__}")
+        try:
+            digest = parse_token_hash(d.get("token_hash"))
+        except ValueError as e:  # the message never repeats the value (it may be a plain token)
+            raise RoutingConfigError(f"{path}.{i}.token_hash", str(e)) from None
+        out.append(TokenEntry(digest, AckPrincipal(user, team)))
+    return out
 
 
 def _escalation(v: Any) -> EscalationPolicy:

@@ -64,8 +64,10 @@ class WebhookSecret:
 
 
 def _redact(secret: object) -> str:
-    s = str(secret)
-    return s[:8] + "..." if len(s) > 8 else s
+    """Describe a bad secret without any of its characters (messages end up in logs)."""
+    if not isinstance(secret, str):
+        return f"<{type(secret).__name__}>"
+    return f"<{len(secret)} characters>"
 
 
 def _as_secret(secret: WebhookSecret | str) -> WebhookSecret:

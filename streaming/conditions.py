@@ -272,7 +272,7 @@ def check_settings(obj: Any) -> None:
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise PolicyConfigError(f"{key} must be an integer in [{lo}, {hi}], got {v!r}")
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
             raise PolicyConfigError(f"{key} must be a number, got {v!r}")
         if not lo <= v <= hi:
             raise PolicyConfigError(f"{key} must be in [{lo}, {hi}], got {v}")
@@ -829,6 +829,12 @@ class AnomalousBeatsSettings:
 @dataclass(slots=True)
 class AnomalousBeatsState:
     recent_flags: list[list[int]] = field(default_factory=list)  # [[r_ts_ms, 0|1], ...]
+
+    def decoded_problem(self) -> str | None:
+        """Why a state read back from the changelog is unusable, or None."""
+        if any(len(f) != 2 for f in self.recent_flags):
+            return "recent_flags must hold [r_ts_ms, 0|1] pairs"
+        return None
 
 
 class AnomalousBeats(Condition[AnomalousBeatsSettings, AnomalousBeatsState]):

@@ -13,7 +13,11 @@
         │                         bad_timestamp, bad_seq
         └── SequenceError         duplicate_seq, out_of_order_ts
     PolicyConfigError             a bad alert-policy setting (also a ValueError)
-    PolicyStateError              a policy state that cannot be loaded (also a ValueError)
+    StateDecodeError              a stored per-patient stream state that cannot be
+    │                             loaded (also a ValueError)
+    └── PolicyStateError          its alert-policy part
+    AlertDecodeError              a record on the alerts topic that is not an alert
+                                  (also a ValueError)
 
 Every message names the offending value. ``reason`` is a short, bounded code used as a
 metric label and in the dead-letter record.
@@ -32,6 +36,8 @@ __all__ = [
     "SequenceError",
     "PolicyConfigError",
     "PolicyStateError",
+    "StateDecodeError",
+    "AlertDecodeError",
     "REASONS",
 ]
 
@@ -76,5 +82,13 @@ class PolicyConfigError(CardiowatchError, ValueError):
     """An alert-policy setting is missing or has a bad value; the message names the key."""
 
 
-class PolicyStateError(CardiowatchError, ValueError):
+class StateDecodeError(CardiowatchError, ValueError):
+    """A stored per-patient stream state (a changelog value) cannot be decoded."""
+
+
+class PolicyStateError(StateDecodeError):
     """A stored per-patient policy state has an unknown version or a broken layout."""
+
+
+class AlertDecodeError(CardiowatchError, ValueError):
+    """A record of the alerts topic is not a valid ``cardiowatch.alert/1`` event."""

@@ -9,8 +9,11 @@ clock, except ``produced_wall_ms`` which records when the worker emitted an aler
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from streaming.errors import AlertDecodeError
 
 __all__ = [
     "ALERT_SCHEMA",
@@ -25,6 +28,7 @@ __all__ = [
     "ClockEventKind",
     "DeviceClockEvent",
     "AlertEvent",
+    "AlertDecodeError",
 ]
 
 ALERT_SCHEMA = "cardiowatch.alert/1"
@@ -203,11 +207,92 @@ class AlertEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlertEvent:
+        """Validate a decoded ``cardiowatch.alert/1`` object; unknown keys are ignored.
+
+        Raises
+        ------
+        AlertDecodeError
+            Not an object, another schema, a missing field or one of the wrong type;
+            the message names the field.
+        """
+        if not isinstance(d, dict):
+            raise AlertDecodeError(f"an alert must be a JSON object, got {type(d).__name__}")
         if d.get("schema") != ALERT_SCHEMA:
-            raise ValueError(f"alert schema must be {ALERT_SCHEMA!r}, got {d.get('schema')!r}")
+            raise AlertDecodeError(f"alert schema must be {ALERT_SCHEMA!r}, got {d.get('schema')!r:.60}")
         names = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        for name, check in _ALERT_CHECKS.items():
+            if name not in kw:
+                if name in _ALERT_REQUIRED:
+                    raise AlertDecodeError(f"alert field {name!r} is missing")
+                continue
+            problem = check(kw[name])
+            if problem:
+                raise AlertDecodeError(f"alert field {name!r} {problem}, got {kw[name]!r:.60}")
+        return cls(**kw)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> AlertEvent:
-        return cls.from_dict(json.loads(raw))
+        """Decode one alert record; :class:`AlertDecodeError` for anything that is not one."""
+        try:
+            d = json.loads(raw)
+        except (ValueError, TypeError, RecursionError) as e:  # not JSON, not UTF-8, None, too deep
+            raise AlertDecodeError(f"an alert must be UTF-8 JSON: {str(e)[:120]}") from None
+        return cls.from_dict(d)
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) else "must be a string"
+
+
+def _opt_text(v: Any) -> str | None:
+    return None if v is None or isinstance(v, str) else "must be a string or null"
+
+
+_INT_LIMIT = 2**63  # a JSON integer beyond int64 is no count or time of ours
+
+
+def _count(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _INT_LIMIT
+    return None if ok else "must be an integer >= 0"
+
+
+def _number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "must be a finite number"
+    ok = abs(v) < _INT_LIMIT if isinstance(v, int) else math.isfinite(v)
+    return None if ok else "must be a finite number"
+
+
+def _opt_number(v: Any) -> str | None:
+    if v is None or isinstance(v, float):  # a score may be NaN: json writes and reads it
+        return None
+    ok = isinstance(v, int) and not isinstance(v, bool) and abs(v) < _INT_LIMIT
+    return None if ok else "must be a number or null"
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, str) and v in options else f"must be one of {', '.join(options)}"
+    return check
+
+
+def _opt_object(v: Any) -> str | None:
+    return None if v is None or isinstance(v, dict) else "must be an object or null"
+
+
+def _object(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "must be an object"
+
+
+_ALERT_CHECKS: dict[str, Any] = {
+    "alert_id": _text, "revision": _count, "action": _one_of(get_args(AlertAction)),
+    "patient_id": _text, "device_id": _text, "condition": _text,
+    "category": _one_of(get_args(Category)), "priority": _one_of(get_args(Priority)),
+    "onset_ts_ms": _number, "detected_ts_ms": _number, "rule": _text,
+    "score": _opt_number, "threshold": _opt_number, "model_version": _opt_text,
+    "signal_quality": _opt_number, "strip": _opt_object, "escalation_level": _count,
+    "produced_wall_ms": lambda v: None if v is None else _number(v), "details": _object,
+}
+_ALERT_REQUIRED = frozenset({"alert_id", "revision", "action", "patient_id", "device_id", "condition",
+                             "category", "priority", "onset_ts_ms", "detected_ts_ms", "rule"})

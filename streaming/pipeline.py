@@ -28,7 +28,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows
 from models.hr.af import AFDetector
-from streaming.errors import InvalidMessage, MalformedMessage, SequenceError
+from streaming.errors import InvalidMessage, MalformedMessage, SequenceError, StateDecodeError
 from streaming.events import (
     AlertEvent,
     DeviceClockEvent,
@@ -47,7 +47,7 @@ from streaming.events import (
     ScoredBeat,
     VFObservation,
 )
-from streaming.policy import AlertPolicy
+from streaming.policy import AlertPolicy, PolicyStateError, json_value_fits
 from streaming.position import ECG_RULE, HR_RULE, STITCH_TOLERANCE_MS, StreamPosition, Verdict
 from streaming.schemas import ECGChunk, HRSample, decode_ecg, decode_hr
 
@@ -140,6 +140,45 @@ def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     return header, blobs
 
 
+_POSITION_HINTS = get_type_hints(StreamPosition)
+_ECG_HEADER_HINTS: dict[str, Any] = {
+    **_POSITION_HINTS, "patient_id": str, "device_id": str, "sample_rate_hz": float | None,
+    "seg_t0_ms": float, "strip_end_ms": float, "gaps": int, "beats_scored": int}
+_HR_HEADER_HINTS: dict[str, Any] = {
+    **_POSITION_HINTS, "patient_id": str, "device_id": str, "rr_ms": list[float], "new_rr": int}
+_REQUIRED_HEADER = ("patient_id", "device_id", "last_seq", "last_ts_ms", "last_offset")
+
+
+def _decode_state(what: str, raw: bytes, hints: Mapping[str, Any],
+                  build: Callable[[dict[str, Any], dict[str, bytes]], Any]) -> Any:
+    """Unpack a stored patient state, check its header's types, build it; every failure
+    is a :class:`StateDecodeError` naming the problem (a changelog record may be
+    truncated, from another release, or corrupt)."""
+    try:
+        h, b = _unpack(raw)
+    except (struct.error, ValueError, TypeError, KeyError, RecursionError, AttributeError) as e:
+        raise StateDecodeError(f"{what} state is not a packed state: {type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(h, dict):
+        raise StateDecodeError(f"{what} state header must be an object, got {type(h).__name__}")
+    for k in (*_REQUIRED_HEADER, *(k for k in hints if k in ("rr_ms", "new_rr", "seg_t0_ms", "strip_end_ms",
+                                                              "gaps", "beats_scored", "sample_rate_hz"))):
+        if k not in h:
+            raise StateDecodeError(f"{what} state header lacks {k!r}")
+    for k, v in h.items():
+        hint = hints.get(k)
+        if hint is not None and not json_value_fits(v, hint):
+            raise StateDecodeError(f"{what} state header {k!r} must fit {hint}, got {v!r:.60}")
+    held = h.get("held")
+    if any(len(r) != 4 for r in h.get("runs", [])) or (held is not None and len(held) != 3):
+        raise StateDecodeError(f"{what} state header has a broken run or held message")
+    try:
+        return build(h, b)
+    except PolicyStateError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, struct.error, OverflowError) as e:
+        raise StateDecodeError(f"{what} state cannot be decoded: {type(e).__name__}: {str(e)[:120]}") from None
+
+
 @dataclass(slots=True)
 class ECGPatientState:
     """Everything the ECG stream remembers about one patient."""
@@ -175,7 +214,13 @@ class ECGPatientState:
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> ECGPatientState:
-        h, b = _unpack(raw)
+        """Inverse of :meth:`to_bytes`; :class:`~streaming.errors.StateDecodeError` (or
+        its :class:`~streaming.errors.PolicyStateError`) for anything else."""
+        return _decode_state("ECG patient", raw, _ECG_HEADER_HINTS,  # type: ignore[no-any-return]
+                             lambda h, b: cls._build(h, b, policy))
+
+    @classmethod
+    def _build(cls, h: dict[str, Any], b: dict[str, bytes], policy: AlertPolicy) -> ECGPatientState:
         pstate = policy.state_from_json(b["policy"]) if b["policy"] else None
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
@@ -616,10 +661,11 @@ class HRPatientState:
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
-        h, b = _unpack(raw)
-        return cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h),
-                   list(h["rr_ms"]), h["new_rr"],
-                   policy.state_from_json(b["policy"]) if b["policy"] else None)
+        """Inverse of :meth:`to_bytes`; see :meth:`ECGPatientState.from_bytes`."""
+        return _decode_state("heart-rate patient", raw, _HR_HEADER_HINTS,  # type: ignore[no-any-return]
+                             lambda h, b: cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h),
+                                              list(h["rr_ms"]), h["new_rr"],
+                                              policy.state_from_json(b["policy"]) if b["policy"] else None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, cast
+import types
+import typing
+from collections.abc import Mapping as _AbcMapping
+from typing import Any, ClassVar, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -121,6 +124,7 @@ from streaming.events import (
 __all__ = [
     "PolicyConfigError",
     "PolicyStateError",
+    "json_value_fits",
     "AlarmSettings",
     "SignalSettings",
     "HRLimits",
@@ -232,7 +236,9 @@ def _pick(v: float | None, default: float) -> float:
 
 
 def _number_in(key: str, value: Any, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    # isnan only on floats: math.isnan of a huge YAML integer raises OverflowError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                           and math.isnan(value)):
         raise PolicyConfigError(f"{key} must be a number, got {value!r}")
     if not lo <= value <= hi:
         raise PolicyConfigError(f"{key} must be in [{lo}, {hi}], got {value}")
@@ -442,8 +448,8 @@ def load_policy_config(path: str | Path) -> PolicyConfig:
         raw = yaml.safe_load(p.read_text())
     except OSError as e:
         raise PolicyConfigError(f"policy file {str(p)!r} cannot be read: {e}") from None
-    except yaml.YAMLError as e:
-        raise PolicyConfigError(f"policy file {str(p)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: "!!int x", 5000 digits...
+        raise PolicyConfigError(f"policy file {str(p)!r} is not valid YAML: {str(e)[:300]}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -543,19 +549,70 @@ _SHARED_FIELDS = tuple((f.name, f.default) for f in fields(PatientPolicyState)
                        if f.name not in ("patient_id", "conditions", "open_alerts",
                                          "cleared_at_ts_ms"))
 _ALERT_FIELDS = tuple(f.name for f in fields(OpenAlert))
+_STATE_HINTS = get_type_hints(PatientPolicyState)
+_ALERT_HINTS = get_type_hints(OpenAlert)
 #: The stream facts that are event times (moved by a device clock re-anchor).
 _TIME_FACTS = ("last_event_ts_ms", "ecg_ts_ms", "beats_complete_ts_ms", "last_beat_ts_ms",
                "unusable_until_ts_ms", "last_hr_ts_ms")
+
+
+_INT_LIMIT = 2**63
+
+
+def json_value_fits(v: Any, hint: Any) -> bool:
+    """Does a decoded JSON value ``v`` fit the annotation ``hint`` of a state field?
+
+    Numbers are interchangeable (an ``int`` field may hold a float and back: event times
+    pass through float arithmetic), booleans are not numbers, integers stay within int64.
+    """
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return v is None
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(json_value_fits(v, h) for h in get_args(hint))
+    if origin is Literal:
+        return v in get_args(hint) and type(v) in {type(a) for a in get_args(hint)}
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint in (int, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return abs(v) < _INT_LIMIT if isinstance(v, int) else True
+    if hint is str:
+        return isinstance(v, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(v, list):
+            return False
+        args = get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(v) == len(args) and all(json_value_fits(x, h) for x, h in zip(v, args))
+        return not args or all(json_value_fits(x, args[0]) for x in v)
+    if origin in (dict, _AbcMapping, typing.Mapping) or hint in (dict, _AbcMapping):
+        if not isinstance(v, dict):
+            return False
+        args = get_args(hint)
+        return not args or all(json_value_fits(x, args[1]) for x in v.values())
+    return True  # an annotation this check does not know: left to the code that reads it
+
+
+def _check_fields(d: Mapping[str, Any], hints: Mapping[str, Any], where: str) -> None:
+    for k, v in d.items():
+        hint = hints.get(k)
+        if hint is not None and not json_value_fits(v, hint):
+            raise PolicyStateError(f"policy state {where}.{k} must fit {hint}, got {v!r:.60}")
 
 
 class _StateCodec:
     """Copy and (de)serialise one condition's state dataclass; only non-default fields
     are written, so a condition that has seen nothing costs nothing in the changelog."""
 
-    __slots__ = ("kind", "defaults", "containers")
+    __slots__ = ("kind", "defaults", "containers", "hints")
 
     def __init__(self, kind: type[Any]) -> None:
         self.kind = kind
+        self.hints = get_type_hints(kind)
         empty = kind()
         self.defaults = tuple((f.name, getattr(empty, f.name)) for f in fields(kind))
         self.containers = tuple(isinstance(v, (list, dict)) for _, v in self.defaults)
@@ -582,7 +639,14 @@ class _StateCodec:
             raise PolicyStateError(f"policy state {where} must be an object, got {d!r}")
         names = {n for n, _ in self.defaults}
         # keys written by a later release are dropped; missing keys take their defaults
-        return self.kind(**{k: v for k, v in d.items() if k in names})
+        kept = {k: v for k, v in d.items() if k in names}
+        _check_fields(kept, self.hints, where)
+        state = self.kind(**kept)
+        # a shape the annotation cannot say (e.g. pairs): the state class may check it
+        problem = getattr(state, "decoded_problem", lambda: None)()
+        if problem:
+            raise PolicyStateError(f"policy state {where}: {problem}")
+        return state
 
 
 # The flat version-1 layout: which of its keys became which condition's state fields.
@@ -798,6 +862,7 @@ class AlertPolicy:
         if not isinstance(pid, str) or not pid:
             raise PolicyStateError(f"policy state needs a patient_id string, got {pid!r}")
         shared = {name: d[name] for name, _ in _SHARED_FIELDS if name in d}
+        _check_fields(shared, _STATE_HINTS, "")
         raw_conds = d.get("conditions", {})
         alerts = d.get("open_alerts", {})
         cleared = d.get("cleared_at_ts_ms", {})
@@ -811,10 +876,14 @@ class AlertPolicy:
             conditions[c.name] = (c.new_state() if enc is None
                                   else self._codecs[c.name].decode(enc, f"conditions.{c.name}"))
         try:
+            for k, r in alerts.items():
+                _check_fields(r, _ALERT_HINTS, f"open_alerts.{k}")
             open_alerts = {k: OpenAlert(**{n: r[n] for n in _ALERT_FIELDS})
                            for k, r in alerts.items()}
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise PolicyStateError(f"policy state open_alerts record is broken: {e!r}") from None
+        if not all(json_value_fits(v, int) for v in cleared.values()):
+            raise PolicyStateError(f"policy state cleared_at_ts_ms must map to event times, got {cleared!r:.60}")
         return PatientPolicyState(patient_id=pid, **shared, conditions=conditions,
                                   open_alerts=open_alerts, cleared_at_ts_ms=dict(cleared))
 

@@ -108,8 +108,10 @@ def _load(raw: bytes | None, key: bytes | None) -> dict[str, Any]:
             "oversized_payload", f"payload is {len(raw)} bytes, limit is {MAX_PAYLOAD_BYTES}")
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage("malformed_json", f"not JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+        raise MalformedMessage("malformed_json", f"not JSON: {str(exc)[:200]}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
+        raise MalformedMessage("malformed_json", "not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise MalformedMessage("malformed_json", f"top level must be an object, got {type(doc).__name__}")
     return doc
@@ -126,6 +128,20 @@ def _field(doc: dict[str, Any], name: str, types: type | tuple[type, ...], optio
         want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise FieldError("wrong_type", f"field {name!r} must be {want}, got {value!r:.60}")
     return value
+
+
+def _finite(v: int | float) -> bool:
+    """``math.isfinite`` that answers False, not OverflowError, for a huge JSON integer."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _num_text(v: int | float) -> str:
+    """A number for a message, short even for an integer of thousands of digits."""
+    text = repr(v) if isinstance(v, float) or abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
+    return text
 
 
 def _ident(doc: dict[str, Any], name: str) -> str:
@@ -146,12 +162,20 @@ def _common(doc: dict[str, Any], schema: str, key: bytes | None) -> tuple[str, s
             "key_mismatch", f"message key {key[:64]!r} differs from patient_id {patient_id!r}")
     seq = _field(doc, "seq", int)
     if seq < 0:
-        raise ValueOutOfRange("bad_seq", f"seq must be >= 0, got {seq}")
+        raise ValueOutOfRange("bad_seq", f"seq must be >= 0, got {_num_text(seq)}")
     ts_ms = _field(doc, "ts_ms", int)
     if not TS_RANGE_MS[0] <= ts_ms <= TS_RANGE_MS[1]:
         raise ValueOutOfRange(
-            "bad_timestamp", f"ts_ms must be epoch milliseconds in {TS_RANGE_MS}, got {ts_ms}")
+            "bad_timestamp", f"ts_ms must be epoch milliseconds in {TS_RANGE_MS}, got {_num_text(ts_ms)}")
     return patient_id, device_id, seq, ts_ms
+
+
+def _check_sample_types(samples: list[Any], leads: list[str]) -> None:
+    for lead_i, lead in enumerate(samples):
+        for idx, v in enumerate(lead):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise FieldError("wrong_type", f"sample {idx} of lead {leads[lead_i]!r} must be a number, "
+                                 f"got {v!r:.30}")
 
 
 def decode_ecg(raw: bytes | None, key: bytes | None = None) -> ECGChunk:
@@ -172,9 +196,9 @@ def decode_ecg(raw: bytes | None, key: bytes | None = None) -> ECGChunk:
     doc = _load(raw, key)
     patient_id, device_id, seq, ts_ms = _common(doc, ECG_SCHEMA, key)
     fs = _field(doc, "sample_rate_hz", (int, float))
-    if not (math.isfinite(fs) and SAMPLE_RATE_RANGE_HZ[0] <= fs <= SAMPLE_RATE_RANGE_HZ[1]):
+    if not (_finite(fs) and SAMPLE_RATE_RANGE_HZ[0] <= fs <= SAMPLE_RATE_RANGE_HZ[1]):
         raise ValueOutOfRange(
-            "bad_sample_rate", f"sample_rate_hz must be in {list(SAMPLE_RATE_RANGE_HZ)}, got {fs}")
+            "bad_sample_rate", f"sample_rate_hz must be in {list(SAMPLE_RATE_RANGE_HZ)}, got {_num_text(fs)}")
     leads = _field(doc, "leads", list)
     if not 1 <= len(leads) <= MAX_LEADS or not all(isinstance(x, str) and x for x in leads):
         raise FieldError("wrong_type", f"leads must be 1-{MAX_LEADS} non-empty strings, got {leads!r:.80}")
@@ -195,10 +219,19 @@ def decode_ecg(raw: bytes | None, key: bytes | None = None) -> ECGChunk:
     if not 1 <= n <= n_max:
         raise ValueOutOfRange(
             "bad_samples_length", f"samples per lead must be in [1, {n_max}] at {fs} Hz, got {n}")
+    # numbers only: with dtype=float64, np.asarray would also take "0.1" as a sample
     try:
-        arr = np.asarray(samples, dtype=np.float64)
+        arr = np.asarray(samples)
+        if arr.dtype.kind == "O":  # None (a dropped sample), huge integers or mixed types
+            _check_sample_types(samples, leads)
+            arr = np.asarray(samples, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise ValueOutOfRange("non_finite_sample", "a sample is an integer beyond float64") from None
     except (TypeError, ValueError):
         raise FieldError("wrong_type", "samples must contain only numbers") from None
+    if arr.dtype.kind not in "fi":  # text, booleans
+        raise FieldError("wrong_type", f"samples must contain only numbers, got {arr.dtype.kind!r} values")
+    arr = arr.astype(np.float64, copy=False)
     if arr.ndim != 2:
         raise FieldError("wrong_type", "samples must be a list of number lists, one per lead")
     finite = np.isfinite(arr)
@@ -215,19 +248,19 @@ def decode_hr(raw: bytes | None, key: bytes | None = None) -> HRSample:
     doc = _load(raw, key)
     patient_id, device_id, seq, ts_ms = _common(doc, HR_SCHEMA, key)
     hr = _field(doc, "hr_bpm", (int, float))
-    if not (math.isfinite(hr) and HR_RANGE_BPM[0] <= hr <= HR_RANGE_BPM[1]):
-        raise ValueOutOfRange("bad_hr", f"hr_bpm must be in {list(HR_RANGE_BPM)}, got {hr}")
+    if not (_finite(hr) and HR_RANGE_BPM[0] <= hr <= HR_RANGE_BPM[1]):
+        raise ValueOutOfRange("bad_hr", f"hr_bpm must be in {list(HR_RANGE_BPM)}, got {_num_text(hr)}")
     rr = _field(doc, "rr_ms", list, optional=True) or []
     if len(rr) > 64:
         raise ValueOutOfRange("bad_rr", f"rr_ms may hold at most 64 intervals, got {len(rr)}")
     for v in rr:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise FieldError("wrong_type", f"rr_ms must hold numbers, got {v!r:.30}")
-        if not (math.isfinite(v) and RR_RANGE_MS[0] <= v <= RR_RANGE_MS[1]):
-            raise ValueOutOfRange("bad_rr", f"rr_ms values must be in {list(RR_RANGE_MS)}, got {v}")
+        if not (_finite(v) and RR_RANGE_MS[0] <= v <= RR_RANGE_MS[1]):
+            raise ValueOutOfRange("bad_rr", f"rr_ms values must be in {list(RR_RANGE_MS)}, got {_num_text(v)}")
     quality = _field(doc, "quality", (int, float), optional=True)
-    if quality is not None and not (math.isfinite(quality) and 0.0 <= quality <= 1.0):
-        raise ValueOutOfRange("bad_quality", f"quality must be in [0, 1], got {quality}")
+    if quality is not None and not (_finite(quality) and 0.0 <= quality <= 1.0):
+        raise ValueOutOfRange("bad_quality", f"quality must be in [0, 1], got {_num_text(quality)}")
     return HRSample(patient_id, device_id, seq, ts_ms, float(hr),
                     tuple(float(v) for v in rr), None if quality is None else float(quality))
 

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from services.access import hash_token
 from services.ack_api import AckRecord, AlertBook, TokenFileError, load_tokens
 from services.dispatcher import log_behind, open_log_reader, run_dispatcher
 from services.receiver import WebhookReceiver
@@ -69,7 +70,8 @@ def test_ack_api_cases(kafka_broker: Any, make_topics: Callable[..., Topics]) ->
     async def go() -> None:
         async with WebhookReceiver(SECRET) as team:
             routing = parse_routing({"default_team": "c", "teams": {"c": {"routes": {
-                "default": {"primary": {"url": team.url, "secret": SECRET}}}}}})
+                "default": {"primary": {"url": team.url, "secret": SECRET}}},
+                "tokens": [{"user": "nurse.a", "token_hash": hash_token(TOKEN)}]}}})
             settings = DispatcherSettings(KafkaSettings(bootstrap=kafka_broker.bootstrap, topics=topics),
                                           routing_file=Path("unused"), group_id=f"g-{topics.alerts}",
                                           ack_port=0)
@@ -82,7 +84,7 @@ def test_ack_api_cases(kafka_broker: Any, make_topics: Callable[..., Topics]) ->
 
             task = asyncio.create_task(run_dispatcher(
                 settings, routing, stop=stop, metrics=DispatcherMetrics(CollectorRegistry()),
-                tokens={TOKEN: "nurse.a"}, on_ready=on_ready))
+                on_ready=on_ready))
             await asyncio.wait_for(ready.wait(), 60)
             url = box["api"].url
             ev = _alert("p1")
@@ -106,7 +108,8 @@ def test_ack_api_cases(kafka_broker: Any, make_topics: Callable[..., Topics]) ->
                     assert (await c.post(ack, headers=auth, json={"note": 5})).status_code == 400
                     assert (await c.post(ack, headers=auth, json={"nope": "x"})).status_code == 400
                     r = await c.post(f"{url}/v1/alerts/nobody:x:1/ack", headers=auth)
-                    assert r.status_code == 404 and "nobody:x:1" in r.json()["error"]
+                    # 403 (issue 9): an unknown id answers as another team's alert does
+                    assert r.status_code == 403 and "nobody:x:1" in r.json()["error"]
                     listed = (await c.get(f"{url}/v1/alerts?open=true", headers=auth)).json()["alerts"]
                     assert [a["alert_id"] for a in listed] == [ev.alert_id] and listed[0]["status"] == "open"
                     r = await c.post(ack, headers=auth, json={"note": "seen"})
@@ -133,5 +136,6 @@ def test_ack_api_cases(kafka_broker: Any, make_topics: Callable[..., Topics]) ->
             assert [(r["alert_id"], r["action"], r["by"]) for r in recs] == [
                 (ev.alert_id, "ack", "nurse.a"), (ev.alert_id, "ack", "nurse.a"), (ev.alert_id, "resolve", "nurse.a")]
             assert recs[0]["note"] == "seen" and isinstance(recs[0]["ts_ms"], int)
+            assert {r["team"] for r in recs} == {"c"}
 
     asyncio.run(go())

@@ -25,6 +25,7 @@ import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from services.access import hash_token
 from services.dispatcher import (
     CircuitBreaker,
     DispatchOptions,
@@ -85,8 +86,8 @@ def test_offset_book_commits_below_lowest_unfinished() -> None:
 def _mock_routing(fast: dict[str, Any] | None = None) -> RoutingConfig:
     return parse_routing({
         "default_team": "t", "teams": {"t": {"retry": fast or FAST_RETRY, "routes": {"default": {
-            "primary": _ep("http://primary.test/h"), "failover": _ep("http://failover.test/h", format="fhir"),
-            "escalation": [_ep("http://level1.test/h")]}}}}})
+            "primary": _ep("https://primary.test/h"), "failover": _ep("https://failover.test/h", format="fhir"),
+            "escalation": [_ep("https://level1.test/h")]}}}}})
 
 
 def _run(coro: Awaitable[Any]) -> Any:
@@ -203,7 +204,7 @@ def test_circuit_breaker_sends_alerts_straight_to_failover_while_primary_fails()
 def test_circuit_breaker_half_open_lets_one_probe_through() -> None:
     now = [0.0]
     b = CircuitBreaker(failures=1, cooldown_s=10.0, clock=lambda: now[0])
-    u = "http://primary.test/h"
+    u = "https://primary.test/h"
     assert not b.should_skip(u)
     b.record(u, False)
     assert b.should_skip(u) and b.is_open(u)  # open
@@ -234,7 +235,7 @@ def test_circuit_breaker_never_skips_a_routes_last_endpoint() -> None:
 
     breaker = CircuitBreaker(failures=1, cooldown_s=60.0)
     routing = parse_routing({"default_team": "t", "teams": {"t": {"retry": {**FAST_RETRY, "max_attempts": 4},
-                             "routes": {"default": {"primary": _ep("http://only.test/h")}}}}})
+                             "routes": {"default": {"primary": _ep("https://only.test/h")}}}}})
 
     async def go() -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
@@ -243,7 +244,7 @@ def test_circuit_breaker_never_skips_a_routes_last_endpoint() -> None:
 
     res = _run(go())
     # the only endpoint keeps its full retries although the circuit opened at once
-    assert res.outcome == "deadlettered" and calls == 4 and breaker.is_open("http://only.test/h")
+    assert res.outcome == "deadlettered" and calls == 4 and breaker.is_open("https://only.test/h")
 
 
 def test_deliver_4xx_is_not_retried_and_escalation_goes_to_level_contact() -> None:
@@ -509,9 +510,9 @@ def test_unacknowledged_high_alert_escalates_on_time_acknowledged_does_not(
                 "default_team": "c",
                 "escalation": {"escalate_after_s": {"high": 1.0}, "max_level": 1, "poll_s": 0.05},
                 "teams": {"c": {"retry": FAST_RETRY, "routes": {"default": {
-                    "primary": _ep(team.url), "escalation": [_ep(nurse.url)]}}}}})
-            async with _Dispatcher(kafka_broker.bootstrap, topics, routing,
-                                   tokens={token: "dr.ack"}) as d:
+                    "primary": _ep(team.url), "escalation": [_ep(nurse.url)]}},
+                    "tokens": [{"user": "dr.ack", "token_hash": hash_token(token)}]}}})
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d:
                 left, acked = _alert("p-left", 1), _alert("p-acked", 1)
                 await _produce(kafka_broker.bootstrap, topics.alerts, [left, acked])
                 await _until(lambda: len(team.received) == 2, 10, "first notifications")
