@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("services.simulator", "replay WFDB records or synthetic patients into Kafka"),
     "receiver": ("services.receiver", "run a local signed-webhook receiver"),
     "broker": ("services.broker", "fetch, start, stop the local Apache Kafka broker"),
+    "topics": ("services.topics", "plan | apply: every Kafka topic the system uses, created from the settings"),
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
     "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),

@@ -52,6 +52,7 @@ from services.payloads import render
 from services.routing import Endpoint, RetryPolicy, Route, RoutingConfig, load_routing, route_key_for
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
+from services.topics import TopicLayoutError, check_topics
 from streaming.events import AlertEvent
 from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
@@ -808,7 +809,17 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         Ack API ``token -> user``; default read from ``settings.ack_tokens_file``.
     on_ready : callable, optional
         Called with the started ack API (or None) once consuming begins.
+
+    Raises
+    ------
+    services.topics.TopicLayoutError
+        Before starting anything, when the ``alerts``, ``acks`` or ``alerts_deadletter``
+        topic is missing or has a replication factor below the setting.
     """
+    # Refuse a cluster that does not fit the settings before anything is started.
+    for d in await asyncio.to_thread(check_topics, settings.kafka, "dispatcher"):
+        log.warning("%s; starting anyway (`cardiowatch topics apply` lists every difference)",
+                    d.describe())
     stop = stop or asyncio.Event()
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
     own_poster = AiohttpPoster() if client is None else None
@@ -929,7 +940,11 @@ def main(argv: list[str] | None = None) -> int:
         await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
                              options=opts, on_ready=ready)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except TopicLayoutError as exc:
+        print(f"cardiowatch dispatch: error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: a restart will not help until the topics or settings change
     return 0
 
 

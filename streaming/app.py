@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -50,12 +50,27 @@ from streaming.pipeline import (
     InMessage,
 )
 
-__all__ = ["AppConfig", "ConfirmedTable", "count_clock_events", "create_app", "partition_of",
-           "process_safely"]
+__all__ = ["AppConfig", "ConfirmedTable", "TABLES", "changelog_topic", "count_clock_events", "create_app",
+           "leader_topic", "partition_of", "process_safely"]
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
 T = TypeVar("T")
+
+#: The app's tables, as (name, raw stream it keeps state for). ``services.topics`` plans
+#: their changelog topics from these names, so the two never disagree.
+ECG_TABLE, HR_TABLE = "ecg-state", "hr-state"
+TABLES: tuple[tuple[str, Literal["ecg", "hr"]], ...] = ((ECG_TABLE, "ecg"), (HR_TABLE, "hr"))
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic Faust uses for ``table`` of app ``app_id``."""
+    return f"{app_id}-{table}-changelog"
+
+
+def leader_topic(app_id: str) -> str:
+    """Faust's one-partition leader-election topic of app ``app_id``."""
+    return f"{app_id}-__assignor-__leader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,10 @@ class AppConfig:
     batch_max: int = 512
     batch_within_s: float = 0.2
     tick_interval_s: float = 5.0
+    # Of the topics Faust declares itself (changelogs, leader topic). A production
+    # cluster plans its topics (``cardiowatch topics apply``) and sets allow_declare off.
+    replication_factor: int = 1
+    allow_declare: bool = True
 
 
 class _DecodedCache(Generic[S]):
@@ -279,8 +298,8 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         store="memory://",
         datadir=str(cfg.data_dir),
         topic_partitions=cfg.partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
+        topic_replication_factor=cfg.replication_factor,
+        topic_allow_declare=cfg.allow_declare,
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
@@ -303,7 +322,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                            beacon=app.tables.beacon)
         return app.tables.add(t)  # type: ignore[no-any-return]
 
-    ecg_table, hr_table = table("ecg-state"), table("hr-state")
+    ecg_table, hr_table = table(ECG_TABLE), table(HR_TABLE)
     reader = LogReader(cfg.bootstrap)
     # The tick timer and the agents both rewrite a patient's state; one lock keeps a
     # batch's read-modify-write from interleaving with a tick's.
