@@ -332,8 +332,12 @@ def check_topics(kafka: KafkaSettings, who: User, app_id: str = "cardiowatch-wor
     admin = _admin(kafka, timeout_s)
     try:
         seen = _observe(admin, (s.name for s in specs), configs=True)
+        # What exists is judged first: nothing is created on a cluster that is refused anyway.
+        problems = refusals(specs, seen, kafka, may_create=may_create)
+        if problems:
+            raise TopicLayoutError(f"the {who} refuses to start", problems)
         missing = [s for s in specs if s.name not in seen]
-        if missing and may_create:
+        if missing:
             created = _create(admin, missing, timeout_s)
             log.info("created %d missing topic(s): %s", len(created), ", ".join(created))
             seen = _observe(admin, (s.name for s in specs), configs=True)
