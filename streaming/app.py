@@ -165,6 +165,19 @@ class ConfirmedTable(faust.Table):
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[asyncio.Future[Any]] = []
 
+    def partition_for_key(self, key: Any) -> int | None:
+        """The changelog partition of ``key``: Kafka's default partitioner over the table's
+        partitions, as the raw topic's producers place the same key.
+
+        Faust would ask its producer, which reads its cached cluster metadata; after a
+        broker is lost that metadata drops the topic until new leaders are known, the
+        lookup fails (``TypeError`` in aiokafka's ``_partition``) and the agent crashes
+        half-way through storing a batch (found by ``tests/integration/test_broker_loss.py``).
+        The result is the same whenever the metadata is there."""
+        if self.use_partitioner and isinstance(key, bytes) and self.partitions:
+            return partition_of(key, self.partitions)
+        return super().partition_for_key(key)  # type: ignore[no-any-return]
+
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
         self._unconfirmed.append(fut)
