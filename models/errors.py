@@ -25,7 +25,8 @@ the lowest layer (``models``) so that every layer can derive from it::
     ├── SignatureError                services.signing (also ValueError)
     ├── DeliveryTransportError        services.dispatcher: a webhook endpoint unreachable
     │   └── DeliveryTimeout
-    └── BrokerError                   services.broker (also RuntimeError)
+    ├── BrokerError                   services.broker (also RuntimeError)
+    └── TopicLayoutError              services.topics: the cluster's topics do not fit the settings (also RuntimeError)
 """
 
 from __future__ import annotations

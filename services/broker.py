@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -529,6 +530,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_plan(settings: KafkaSettings) -> None:
+    """Create the project's topics from the plan (``cardiowatch topics apply``), so a
+    later ``topics apply`` finds them as planned."""
+    from services.settings import WorkerSettings
+    from services.topics import apply, plan
+
+    report = apply(settings, plan(settings, WorkerSettings.from_env().app_id))
+    print(f"created {len(report.created)} topic(s) on {settings.bootstrap}: "
+          f"{', '.join(report.created) or '-'}", file=sys.stderr)
+    for d in report.differing:
+        print(f"cardiowatch broker: {d.describe()} (not changed)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``cardiowatch broker {fetch,start,stop,status,create-topics,wait-ready}``.
 
@@ -549,12 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("create-topics", "start"):
             settings = KafkaSettings.from_env()
         if args.command == "create-topics":
-            bootstrap = args.bootstrap or settings.bootstrap
-            partitions = args.partitions or settings.partitions
-            created = create_topics(bootstrap, settings.topics.all(), partitions,
-                                    security=settings.security)
-            print(f"created {len(created)} topic(s) on {bootstrap}: {', '.join(created) or '-'}",
-                  file=sys.stderr)
+            _apply_plan(replace(settings, bootstrap=args.bootstrap or settings.bootstrap,
+                                partitions=args.partitions or settings.partitions))
             return 0
         if args.command == "fetch":
             LocalBroker.fetch()
@@ -572,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             if result.returncode != 0:
                 return result.returncode
             bootstrap = f"127.0.0.1:{port}"
-            create_topics(bootstrap, settings.topics.all(), settings.partitions)
+            _apply_plan(replace(settings, bootstrap=bootstrap))
             print(bootstrap)
             return 0
         # stop / status
@@ -583,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
         return result.returncode
-    except (BrokerError, SettingsError, ValueError) as exc:
+    except (CardiowatchError, ValueError) as exc:  # BrokerError, SettingsError, TopicLayoutError
         print(f"cardiowatch broker: error: {exc}", file=sys.stderr)
         return 1
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receiver": ("services.receiver", "run a local signed-webhook receiver"),
     "token hash": ("services.access", "hash an acknowledgement token for the routing file (or make a new one)"),
     "broker": ("services.broker", "fetch, start, stop the local Apache Kafka broker"),
+    "topics": ("services.topics", "plan | apply: every Kafka topic the system uses, created from the settings"),
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
     "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),

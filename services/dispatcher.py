@@ -66,6 +66,7 @@ from services.routing import (
 )
 from services.settings import DispatcherSettings
 from services.signing import signature_headers
+from services.topics import TopicLayoutError, check_topics
 from streaming.events import AlertEvent
 from streaming.kafka_security import KafkaSecurity, check_connection
 from streaming.logread import LogReader
@@ -883,6 +884,12 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         Ack API tokens (hashed, each a user in a team); default the routing file's.
     on_ready : callable, optional
         Called with the started ack API (or None) once consuming begins.
+
+    Raises
+    ------
+    services.topics.TopicLayoutError
+        Before starting anything, when the ``alerts``, ``acks`` or ``alerts_deadletter``
+        topic is missing or has a replication factor below the setting.
     """
     if settings.ack_tokens_file is not None:
         raise AccessConfigError(
@@ -896,6 +903,10 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     bootstrap, security = settings.kafka.bootstrap, settings.kafka.security
     # a bad certificate or password: one error naming it (KafkaConnectError), no retries
     await check_connection(bootstrap, security, settings.kafka.connect_timeout_s)
+    # Refuse a cluster that does not fit the settings before anything is started.
+    for d in await asyncio.to_thread(check_topics, settings.kafka, "dispatcher"):
+        log.warning("%s; starting anyway (`cardiowatch topics apply` lists every difference)",
+                    d.describe())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 linger_ms=2, **security.aiokafka_kwargs())
     await producer.start()
@@ -1010,7 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
         await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
                              options=opts, on_ready=ready)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except TopicLayoutError as exc:
+        print(f"cardiowatch dispatch: error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: a restart will not help until the topics or settings change
     return 0
 
 

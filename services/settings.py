@@ -18,6 +18,7 @@ from streaming.kafka_security import KafkaSecurity, KafkaSecurityError
 __all__ = [
     "SettingsError",
     "Topics",
+    "TopicSettings",
     "KafkaSettings",
     "kafka_security_from_env",
     "without_kafka_security",
@@ -189,6 +190,48 @@ def kafka_security_from_env(env: Mapping[str, str]) -> KafkaSecurity:
         hint = f" (or {_SASL_PASSWORD_FILE})" if exc.field == "sasl_password" else ""
         raise SettingsError(_keys_named(exc.detail) + hint) from None
     return sec
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{key} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """How the project's topics are laid out on the cluster (``cardiowatch topics``).
+
+    The defaults fit the single local broker (``cardiowatch broker``, the demo, the
+    tests); a production cluster sets replication 3, min ISR 2 and
+    ``CARDIOWATCH_TOPIC_ALLOW_DECLARE=0`` (topics are created by ``cardiowatch topics
+    apply``, or by the platform team from ``cardiowatch topics plan``).
+    """
+
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    # delete-policy topics (raw, outputs, dead letters, acks); state changelogs are compacted
+    retention_hours: int = 168
+    # may the worker create missing topics itself (and Faust declare its internal ones)?
+    allow_declare: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TopicSettings:
+        rf = _int(env, "CARDIOWATCH_REPLICATION_FACTOR", cls.replication_factor, 1, 32)
+        min_isr = _int(env, "CARDIOWATCH_MIN_INSYNC_REPLICAS", cls.min_insync_replicas, 1, 32)
+        if min_isr > rf:
+            raise SettingsError(f"CARDIOWATCH_MIN_INSYNC_REPLICAS must be <= CARDIOWATCH_REPLICATION_FACTOR "
+                                f"({rf}), got {min_isr}")
+        return cls(
+            replication_factor=rf,
+            min_insync_replicas=min_isr,
+            retention_hours=_int(env, "CARDIOWATCH_RETENTION_HOURS", cls.retention_hours, 1, 87_600),
+            allow_declare=_bool(env, "CARDIOWATCH_TOPIC_ALLOW_DECLARE", cls.allow_declare),
+        )
 
 
 @dataclass(frozen=True)
@@ -199,6 +242,7 @@ class KafkaSettings:
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # the start-up probe's bound (services call streaming.kafka_security.check_connection)
     connect_timeout_s: float = 15.0
+    topic_settings: TopicSettings = field(default_factory=TopicSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -213,6 +257,7 @@ class KafkaSettings:
             security=kafka_security_from_env(env),
             connect_timeout_s=_float(env, "CARDIOWATCH_KAFKA_CONNECT_TIMEOUT_S", cls.connect_timeout_s,
                                      1.0, 600.0),
+            topic_settings=TopicSettings.from_env(env),
         )
 
 

@@ -14,6 +14,7 @@ from streaming.metrics import WorkerMetrics
 
 from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_policy, load_ecg_bundle
 from services.settings import KafkaSettings, WorkerSettings
+from services.topics import TopicLayoutError, check_topics
 
 __all__ = ["main", "run"]
 
@@ -44,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, data_dir=args.data_dir)
     if args.app_id:
         settings = replace(settings, app_id=args.app_id)
-    return run(settings, loglevel=args.loglevel)
+    try:
+        return run(settings, loglevel=args.loglevel)
+    except TopicLayoutError as exc:
+        print(f"cardiowatch worker: error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG: a restart will not help until the topics or settings change
 
 
 def run(settings: WorkerSettings, loglevel: str = "info") -> int:
@@ -62,6 +67,10 @@ def run(settings: WorkerSettings, loglevel: str = "info") -> int:
     print(f"[worker] kafka {k.bootstrap} via {k.security.describe()}", file=sys.stderr, flush=True)
     asyncio.run(check_connection(k.bootstrap, k.security, k.connect_timeout_s))
 
+    # Before loading any model: a cluster that does not fit the settings is refused at once.
+    for d in check_topics(settings.kafka, "worker", settings.app_id):
+        log.warning("%s; starting anyway (`cardiowatch topics apply` lists every difference)",
+                    d.describe())
     policy = build_policy(settings.policy_file)
     ecg = build_ecg_pipeline(load_ecg_bundle(settings.model_dir, settings.runtime), policy)
     hr = build_hr_pipeline(settings.hr_model_dir, policy,
@@ -73,6 +82,7 @@ def run(settings: WorkerSettings, loglevel: str = "info") -> int:
         data_dir=settings.data_dir, web_port=settings.metrics_port, web_bind=settings.web_bind,
         batch_max=settings.batch_max, batch_within_s=settings.batch_within_s,
         security=k.security,
+        replication_factor=k.topic_settings.replication_factor, allow_declare=k.topic_settings.allow_declare,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg, ecg, hr, WorkerMetrics(CollectorRegistry()))

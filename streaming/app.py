@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -51,12 +51,27 @@ from streaming.pipeline import (
     InMessage,
 )
 
-__all__ = ["AppConfig", "ConfirmedTable", "count_clock_events", "create_app", "partition_of",
-           "process_safely"]
+__all__ = ["AppConfig", "ConfirmedTable", "TABLES", "changelog_topic", "count_clock_events", "create_app",
+           "leader_topic", "partition_of", "process_safely"]
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
 T = TypeVar("T")
+
+#: The app's tables, as (name, raw stream it keeps state for). ``services.topics`` plans
+#: their changelog topics from these names, so the two never disagree.
+ECG_TABLE, HR_TABLE = "ecg-state", "hr-state"
+TABLES: tuple[tuple[str, Literal["ecg", "hr"]], ...] = ((ECG_TABLE, "ecg"), (HR_TABLE, "hr"))
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic Faust uses for ``table`` of app ``app_id``."""
+    return f"{app_id}-{table}-changelog"
+
+
+def leader_topic(app_id: str) -> str:
+    """Faust's one-partition leader-election topic of app ``app_id``."""
+    return f"{app_id}-__assignor-__leader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,10 @@ class AppConfig:
     batch_within_s: float = 0.2
     tick_interval_s: float = 5.0
     security: KafkaSecurity = KafkaSecurity()
+    # Of the topics Faust declares itself (changelogs, leader topic). A production
+    # cluster plans its topics (``cardiowatch topics apply``) and sets allow_declare off.
+    replication_factor: int = 1
+    allow_declare: bool = True
 
 
 class _DecodedCache(Generic[S]):
@@ -147,6 +166,19 @@ class ConfirmedTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[asyncio.Future[Any]] = []
+
+    def partition_for_key(self, key: Any) -> int | None:
+        """The changelog partition of ``key``: Kafka's default partitioner over the table's
+        partitions, as the raw topic's producers place the same key.
+
+        Faust would ask its producer, which reads its cached cluster metadata; after a
+        broker is lost that metadata drops the topic until new leaders are known, the
+        lookup fails (``TypeError`` in aiokafka's ``_partition``) and the agent crashes
+        half-way through storing a batch (found by ``tests/integration/test_broker_loss.py``).
+        The result is the same whenever the metadata is there."""
+        if self.use_partitioner and isinstance(key, bytes) and self.partitions:
+            return partition_of(key, self.partitions)
+        return super().partition_for_key(key)  # type: ignore[no-any-return]
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
@@ -282,8 +314,8 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
         store="memory://",
         datadir=str(cfg.data_dir),
         topic_partitions=cfg.partitions,
-        topic_replication_factor=1,
-        topic_allow_declare=True,
+        topic_replication_factor=cfg.replication_factor,
+        topic_allow_declare=cfg.allow_declare,
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
@@ -306,7 +338,7 @@ def create_app(cfg: AppConfig, ecg: ECGPipeline, hr: HRPipeline, metrics: Worker
                            beacon=app.tables.beacon)
         return app.tables.add(t)  # type: ignore[no-any-return]
 
-    ecg_table, hr_table = table("ecg-state"), table("hr-state")
+    ecg_table, hr_table = table(ECG_TABLE), table(HR_TABLE)
     reader = LogReader(cfg.bootstrap, security=cfg.security)
     # The tick timer and the agents both rewrite a patient's state; one lock keeps a
     # batch's read-modify-write from interleaving with a tick's.

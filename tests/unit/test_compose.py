@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from services.settings import DispatcherSettings, KafkaSettings, Topics, WorkerSettings
+from services.topics import plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("worker", "dispatcher", "simulator", "receiver")
@@ -60,17 +60,29 @@ def test_every_cardiowatch_variable_is_read_by_settings(services: dict[str, dict
     assert unknown == [], f"not read by services/settings.py: {unknown}"
 
 
-def test_init_service_creates_exactly_the_settings_topics(services: dict[str, dict[str, Any]]) -> None:
+def test_init_service_applies_the_topic_plan_the_worker_and_dispatcher_check(
+        services: dict[str, dict[str, Any]]) -> None:
     init = services["kafka-init"]
-    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
-    created = re.findall(r"^\s*create\s+(\S+)\s*$", script, flags=re.MULTILINE)
-    assert created == Topics().all()
-    create_fn = script.split("}", 1)[0]
-    args = shlex.split(create_fn.replace("\\\n", " ").split("{", 1)[1])
-    assert args[args.index("--partitions") + 1] == str(KafkaSettings().partitions)
-    assert args[args.index("--replication-factor") + 1] == "1"
-    assert "--if-not-exists" in args
-    assert args[args.index("--bootstrap-server") + 1] == _internal_bootstrap(services["kafka"])
+    assert init["command"] == ["cardiowatch", "topics", "apply"]
+    assert init["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    env = _env(init)
+    init_kafka = KafkaSettings.from_env(env)
+    assert init_kafka.bootstrap == _internal_bootstrap(services["kafka"])
+    # What kafka-init creates is exactly the plan of the worker's and dispatcher's own settings.
+    worker = WorkerSettings.from_env(_env(services["worker"]))
+    dispatcher = DispatcherSettings.from_env(_env(services["dispatcher"]))
+    planned = plan(init_kafka, WorkerSettings.from_env(env).app_id)
+    assert planned == plan(worker.kafka, worker.app_id)
+    assert [s for s in planned if "dispatcher" in s.used_by] == \
+        [s for s in plan(dispatcher.kafka) if "dispatcher" in s.used_by]
+    names = [s.name for s in planned]
+    assert names[:len(Topics().all())] == Topics().all()
+    assert f"{worker.app_id}-ecg-state-changelog" in names
+    assert {s.partitions for s in planned if s.role != "internal"} == {KafkaSettings().partitions}
+    # one broker: replication 1; the worker may not declare topics, as on a production cluster
+    assert {s.replication_factor for s in planned} == {1}
+    assert worker.kafka.topic_settings.allow_declare is False
 
 
 def test_app_services_point_at_the_kafka_internal_listener(services: dict[str, dict[str, Any]]) -> None:
@@ -129,7 +141,6 @@ def test_kafka_image_matches_the_local_broker_pin(services: dict[str, dict[str, 
     pom = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)
     assert services["kafka"]["image"] == f"apache/kafka:{version}"
-    assert services["kafka-init"]["image"] == f"apache/kafka:{version}"
     env = _env(services["kafka"])
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
@@ -205,15 +216,18 @@ def test_secure_variant_broker_has_no_plaintext_client_listener(
     assert secure["kafka"]["depends_on"]["kafka-certs"]["condition"] == "service_completed_successfully"
 
 
-def test_secure_variant_init_creates_the_scram_user_and_the_settings_topics(
-        secure: dict[str, dict[str, Any]]) -> None:
-    script = "\n".join(secure["kafka-init"]["command"])
-    assert re.findall(r"^\s*create\s+(\S+)\s*$", script, flags=re.MULTILINE) == Topics().all()
+def test_secure_variant_creates_the_scram_user_then_applies_the_plan_over_sasl_ssl(
+        services: dict[str, dict[str, Any]], secure: dict[str, dict[str, Any]]) -> None:
+    users = secure["kafka-users"]
+    assert users["image"] == services["kafka"]["image"]  # the Kafka CLI lives there
+    script = "\n".join(users["command"])
     user = _env(secure["worker"])["CARDIOWATCH_KAFKA_SASL_USERNAME"]
     mech = _env(secure["worker"])["CARDIOWATCH_KAFKA_SASL_MECHANISM"]
     assert f"--entity-type users --entity-name {user}" in script
     assert f"{mech}=[password=$$(cat /etc/kafka/client/client.password)]" in script
-    create_fn = script.split("create() {", 1)[1].split("}", 1)[0]
-    args = shlex.split(create_fn.replace("\\\n", " "))
-    assert args[args.index("--partitions") + 1] == str(KafkaSettings().partitions)
-    assert args[args.index("--command-config") + 1] == "/etc/kafka/secrets/admin.properties"
+    assert "--command-config /etc/kafka/secrets/admin.properties" in script
+    init = secure["kafka-init"]
+    assert "command" not in init, "kafka-init keeps the base file's `cardiowatch topics apply`"
+    assert services["kafka-init"]["command"] == ["cardiowatch", "topics", "apply"]
+    assert init["depends_on"]["kafka-users"]["condition"] == "service_completed_successfully"
+    assert _env(init) == _env(secure["worker"]) and init["volumes"] == secure["worker"]["volumes"]
