@@ -137,7 +137,7 @@ def _window_detectors(bundles: dict[int, Path], fold_of: dict[str, int], eval_on
             if vf_sets is None:
                 vf_sets = vf_train.collect_windows(folders, noise_dir, cache_dir=cache)
             print(f"crossval: fold {k}: VF detector", file=sys.stderr, flush=True)
-            res = vf_train.train_vf([s for s in vf_sets if s.patient not in scored])
+            res = vf_train.train_vf([s for s in vf_sets if s.patient not in scored], cross_validated=False)
             res.doc["training"]["held_out_patients"] = sorted(scored)
             update_extras(out, files={vf.FILE_NAME: res.detector.to_bytes()}, extra={vf.EXTRA_KEY: res.doc})
         if artefact.EXTRA_KEY not in extra:
