@@ -453,10 +453,11 @@ class ECGPipeline:
             for i, p in items:
                 assert p.vf_ends is not None
                 n = len(p.vf_ends)
-                q = p.quality
-                if q is not None and not q.noisy and not q.lead_off and bool(noisy[start:start + n].any()):
-                    marked = replace(q, noisy=True)
-                    quality[at[id(q)]] = marked
+                chunk_q = p.quality
+                if (chunk_q is not None and not chunk_q.noisy and not chunk_q.lead_off
+                        and bool(noisy[start:start + n].any())):
+                    marked = replace(chunk_q, noisy=True)
+                    quality[at[id(chunk_q)]] = marked
                     p.quality = marked
                 start += n
         det = self.vf_detector
