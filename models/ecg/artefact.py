@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from models.ecg.vf import FEATURE_NAMES, WINDOW_S as _WINDOW_S, VFDetector, VFDetectorError, VFSettings
+from models.ecg.vf import FEATURE_NAMES, WINDOW_S as _WINDOW_S, VFDetector, VFSettings, load_window_detector
 
 __all__ = ["DEFAULT_FPR", "DEFAULT_NOISE_SPAN_S", "DEFAULT_SNRS_DB", "EXTRA_KEY", "FILE_NAME",
            "ArtefactTrainResult", "load_artefact_detector", "main", "train_artefact", "window_rates_bpm"]
@@ -70,18 +70,7 @@ def load_artefact_detector(bundle_dir: str | Path, extra: Mapping[str, Any]) -> 
     VFDetectorError
         Settings without a threshold, a missing or malformed file.
     """
-    doc = extra.get(EXTRA_KEY)
-    if doc is None:
-        return None
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("settings"), Mapping):
-        raise VFDetectorError(f"extra[{EXTRA_KEY!r}] must be an object with a 'settings' object, got {doc!r}")
-    settings = VFSettings.from_dict(doc["settings"])
-    if settings.threshold is None:
-        raise VFDetectorError(f"extra[{EXTRA_KEY!r}].settings has no threshold")
-    fp = Path(bundle_dir) / str(doc.get("file", FILE_NAME))
-    if not fp.is_file():
-        raise VFDetectorError(f"artefact detector file missing: {fp}")
-    return VFDetector.from_bytes(fp.read_bytes(), settings)
+    return load_window_detector(bundle_dir, extra, EXTRA_KEY, FILE_NAME, "artefact detector")
 
 
 class ArtefactTrainResult:
