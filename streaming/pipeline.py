@@ -156,6 +156,8 @@ class ECGPatientState:
     strip_end_ms: float = 0.0
     gaps: int = 0
     beats_scored: int = 0
+    # artefact windows above threshold in a row, up to the last window scored
+    art_run: int = 0
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         # v3: the position's runs and held message (streaming.position); v2 loads
@@ -163,7 +165,7 @@ class ECGPatientState:
             "v": 3, "patient_id": self.patient_id, "device_id": self.device_id,
             **self.pos.to_header(), "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
-            "gaps": self.gaps, "beats_scored": self.beats_scored,
+            "gaps": self.gaps, "beats_scored": self.beats_scored, "art_run": self.art_run,
         }
         blobs = {
             "policy": b"" if self.policy is None else policy.state_to_json(self.policy),
@@ -186,6 +188,7 @@ class ECGPatientState:
             context=BeatContextState.from_bytes(b["context"]) if b.get("context") else BeatContextState(),
             policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
             strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
+            art_run=int(h.get("art_run", 0)),  # a state from before the artefact detector: 0
         )
 
 
@@ -286,7 +289,8 @@ class ECGPipeline:
         before it): no VF observations.
     artefact_detector : models.ecg.vf.VFDetector, optional
         The artefact detector (:mod:`models.ecg.artefact`) on the same window grid: a
-        chunk in which a window ends above its threshold is reported noisy (its
+        chunk in which a window ends that is the ``settings.consecutive``-th in a row
+        above its threshold is reported noisy (its
         :class:`~streaming.events.QualityObservation` has ``noisy`` set), so the policy
         suppresses the ECG conditions across it. None: chunk quality alone decides.
     """
@@ -447,15 +451,22 @@ class ECGPipeline:
         art = self.artefact_detector
         if art is not None:
             assert art.threshold is not None  # checked in __init__
-            noisy = art.score_features(feats) > art.threshold
+            above = (art.score_features(feats) > art.threshold).tolist()
+            need = art.settings.consecutive
             at = {id(q): k for k, q in enumerate(quality)}
             start = 0
             for i, p in items:
                 assert p.vf_ends is not None
                 n = len(p.vf_ends)
+                # noise lasts: a lone window above threshold is more often a fast or odd
+                # rhythm than an artefact; the run of windows carries over between batches
+                run, hit = (0 if p.gap is not None else p.st.art_run), False
+                for a in above[start:start + n]:
+                    run = run + 1 if a else 0
+                    hit = hit or run >= need
+                p.st.art_run = run
                 chunk_q = p.quality
-                if (chunk_q is not None and not chunk_q.noisy and not chunk_q.lead_off
-                        and bool(noisy[start:start + n].any())):
+                if chunk_q is not None and not chunk_q.noisy and not chunk_q.lead_off and hit:
                     marked = replace(chunk_q, noisy=True)
                     quality[at[id(chunk_q)]] = marked
                     p.quality = marked

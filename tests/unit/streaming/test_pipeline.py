@@ -386,21 +386,22 @@ def test_a_bundle_without_a_vf_detector_runs_without_it(bundle):
 
 
 # -- artefact detector ---------------------------------------------------------------------
-def _constant_detector(threshold: float):
+def _constant_detector(threshold: float, consecutive: int = 1):
     """A window model that scores every window 0.5: above ``threshold`` 0.4 it calls every
     window noisy, at 0.6 none."""
     from models.ecg.vf import FEATURE_NAMES, VFDetector, VFSettings
 
     k = len(FEATURE_NAMES)
-    return VFDetector(np.zeros(k), 0.0, np.zeros(k), np.ones(k), VFSettings(threshold=threshold, min_ptp_mv=0.0))
+    return VFDetector(np.zeros(k), 0.0, np.zeros(k), np.ones(k),
+                      VFSettings(threshold=threshold, min_ptp_mv=0.0, consecutive=consecutive))
 
 
-def _with_artefact(bundle, threshold):
+def _with_artefact(bundle, threshold, consecutive: int = 1):
     from streaming.pipeline import ECGPipeline
 
     p0 = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
     return ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms, vf_detector=p0.vf_detector,
-                       artefact_detector=_constant_detector(threshold))
+                       artefact_detector=_constant_detector(threshold, consecutive))
 
 
 def test_chunks_the_artefact_detector_calls_noisy_suppress_ecg_alarms_and_raise_a_technical_alert(bundle):
@@ -418,6 +419,21 @@ def test_chunks_the_artefact_detector_calls_noisy_suppress_ecg_alarms_and_raise_
     assert all(q.noisy for q in qual[4:]) and not any(q.noisy for q in qual[:3])
     assert not [a for a in alerts if a.category == "physiological"]
     assert any(a.condition == "signal_noisy" for a in alerts)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_a_chunk_is_noisy_from_the_consecutive_th_window_in_a_row_whatever_the_batching(bundle, batch):
+    msgs = as_msgs("p-n", [e for e, _ in chunks("p-n", 12, seed=3)])
+    p = _with_artefact(bundle, 0.4, consecutive=3)
+    states, qual = {}, []
+    for i in range(0, len(msgs), batch):
+        r = p.process(msgs[i:i + batch], states)
+        states.update(r.states)
+        qual += r.quality
+    # windows end at 4, 5, 6 ... s: the third in a row ends in the 6th chunk
+    assert [q.noisy for q in qual] == [False] * 5 + [True] * 7
+    blob = states["p-n"].to_bytes(p.policy)
+    assert ECGPatientState.from_bytes(blob, p.policy).art_run == states["p-n"].art_run == 9
 
 
 def test_the_artefact_and_vf_detectors_share_one_window_grid(bundle):
