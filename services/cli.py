@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
     "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),
+    "train artefact": ("models.ecg.artefact", "train the artefact (noise) detector and add it to an ECG bundle"),
     "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),
     "subgroups": ("services.subgroups", "add figures by sex and age band (patient-bootstrap intervals) to a report"),
     "crossval": ("services.crossval", "leave-patient-out folds: train a bundle per fold, evaluate held-out patients"),

@@ -5,16 +5,20 @@
 
 Patients (not records: :func:`models.ecg.train.patient_of` ties the QT Database and
 Noise Stress Test excerpts to their MIT-BIH and svdb patients) are dealt into folds.
-For each fold a full ECG bundle (autoencoder, beat classifier) is trained on the other
-folds' patients, with the very code ``cardiowatch train ecg`` runs; then every record is
+For each fold a full ECG bundle (autoencoder, beat classifier, VF detector, artefact
+detector) is trained on the other folds' patients, with the very code ``cardiowatch train
+ecg``, ``train vf`` and ``train artefact`` run; then every record is
 replayed through the worker's pipeline (:func:`services.evaluate.evaluate`) scored by
 the bundle of the fold that held its patient out. ``--eval-records`` adds records that
 are never trained on (noise stress records, the VF record): they are scored by the fold
 that holds their patient, or by fold 1 when no fold does. The report is the evaluate
 report (pooled over all records) with ``pooled_by_group`` per fold and ``subgroups`` by sex
 and age band (:mod:`services.subgroups`), plus ``folds.json``.
-Fold bundles are kept in ``<out>/fold-<k>/bundle`` and reused when present, so an
-interrupted run resumes.
+The window detectors of fold ``k`` never see a patient fold ``k`` scores (its held-out
+patients, and for fold 1 the patients of ``--eval-records`` no fold holds); their window
+features are cached in ``--window-cache``. Fold bundles are kept in
+``<out>/fold-<k>/bundle`` and reused when present (a detector missing from one is trained
+into it), so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.bundle import read_meta, update_extras
+from models.ecg import artefact, vf, vf_train
 from models.ecg.train import fit_ecg, load_labelled_records, patient_of
 from models.records import list_records
 
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hr-fold-bundles", type=Path, metavar="DIR",
                    help="per-fold heart-rate bundles (cardiowatch train hr --fold-bundles), so the AF "
                         "figures are held out too")
+    p.add_argument("--window-cache", type=Path, help="keep the VF and artefact detectors' window features "
+                   "here (default <out>/windows)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                     version=f"0.2.0-fold{k}")
         bundles[k] = out
         folds_doc[str(k)] = {"held_out_patients": held, "bundle": str(out)}
+    all_folders = [Path(f) for f in a.records] + [Path(f) for f in a.eval_records]
+    eval_only = sorted({patient_of(f.name, n) for f in map(Path, a.eval_records) for n in list_records(f)}
+                       - set(fold_of))
+    _window_detectors(bundles, fold_of, eval_only, all_folders, a.window_cache or a.out / "windows")
     model_for: dict[str, Path] = {}
     group_for: dict[str, str] = {}
     for folder in [Path(f) for f in a.records] + [Path(f) for f in a.eval_records]:
@@ -105,6 +117,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncrossval: {a.folds} folds in {(time.monotonic() - t0) / 60:.1f} min; report {a.out / 'REPORT.json'}",
           file=sys.stderr)
     return 0
+
+
+def _window_detectors(bundles: dict[int, Path], fold_of: dict[str, int], eval_only: list[str],
+                      folders: list[Path], cache: Path) -> None:
+    """Train the VF and artefact detectors into each fold bundle that lacks them, without
+    the patients that fold scores."""
+    noise_dir = next((f for f in folders if all((f / f"{n}.hea").is_file() for n in vf_train.NOISE_RECORDS)), None)
+    vf_sets: list | None = None
+    art_sets: list | None = None
+    art_rates: dict | None = None
+    for k, out in sorted(bundles.items()):
+        # the window detectors name patients "db:record", the folds "db/record"
+        scored = {pid.replace("/", ":", 1) for pid, f in fold_of.items() if f == k}
+        if k == 1:
+            scored |= {pid.replace("/", ":", 1) for pid in eval_only}
+        extra = read_meta(out).extra
+        if vf.EXTRA_KEY not in extra:
+            if vf_sets is None:
+                vf_sets = vf_train.collect_windows(folders, noise_dir, cache_dir=cache)
+            print(f"crossval: fold {k}: VF detector", file=sys.stderr, flush=True)
+            res = vf_train.train_vf([s for s in vf_sets if s.patient not in scored], cross_validated=False)
+            res.doc["training"]["held_out_patients"] = sorted(scored)
+            update_extras(out, files={vf.FILE_NAME: res.detector.to_bytes()}, extra={vf.EXTRA_KEY: res.doc})
+        if artefact.EXTRA_KEY not in extra:
+            if art_sets is None:
+                art_sets = vf_train.collect_windows(folders, noise_dir, snrs_db=artefact.DEFAULT_SNRS_DB,
+                                                    noise_span_s=artefact.DEFAULT_NOISE_SPAN_S, cache_dir=cache)
+            print(f"crossval: fold {k}: artefact detector", file=sys.stderr, flush=True)
+            if art_rates is None:
+                art_rates = artefact.window_rates_bpm(art_sets, folders)
+            ares = artefact.train_artefact(art_sets, exclude_patients=sorted(scored), rates_bpm=art_rates)
+            ares.doc["training"]["noise_span_s"] = list(artefact.DEFAULT_NOISE_SPAN_S)
+            ares.doc["training"]["snrs_db"] = list(artefact.DEFAULT_SNRS_DB)
+            update_extras(out, files={artefact.FILE_NAME: ares.detector.to_bytes()},
+                          extra={artefact.EXTRA_KEY: ares.doc})
 
 
 if __name__ == "__main__":  # pragma: no cover

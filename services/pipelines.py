@@ -15,6 +15,7 @@ from models.beats import BeatSpec
 from models.ecg.scorer import load_scorer
 from models.bundle import Bundle, load_bundle
 from models.ecg.features import ECGInput
+from models.ecg.artefact import load_artefact_detector
 from models.ecg.vf import load_vf_detector
 from models.hr.af import AFDetector, AFError
 from models.hr.features import HRInput
@@ -54,9 +55,12 @@ def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
     vf = load_vf_detector(bundle.path, m.extra)
     if vf is None:
         log.warning("ECG bundle %s has no VF detector: no ventricular_fibrillation alerts", bundle.path)
+    # nor an artefact detector: chunk quality comes from the signal-quality check alone
+    artefact = load_artefact_detector(bundle.path, m.extra)
     # The runtime's own threshold: an int8 model runs at the threshold set on int8 scores.
     return ECGPipeline(scorer=load_scorer(bundle), model_version=f"{m.name}@{m.version}", policy=policy,
-                       spec=beat_spec(bundle), clock_ms=clock_ms, vf_detector=vf)
+                       spec=beat_spec(bundle), clock_ms=clock_ms, vf_detector=vf,
+                       artefact_detector=artefact)
 
 
 def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: str = "keras",

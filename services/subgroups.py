@@ -410,7 +410,8 @@ def beats_from_scores(report: Mapping[str, Any], scores_dir: Path, folders: Sequ
     """Rebuild each ECG record's matched beats from the evaluate run's score CSVs.
 
     The detections of ``{scores_dir}/{key}.csv`` are matched to the record's reference
-    annotations exactly as evaluate matched them (:func:`models.evaluation.evaluate_record`).
+    annotations exactly as evaluate matched them (:func:`models.evaluation.evaluate_record`),
+    leaving out of QRS Se/+P the record's VF/VFL truth episodes that the report lists.
 
     Raises
     ------
@@ -432,10 +433,14 @@ def beats_from_scores(report: Mapping[str, Any], scores_dir: Path, folders: Sequ
         ann = load_annotations(_folder_for(e, folders), e["record"], annotation)
         t, s, fl = _read_scores(path)
         fs = ann.sample_rate_hz
-        ev = evaluate_record(ann.beat_samples, ann.aami_classes, np.round(t * fs).astype(int), s, fl, fs, name=key)
-        if ev.matched_counts != e["matched_counts"]:
-            raise ValueError(f"record {key!r}: score CSV {path} matches beats {ev.matched_counts}, the report "
-                             f"has {e['matched_counts']}: the CSVs must be of this report's run")
+        # the VF/VFL episodes evaluate left out of QRS Se/+P (EC57), from the report
+        vf = [(float(a), float(b)) for a, b in e.get("episodes", {}).get("truth", {}).get("vf", [])]
+        ev = evaluate_record(ann.beat_samples, ann.aami_classes, np.round(t * fs).astype(int), s, fl, fs,
+                             name=key, exclude_s=vf)
+        if ev.matched_counts != e["matched_counts"] or (ev.tp, ev.fp) != (e.get("tp", ev.tp), e.get("fp", ev.fp)):
+            raise ValueError(f"record {key!r}: score CSV {path} matches beats {ev.matched_counts} "
+                             f"(tp {ev.tp}, fp {ev.fp}), the report has {e['matched_counts']} (tp {e.get('tp')}, "
+                             f"fp {e.get('fp')}): the CSVs must be of this report's run")
         out[key] = ev
     return out
 

@@ -531,6 +531,10 @@ class PauseSettings:
 
     section: ClassVar[str] = "pause"
     pause_s: float = bounded(4.0, 1.0, 60.0)
+    # After an unusable stretch (noise, lead off, a gap) the QRS detector's thresholds
+    # re-learn from the clean signal, and its first beats come out late (found by its
+    # search-back): the no-beat clock starts this long after the stretch ends.
+    settle_s: float = bounded(3.0, 0.0, 30.0)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -549,7 +553,8 @@ class Pause(Condition[PauseSettings, PauseState]):
     consumes = (ScoredBeat, Tick)
     derived_from = "ecg"
     rows = (("high", "a beat with RR >= ``pause_s``, or (tick) no beat for ``pause_s`` of "
-                     "ECG event time while the signal is good"),)
+                     "ECG event time while the signal is good, counted from ``settle_s`` after an "
+                     "unusable stretch"),)
 
     def observe(self, state: PauseState, obs: ScoredBeat | Tick,
                 ctx: RuleContext) -> Decision | None:
@@ -574,7 +579,9 @@ class Pause(Condition[PauseSettings, PauseState]):
                     else facts.ecg_ts_ms)
         if not facts.quality_usable or facts.last_beat_ts_ms is None or complete is None:
             return None
-        since = _max(facts.unusable_until_ts_ms, facts.last_beat_ts_ms)
+        settled = (None if facts.unusable_until_ts_ms is None
+                   else facts.unusable_until_ts_ms + int(self.settings.settle_s * 1000))
+        since = _max(settled, facts.last_beat_ts_ms)
         gap_ms = complete - since
         if gap_ms < limit_ms:
             return None

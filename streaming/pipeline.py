@@ -36,7 +36,7 @@ from models.beats import WARMUP_S, BeatSpec, ECGFrontEnd, FrontEndState
 from models.autoencoder import Detector
 from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
-from models.ecg.vf import VFDetector, due_windows
+from models.ecg.vf import VFDetector, due_windows, window_features
 from models.hr.af import AFDetector
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError, StateDecodeError
 from streaming.events import (
@@ -195,6 +195,8 @@ class ECGPatientState:
     strip_end_ms: float = 0.0
     gaps: int = 0
     beats_scored: int = 0
+    # artefact windows above threshold in a row, up to the last window scored
+    art_run: int = 0
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         # v3: the position's runs and held message (streaming.position); v2 loads
@@ -202,7 +204,7 @@ class ECGPatientState:
             "v": 3, "patient_id": self.patient_id, "device_id": self.device_id,
             **self.pos.to_header(), "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
-            "gaps": self.gaps, "beats_scored": self.beats_scored,
+            "gaps": self.gaps, "beats_scored": self.beats_scored, "art_run": self.art_run,
         }
         blobs = {
             "policy": b"" if self.policy is None else policy.state_to_json(self.policy),
@@ -231,6 +233,7 @@ class ECGPatientState:
             context=BeatContextState.from_bytes(b["context"]) if b.get("context") else BeatContextState(),
             policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
             strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
+            art_run=int(h.get("art_run", 0)),  # a state from before the artefact detector: 0
         )
 
 
@@ -329,10 +332,17 @@ class ECGPipeline:
         Scores every window of band-passed signal on its grid (one call per batch) into
         a :class:`~streaming.events.VFObservation` for the policy. None (a bundle made
         before it): no VF observations.
+    artefact_detector : models.ecg.vf.VFDetector, optional
+        The artefact detector (:mod:`models.ecg.artefact`) on the same window grid: a
+        chunk in which a window ends that is the ``settings.consecutive``-th in a row
+        above its threshold is reported noisy (its
+        :class:`~streaming.events.QualityObservation` has ``noisy`` set), so the policy
+        suppresses the ECG conditions across it. None: chunk quality alone decides.
     """
 
     def __init__(self, scorer: BeatScorer, model_version: str, policy: AlertPolicy, spec: BeatSpec,
-                 clock_ms: Callable[[], int], vf_detector: VFDetector | None = None) -> None:
+                 clock_ms: Callable[[], int], vf_detector: VFDetector | None = None,
+                 artefact_detector: VFDetector | None = None) -> None:
         self.scorer = scorer
         self.model_version = model_version
         self.policy = policy
@@ -340,12 +350,22 @@ class ECGPipeline:
         self.clock_ms = clock_ms
         self._front_ends: dict[float, ECGFrontEnd] = {}
         self.vf_detector = vf_detector
-        if vf_detector is not None:
-            vs = vf_detector.settings
+        self.artefact_detector = artefact_detector
+        for name, det in (("vf_detector", vf_detector), ("artefact_detector", artefact_detector)):
+            if det is None:
+                continue
+            vs = det.settings
             if vs.rate_hz != spec.rate_hz:
-                raise ValueError(f"vf_detector runs at {vs.rate_hz} Hz, the front end at {spec.rate_hz} Hz")
+                raise ValueError(f"{name} runs at {vs.rate_hz} Hz, the front end at {spec.rate_hz} Hz")
             if vs.threshold is None:
-                raise ValueError("vf_detector has no threshold")
+                raise ValueError(f"{name} has no threshold")
+        if vf_detector is not None and artefact_detector is not None:
+            a, b = vf_detector.settings, artefact_detector.settings
+            if (a.window, a.hop) != (b.window, b.hop):
+                raise ValueError(f"vf_detector and artefact_detector must share one window grid, got "
+                                 f"window/hop {a.window}/{a.hop} and {b.window}/{b.hop} samples")
+        # the window grid both detectors score (features computed once per window)
+        self._windows = (vf_detector or artefact_detector)
 
     def front_end(self, sample_rate_hz: float) -> ECGFrontEnd:
         fe = self._front_ends.get(sample_rate_hz)
@@ -427,8 +447,8 @@ class ECGPipeline:
                                        float(res.quality), bool(res.lead_off), bool(res.noisy))
                 quality.append(q)
                 item = _Pending(st, q, list(res.beats), st.seg_t0_ms, gap, clock=verdict.events)
-                if self.vf_detector is not None:
-                    vs = self.vf_detector.settings
+                if self._windows is not None:
+                    vs = self._windows.settings
                     item.vf_ends, item.vf_windows = due_windows(
                         np.concatenate([prev_buf, res.filtered.astype(np.float32)]),
                         st.front.seg.n_total, vs.window, vs.hop, res.n_out)
@@ -437,7 +457,7 @@ class ECGPipeline:
             except Exception as exc:  # invalid input or a bug: keep the message, go on
                 dead.append(DeadLetter.from_error("ecg", exc, m))
 
-        vf = self._score_vf(pending)
+        vf = self._score_windows(pending, quality)
         scored, alerts, sizes, model_seconds = self._score_and_decide(pending, vf)
         return ECGBatchResult(scored, alerts, dead, quality, out_states, valid, redelivered,
                               gap_notes, len(sizes), sizes, model_seconds,
@@ -460,17 +480,47 @@ class ECGPipeline:
         return ECGBatchResult(scored, alerts, [], [], out_states, 0, 0, [], len(sizes), sizes,
                               model_seconds)
 
-    def _score_vf(self, pending: list[_Pending]) -> dict[int, list[VFObservation]]:
-        """One VF-detector call for every window due in the batch -> observations per step.
+    def _score_windows(self, pending: list[_Pending],
+                       quality: list[QualityObservation]) -> dict[int, list[VFObservation]]:
+        """The window features of every window due in the batch, computed once; the
+        artefact detector marks the chunks it finds noisy (in ``pending`` and in
+        ``quality``), then the VF detector's scores become observations per step.
 
         A window that starts inside a segment's warm-up (filter start transient) gets
         quality 0, like the beats there, so the policy does not trust it."""
-        det = self.vf_detector
         items = [(i, p) for i, p in enumerate(pending) if p.vf_ends is not None and len(p.vf_ends)]
-        if det is None or not items:
+        if self._windows is None or not items:
+            return {}
+        feats = window_features(np.concatenate([p.vf_windows for _, p in items if p.vf_windows is not None]),
+                                self._windows.settings.rate_hz)
+        art = self.artefact_detector
+        if art is not None:
+            assert art.threshold is not None  # checked in __init__
+            above = (art.score_features(feats) > art.threshold).tolist()
+            need = art.settings.consecutive
+            at = {id(q): k for k, q in enumerate(quality)}
+            start = 0
+            for i, p in items:
+                assert p.vf_ends is not None
+                n = len(p.vf_ends)
+                # noise lasts: a lone window above threshold is more often a fast or odd
+                # rhythm than an artefact; the run of windows carries over between batches
+                run, hit = (0 if p.gap is not None else p.st.art_run), False
+                for a in above[start:start + n]:
+                    run = run + 1 if a else 0
+                    hit = hit or run >= need
+                p.st.art_run = run
+                chunk_q = p.quality
+                if chunk_q is not None and not chunk_q.noisy and not chunk_q.lead_off and hit:
+                    marked = replace(chunk_q, noisy=True)
+                    quality[at[id(chunk_q)]] = marked
+                    p.quality = marked
+                start += n
+        det = self.vf_detector
+        if det is None:
             return {}
         vs = det.settings
-        prob = det.score(np.concatenate([p.vf_windows for _, p in items if p.vf_windows is not None]))
+        prob = det.score_features(feats)
         assert vs.threshold is not None  # checked in __init__
         warm = self.spec.rate_hz * WARMUP_S
         out: dict[int, list[VFObservation]] = {}

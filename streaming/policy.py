@@ -23,7 +23,8 @@ condition                      priority    rule
                                            every 1 s) with VF probability above the VF detector's
                                            threshold; clears after ``clear_s`` without one
 ``pause``                      high        a beat with RR >= ``pause_s``, or (tick) no beat for
-                                           ``pause_s`` of ECG event time while the signal is good
+                                           ``pause_s`` of ECG event time while the signal is good,
+                                           counted from ``settle_s`` after an unusable stretch
 ``tachycardia``                high        HR above the hard limit ``hr_limits.hr_high_bpm``
                                            (immediately)
                                medium      HR above ``hr_limits.tachy_bpm`` sustained for

@@ -67,6 +67,7 @@ __all__ = [
     "VFSettings",
     "due_windows",
     "load_vf_detector",
+    "load_window_detector",
     "record_windows",
     "window_features",
 ]
@@ -539,15 +540,24 @@ def load_vf_detector(bundle_dir: str | Path, extra: Mapping[str, Any]) -> VFDete
     VFDetectorError
         Settings without a threshold, a missing or malformed file.
     """
-    doc = extra.get(EXTRA_KEY)
+    return load_window_detector(bundle_dir, extra, EXTRA_KEY, FILE_NAME, "VF detector")
+
+
+def load_window_detector(bundle_dir: str | Path, extra: Mapping[str, Any], key: str, default_file: str,
+                         what: str) -> VFDetector | None:
+    """A window detector (this module's model) a bundle ships under ``extra[key]``, or None.
+
+    Shared by the VF and the artefact (:mod:`models.ecg.artefact`) detectors.
+    """
+    doc = extra.get(key)
     if doc is None:
         return None
     if not isinstance(doc, Mapping) or not isinstance(doc.get("settings"), Mapping):
-        raise VFDetectorError(f"extra[{EXTRA_KEY!r}] must be an object with a 'settings' object, got {doc!r}")
+        raise VFDetectorError(f"extra[{key!r}] must be an object with a 'settings' object, got {doc!r}")
     settings = VFSettings.from_dict(doc["settings"])
     if settings.threshold is None:
-        raise VFDetectorError(f"extra[{EXTRA_KEY!r}].settings has no threshold")
-    fp = Path(bundle_dir) / str(doc.get("file", FILE_NAME))
+        raise VFDetectorError(f"extra[{key!r}].settings has no threshold")
+    fp = Path(bundle_dir) / str(doc.get("file", default_file))
     if not fp.is_file():
-        raise VFDetectorError(f"VF detector file missing: {fp}")
+        raise VFDetectorError(f"{what} file missing: {fp}")
     return VFDetector.from_bytes(fp.read_bytes(), settings)

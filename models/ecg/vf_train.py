@@ -492,17 +492,21 @@ class VFTrainResult:
 
     detector: VFDetector
     doc: dict[str, Any]
-    cv: CVResult
+    cv: CVResult | None
 
 
 def train_vf(sets: Sequence[WindowSet], *, fpr: float = 5e-4, l2: float = 1.0,
              settings: VFSettings = VFSettings(), n_folds: int = 5, seed: int = 0,
-             eval_sets: Sequence[WindowSet] = ()) -> VFTrainResult:
+             eval_sets: Sequence[WindowSet] = (), cross_validated: bool = True) -> VFTrainResult:
     """Cross-validate, then fit the shipped detector.
 
     The shipped model is fitted on every patient but one calibration fold holding no VF
     patient (its negatives set the threshold at ``fpr``, so the threshold still comes
     from patients the model was not fitted on).
+
+    ``cross_validated=False`` skips the cross-validation (the detector of one fold of an
+    outer cross-validation, whose figures come from that): the document then holds no
+    figures and ``cv`` is None.
 
     Returns
     -------
@@ -510,12 +514,17 @@ def train_vf(sets: Sequence[WindowSet], *, fpr: float = 5e-4, l2: float = 1.0,
         The detector, the ``extra["vf_detector"]`` document (settings, training
         description, cross-validated figures) and the cross-validation.
     """
-    cv = cross_validate(sets, fpr=fpr, l2=l2, settings=settings, n_folds=n_folds, seed=seed, eval_sets=eval_sets)
     positive = {s.patient for s in sets if (s.labels == 1).any()}
-    pos_folds = {cv.folds[p] for p in positive}
+    if cross_validated:
+        cv = cross_validate(sets, fpr=fpr, l2=l2, settings=settings, n_folds=n_folds, seed=seed, eval_sets=eval_sets)
+        folds = cv.folds
+    else:
+        cv = None
+        folds = assign_folds([s.patient for s in sets], sorted(positive), n_folds, seed)
+    pos_folds = {folds[p] for p in positive}
     cal = next((c for c in range(n_folds) if c not in pos_folds), n_folds - 1)
-    det = _fit([s for s in sets if cv.folds[s.patient] != cal], l2, settings)
-    cal_neg = np.concatenate([s.features[s.labels == 0] for s in sets if cv.folds[s.patient] == cal])
+    det = _fit([s for s in sets if folds[s.patient] != cal], l2, settings)
+    cal_neg = np.concatenate([s.features[s.labels == 0] for s in sets if folds[s.patient] == cal])
     det = det.with_threshold(cal_neg, fpr)
     _, y, pat = _stack(sets)
     doc = {
@@ -531,7 +540,8 @@ def train_vf(sets: Sequence[WindowSet], *, fpr: float = 5e-4, l2: float = 1.0,
         },
         "metrics": {"rule": "leave-patients-out: each record scored by the fold model that never saw "
                             "its patient; alarms are runs of settings.consecutive windows",
-                    **cv.summary},
+                    **cv.summary} if cv is not None else {"rule": "not cross-validated here (one fold of an "
+                                                               "outer cross-validation)"},
     }
     return VFTrainResult(det, doc, cv)
 
@@ -578,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.doc["training"]["snrs_db"] = snrs
     update_extras(a.bundle, files={FILE_NAME: res.detector.to_bytes()}, extra={EXTRA_KEY: res.doc})
     if a.report:
+        assert res.cv is not None  # cross-validated above
         a.report.write_text(json.dumps({"summary": res.cv.summary, "records": res.cv.records,
                                         "folds": res.cv.folds}, indent=1))
     print(json.dumps({"bundle": str(a.bundle), "settings": res.doc["settings"], "metrics": res.doc["metrics"]},

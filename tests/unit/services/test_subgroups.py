@@ -240,3 +240,19 @@ def test_evaluate_writes_the_section_and_the_command_adds_it_to_a_report(tmp_pat
                           "--scores-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x.json")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "score CSV" in bad.stderr
+
+
+def test_rebuilt_beats_leave_vf_out_of_qrs_figures_as_evaluate_does(tmp_path, shared_data_dir):
+    """MIT-BIH 207 has ventricular flutter: QRS Se/+P leave those episodes out (EC57), in the
+    evaluate report and in the beats ``cardiowatch subgroups`` rebuilds from the score CSVs."""
+    from services.evaluate import evaluate
+    from services.subgroups import beats_from_scores
+
+    folder = shared_data_dir / "mitdb-ds1"
+    rep = evaluate(folder, tmp_path / "r.json", tmp_path / "scores", DEFAULT_MODEL_DIR, "ecg", None,
+                   names=["207"])
+    (key, entry), = rep["records"].items()
+    assert entry["episodes"]["truth"]["vf"], "207 has VF/VFL episodes"
+    ev = beats_from_scores(rep, tmp_path / "scores", [folder])[key]
+    assert ev.excluded_detections > 0
+    assert (ev.tp, ev.fp, ev.fn) == (entry["tp"], entry["fp"], entry["fn"])

@@ -363,9 +363,11 @@ def test_vf_detector_is_called_once_per_batch(bundle):
     class Counting:
         settings = real.settings
 
-        def score(self, windows):
-            calls.append(len(windows))
-            return real.score(windows)
+        threshold = real.threshold
+
+        def score_features(self, features):  # the window features are computed once per batch
+            calls.append(len(features))
+            return real.score_features(features)
 
     p.vf_detector = Counting()
     a = _wire("p-a", _sinus_then_flutter(), 20)
@@ -381,6 +383,70 @@ def test_a_bundle_without_a_vf_detector_runs_without_it(bundle):
     p = ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms)
     obs, alerts = _run_vf(p, _wire("p-vf", _sinus_then_flutter(), 60), 10)
     assert obs == [] and not [a for a in alerts if a.condition == "ventricular_fibrillation"]
+
+
+# -- artefact detector ---------------------------------------------------------------------
+def _constant_detector(threshold: float, consecutive: int = 1):
+    """A window model that scores every window 0.5: above ``threshold`` 0.4 it calls every
+    window noisy, at 0.6 none."""
+    from models.ecg.vf import FEATURE_NAMES, VFDetector, VFSettings
+
+    k = len(FEATURE_NAMES)
+    return VFDetector(np.zeros(k), 0.0, np.zeros(k), np.ones(k),
+                      VFSettings(threshold=threshold, min_ptp_mv=0.0, consecutive=consecutive))
+
+
+def _with_artefact(bundle, threshold, consecutive: int = 1):
+    from streaming.pipeline import ECGPipeline
+
+    p0 = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    return ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms, vf_detector=p0.vf_detector,
+                       artefact_detector=_constant_detector(threshold, consecutive))
+
+
+def test_chunks_the_artefact_detector_calls_noisy_suppress_ecg_alarms_and_raise_a_technical_alert(bundle):
+    msgs = as_msgs("p-n", [e for e, _ in chunks("p-n", 90, [Event("vrun", 50, 6)], seed=3)])
+    quiet, q_alerts, _, _ = run(_with_artefact(bundle, 0.6), msgs, batch=10)
+    assert any(a.condition == "ventricular_run" for a in q_alerts), "the run alarms when no window is noisy"
+    p = _with_artefact(bundle, 0.4)
+    states, qual, alerts = {}, [], []
+    for i in range(0, len(msgs), 10):
+        r = p.process(msgs[i:i + 10], states)
+        states.update(r.states)
+        qual += r.quality
+        alerts += r.alerts
+    # every chunk from the first full window (4 s) on is reported noisy
+    assert all(q.noisy for q in qual[4:]) and not any(q.noisy for q in qual[:3])
+    assert not [a for a in alerts if a.category == "physiological"]
+    assert any(a.condition == "signal_noisy" for a in alerts)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_a_chunk_is_noisy_from_the_consecutive_th_window_in_a_row_whatever_the_batching(bundle, batch):
+    msgs = as_msgs("p-n", [e for e, _ in chunks("p-n", 12, seed=3)])
+    p = _with_artefact(bundle, 0.4, consecutive=3)
+    states, qual = {}, []
+    for i in range(0, len(msgs), batch):
+        r = p.process(msgs[i:i + batch], states)
+        states.update(r.states)
+        qual += r.quality
+    # windows end at 4, 5, 6 ... s: the third in a row ends in the 6th chunk
+    assert [q.noisy for q in qual] == [False] * 5 + [True] * 7
+    blob = states["p-n"].to_bytes(p.policy)
+    assert ECGPatientState.from_bytes(blob, p.policy).art_run == states["p-n"].art_run == 9
+
+
+def test_the_artefact_and_vf_detectors_share_one_window_grid(bundle):
+    from models.ecg.vf import VFSettings
+    from streaming.pipeline import ECGPipeline
+
+    p0 = build_ecg_pipeline(bundle, build_policy(None), clock_ms=lambda: T0 + 10**9)
+    other = _constant_detector(0.5)
+    other = type(other)(other.coef, other.intercept, other.mean, other.scale,
+                        VFSettings(hop_s=2.0, threshold=0.5))
+    with pytest.raises(ValueError, match="one window grid"):
+        ECGPipeline(p0.scorer, p0.model_version, p0.policy, p0.spec, p0.clock_ms, vf_detector=p0.vf_detector,
+                    artefact_detector=other)
 
 
 # -- atrial fibrillation on the heart-rate stream ---------------------------------------

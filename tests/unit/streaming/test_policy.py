@@ -313,6 +313,21 @@ def test_no_pause_from_tick_while_lead_off() -> None:
     assert conds(evs) == [] or conds(evs) == ["lead_off"]
 
 
+def test_pause_clock_starts_settle_s_after_a_noisy_stretch() -> None:
+    """After noise the QRS detector re-learns its thresholds and its first beats come out
+    late: no pause is counted from the end of the noise until settle_s (3 s) later."""
+    s = Sim()
+    s.quality(T0, duration_ms=5000)
+    s.beats(5)
+    end = s.t + 2000
+    s.quality(s.t + 1, duration_ms=end - s.t - 1, noisy=True, quality=0.2)  # noisy up to `end`
+    s.quality(end, duration_ms=8000)
+    assert "pause" not in conds(s.tick(now_ms=10, event_ts_ms=end + 4000))  # 4 s after the noise
+    assert "pause" not in conds(s.tick(now_ms=20, event_ts_ms=end + 6900))
+    evs = s.tick(now_ms=30, event_ts_ms=end + 7000)  # settle 3 s + pause 4 s
+    assert [(e.condition, e.onset_ts_ms) for e in evs if e.condition == "pause"] == [("pause", end + 3000)]
+
+
 # ---------------------------------------------------------------- ventricular run
 def test_ventricular_run_of_3_is_high_and_2_is_not() -> None:
     s = Sim()

@@ -103,3 +103,11 @@ def test_cross_validation_thresholds_come_from_unseen_negatives() -> None:
     # the held-out negatives see about the stated rate of false windows
     s = cv.summary["cv_clean"]
     assert 0.01 < s["false_windows"] / (s["negative_hours"] * 3600) < 0.15
+
+
+def test_one_fold_of_an_outer_cross_validation_trains_without_its_own() -> None:
+    # one VF patient left: an inner cross-validation could not hold it out and still train
+    sets = [s for s in _sets(2) if s.patient != "vf:b"]
+    res = train_vf(sets, fpr=0.01, settings=VFSettings(consecutive=3), cross_validated=False)
+    assert res.cv is None and res.detector.threshold is not None
+    assert res.doc["training"]["vf_patients"] == ["vf:a"] and "not cross-validated" in res.doc["metrics"]["rule"]
