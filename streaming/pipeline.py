@@ -143,7 +143,7 @@ def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
 _POSITION_HINTS = get_type_hints(StreamPosition)
 _ECG_HEADER_HINTS: dict[str, Any] = {
     **_POSITION_HINTS, "patient_id": str, "device_id": str, "sample_rate_hz": float | None,
-    "seg_t0_ms": float, "strip_end_ms": float, "gaps": int, "beats_scored": int}
+    "seg_t0_ms": float, "strip_end_ms": float, "gaps": int, "beats_scored": int, "art_run": int}
 _HR_HEADER_HINTS: dict[str, Any] = {
     **_POSITION_HINTS, "patient_id": str, "device_id": str, "rr_ms": list[float], "new_rr": int}
 _REQUIRED_HEADER = ("patient_id", "device_id", "last_seq", "last_ts_ms", "last_offset")
