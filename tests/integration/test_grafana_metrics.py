@@ -48,7 +48,7 @@ def _scrape(port: int, timeout_s: float = 30.0) -> str:
 
 
 def test_every_dashboard_metric_is_on_the_real_worker_and_dispatcher_pages(kafka_broker, make_topics, tmp_path):
-    topics = make_topics(partitions=2)
+    topics = make_topics(partitions=4)  # the worker harness runs with CARDIOWATCH_PARTITIONS=4
     w = Wearable("p-graf", "dev-graf", SyntheticPatient("p-graf", 250, events=[Event("vrun", 20, 6)]), T0)
     records = []
     for _ in range(40):
