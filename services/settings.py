@@ -194,12 +194,10 @@ def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     raw = env.get(key)
     if raw is None:
         return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{key} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+    value = _BOOLS.get(raw.strip().lower())
+    if value is None:
+        raise SettingsError(f"{key} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
