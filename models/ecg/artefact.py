@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from models.ecg.vf import FEATURE_NAMES, WINDOW_S as _WINDOW_S, VFDetector, VFSettings, load_window_detector
+from models.ecg.vf_train import training_data_hash
 
 __all__ = ["DEFAULT_CONSECUTIVE", "DEFAULT_FPR", "DEFAULT_NOISE_SPAN_S", "DEFAULT_SNRS_DB", "EXTRA_KEY", "FILE_NAME",
            "ArtefactTrainResult", "load_artefact_detector", "main", "train_artefact", "window_rates_bpm"]
@@ -219,17 +220,10 @@ def train_artefact(sets: Sequence[Any], *, fpr: float = DEFAULT_FPR, l2: float =
                      "patients": len({s.patient for s in fit_sets}), "excluded_patients": sorted(excluded),
                      "fpr": fpr, "l2": l2, "seed": seed, "rhythm_weight": rhythm_weight,
                      "fast_bpm": fast_bpm if rates else None, "fast_weight": fast_weight if rates else None,
-                     "training_data_sha256": _hash(fit_sets)},
+                     "training_data_sha256": training_data_hash(fit_sets)},
         "metrics": figures,
     }
     return ArtefactTrainResult(det, doc)
-
-
-def _hash(sets: Sequence[Any]) -> str:
-    h = hashlib.sha256()
-    for s in sorted(sets, key=lambda s: s.source):
-        h.update(f"{s.source}:{s.sha256}\n".encode())
-    return h.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
