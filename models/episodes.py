@@ -7,7 +7,12 @@ Truth episodes (:func:`truth_episodes`)
     - **VT**: ``(VT`` rhythm episodes, plus every run of >= 3 consecutive V-class
       reference beats whose mean rate (``60 * (n - 1) / (last - first)``, the intervals
       inside the run) is >= 100 bpm; a run spans its first to its last beat.
-      Overlapping (or touching) episodes are merged.
+      Overlapping (or touching) episodes are merged. A ``(VT`` episode whose annotated
+      V beats (three or more of them) never reach that rate over any three in a row is
+      a **slow ventricular run** (``slow_vt``; record 223's triplets at 88 bpm are
+      annotated ``(VT``): VT is 3 or more ventricular beats at 100 bpm or more, so it is
+      left out of the VT figures, like AFL from AF's, and a ventricular alert during
+      one is not false. How many of them were alerted HIGH is reported beside.
     - **VF**: ``(VFL`` / ``(VF`` rhythm episodes and ``[`` .. ``]`` brackets, merged.
     - **AF**: ``(AFIB`` rhythm episodes. **AFL**: ``(AFL`` episodes, AF-like: an AF
       alert during one is not false, but they are not in the AF sensitivity
@@ -22,9 +27,9 @@ Episode detection (:func:`evaluate_episodes`)
     updated to high): ``high_s``. An alert is *open* from ``raised_s`` to ``cleared_s``
     (or to the record end when never cleared).
 
-    - **VT sensitivity and delay**: a VT episode is detected when a HIGH ventricular
-      alert (``ventricular_run``, ``ventricular_fibrillation``) becomes HIGH in
-      ``[onset - 1 s, end + 5 s]``, or is HIGH and open at the onset; the delay is
+    - **VT sensitivity and delay**: a VT episode (and, counted apart, a slow ventricular
+      run) is detected when a HIGH ventricular alert (``ventricular_run``,
+      ``ventricular_fibrillation``) becomes HIGH in ``[onset - 1 s, end + 5 s]``, or is HIGH and open at the onset; the delay is
       ``high_s - onset`` of the earliest such alert, floored at 0.
     - **VT/VF/VFL episodes of >= 10 s**: alerted when *any* HIGH alert becomes HIGH in
       ``[onset - 1 s, onset + 10 s]`` or is HIGH and open at the onset. VT and VF
@@ -39,7 +44,7 @@ False alerts (:func:`judge_alert`): every raised physiological alert is judged b
 condition; technical alerts (category ``technical``) are counted apart, never false.
 
     - ``ventricular_run``, ``ventricular_fibrillation``: true if ``[onset - 5, raised + 5]``
-      overlaps a VT or VF episode.
+      overlaps a VT, slow ventricular run or VF episode.
     - ``pause``: true if a reference RR interval >= 3 s, or a VF episode, overlaps
       ``[onset - 2, raised + 2]``.
     - ``tachycardia`` / ``bradycardia``: true if the reference rate (60 / the median of
@@ -194,11 +199,12 @@ class TruthEpisodes:
     vf: tuple[Episode, ...] = ()
     af: tuple[Episode, ...] = ()
     afl: tuple[Episode, ...] = ()
+    slow_vt: tuple[Episode, ...] = ()
 
     def to_dict(self) -> dict[str, list[list[float]]]:
-        """``{"vt": [[start_s, end_s], ...], "vf": ..., "af": ..., "afl": ...}``."""
+        """``{"vt": [[start_s, end_s], ...], "vf": ..., "af": ..., "afl": ..., "slow_vt": ...}``."""
         return {k: [[round(e.start_s, 3), round(e.end_s, 3)] for e in getattr(self, k)]
-                for k in ("vt", "vf", "af", "afl")}
+                for k in ("vt", "vf", "af", "afl", "slow_vt")}
 
 
 def _label(aux: str) -> str:
@@ -309,6 +315,26 @@ def merge_episodes(episodes: Iterable[Episode], kind: str) -> tuple[Episode, ...
     return tuple(out)
 
 
+def _slow_run(e: Episode, beat_times_s: np.ndarray | Sequence[float],
+              aami_classes: np.ndarray | Sequence[str], r: EpisodeRules) -> bool:
+    """A ``(VT`` episode whose annotated V beats (>= ``vrun_min_beats`` of them) never
+    reach ``vrun_min_rate_bpm`` over ``vrun_min_beats`` consecutive V beats."""
+    t = np.asarray(beat_times_s, dtype=np.float64).ravel()
+    c = np.asarray(aami_classes, dtype=str).ravel()
+    order = np.argsort(t, kind="stable")
+    t, c = t[order], c[order]
+    inside = (t >= e.start_s) & (t <= e.end_s)
+    ti, ci = t[inside], c[inside]
+    k = r.vrun_min_beats
+    if int(np.sum(ci == "V")) < k:
+        return False  # no beat labels to judge the rate by: the rhythm label stands
+    for i in range(ti.size - k + 1):
+        span = ti[i + k - 1] - ti[i]
+        if np.all(ci[i:i + k] == "V") and span > 0 and 60.0 * (k - 1) / span >= r.vrun_min_rate_bpm:
+            return False
+    return True
+
+
 def truth_episodes(
     beat_times_s: np.ndarray | Sequence[float],
     aami_classes: np.ndarray | Sequence[str],
@@ -323,8 +349,12 @@ def truth_episodes(
     rhythm = rhythm_episodes(rhythm_annotations, sample_rate_hz, end_s)
     runs = ventricular_runs(beat_times_s, aami_classes, r.vrun_min_beats, r.vrun_min_rate_bpm)
     brackets = bracket_episodes(vf_annotations, sample_rate_hz, end_s)
+    vt_rhythm = [e for e in rhythm if e.kind == "VT"]
+    slow = [e for e in vt_rhythm if _slow_run(e, beat_times_s, aami_classes, r)]
     return TruthEpisodes(
-        vt=merge_episodes([e for e in rhythm if e.kind == "VT"] + list(runs), "VT"),
+        vt=merge_episodes([e for e in vt_rhythm if e not in slow] + list(runs), "VT"),
+        slow_vt=tuple(e for e in merge_episodes(slow, "SLOW_VT")
+                      if not any(x.start_s <= e.end_s and x.end_s >= e.start_s for x in runs)),
         vf=merge_episodes([e for e in rhythm if e.kind in _VF_RHYTHMS] + list(brackets), "VF"),
         af=merge_episodes([e for e in rhythm if e.kind == "AFIB"], "AF"),
         afl=merge_episodes([e for e in rhythm if e.kind == "AFL"], "AFL"),
@@ -385,7 +415,7 @@ def judge_alert(
     m = r.ventricular_margin_s
     ok: bool
     if cond in VENTRICULAR_CONDITIONS:
-        ok = _overlaps(vent, on - m, up + m)
+        ok = _overlaps(vent + truth.slow_vt, on - m, up + m)
     elif cond == "pause":
         lo, hi = on - r.pause_margin_s, up + r.pause_margin_s
         t = beat_times_s
@@ -456,6 +486,9 @@ class EpisodeEvaluation:
         Record length the rates are computed over.
     vt_total, vt_delays_s, vt_missed
         VT episodes; delays of the detected ones; the missed ones.
+    slow_vt_total, slow_vt_alerted
+        Slow ventricular runs (annotated ``(VT`` under the VT rate); those alerted HIGH
+        as a VT episode would be.
     sustained_total, sustained_alerted
         VT and VF episodes of >= ``sustained_min_s``; those alerted HIGH in time.
     af_total, af_delays_s, af_missed
@@ -489,6 +522,8 @@ class EpisodeEvaluation:
     unjudged: int
     false_alerts: tuple[FalseAlert, ...] = field(default=())
     truth: TruthEpisodes | None = None
+    slow_vt_total: int = 0
+    slow_vt_alerted: int = 0
     verdicts: tuple[Verdict, ...] = field(default=(), repr=False)
 
     @property
@@ -510,6 +545,7 @@ class EpisodeEvaluation:
                 "median_delay_s": _median(self.vt_delays_s), "max_delay_s": _max(self.vt_delays_s),
                 "missed": [[round(e.start_s, 3), round(e.end_s, 3)] for e in self.vt_missed],
             },
+            "slow_ventricular_runs": {"total": self.slow_vt_total, "alerted_high": self.slow_vt_alerted},
             "ventricular_10s_alerted_within_10s": {
                 "total": self.sustained_total, "alerted": self.sustained_alerted,
                 "fraction": _fraction(self.sustained_alerted, self.sustained_total),
@@ -610,15 +646,19 @@ def evaluate_episodes(
     vent_high = [a for a in high if a.condition in VENTRICULAR_CONDITIONS]
     af_alerts = [a for a in alerts if a.condition in AF_CONDITIONS]
 
+    def vt_hits(e: Episode) -> list[float]:
+        return [a.high_s for a in vent_high if a.high_s is not None and _high_in_time(
+            a, e.start_s - r.vt_before_s, e.end_s + r.vt_after_s, e.start_s, end)]
+
     vt_delays: list[float] = []
     vt_missed: list[Episode] = []
     for e in truth.vt:
-        hit_s = [a.high_s for a in vent_high if a.high_s is not None and _high_in_time(
-            a, e.start_s - r.vt_before_s, e.end_s + r.vt_after_s, e.start_s, end)]
+        hit_s = vt_hits(e)
         if hit_s:
             vt_delays.append(max(0.0, min(hit_s) - e.start_s))
         else:
             vt_missed.append(e)
+    slow_alerted = sum(bool(vt_hits(e)) for e in truth.slow_vt)
 
     sustained = [e for e in truth.vt + truth.vf if e.duration_s >= r.sustained_min_s]
     sustained_alerted = sum(
@@ -661,7 +701,8 @@ def evaluate_episodes(
         af_total=len(af_delays) + len(af_missed), af_delays_s=tuple(af_delays),
         af_missed=tuple(af_missed), af_time_s=float(af_time), af_covered_s=float(covered),
         physiological=physiological, technical=technical, unjudged=unjudged,
-        false_alerts=tuple(false), truth=truth, verdicts=tuple(verdicts))
+        false_alerts=tuple(false), truth=truth, verdicts=tuple(verdicts),
+        slow_vt_total=len(truth.slow_vt), slow_vt_alerted=int(slow_alerted))
 
 
 def pool_episodes(evaluations: Iterable[EpisodeEvaluation]) -> dict[str, Any]:
@@ -681,7 +722,8 @@ def pool_episodes(evaluations: Iterable[EpisodeEvaluation]) -> dict[str, Any]:
         af_time_s=sum(e.af_time_s for e in evs), af_covered_s=sum(e.af_covered_s for e in evs),
         physiological=sum(e.physiological for e in evs), technical=sum(e.technical for e in evs),
         unjudged=sum(e.unjudged for e in evs),
-        false_alerts=tuple(f for e in evs for f in e.false_alerts))
+        false_alerts=tuple(f for e in evs for f in e.false_alerts),
+        slow_vt_total=sum(e.slow_vt_total for e in evs), slow_vt_alerted=sum(e.slow_vt_alerted for e in evs))
     d = pooled.to_dict()
     d["n_records"] = len(evs)
     d["vt_episodes"]["missed"] = [[e.name, round(m.start_s, 3), round(m.end_s, 3)]

@@ -464,6 +464,7 @@ def _pooled_column(p: dict[str, Any]) -> list[str]:
     ex = p.get("qrs_excluded", {})
     vt, sus, af, at, al = (ep["vt_episodes"], ep["ventricular_10s_alerted_within_10s"],
                            ep["af_episodes_30s"], ep["af_time"], ep["alerts"])
+    slow = ep.get("slow_ventricular_runs", {})
     qrs = (f"{_pct(p.get('qrs_sensitivity'))} / {_pct(p.get('qrs_ppv'))}"
            + (f" ({ex.get('reference', 0)}+{ex.get('detections', 0)} in VF left out)"
               if ex.get("reference") or ex.get("detections") else "")) if "tp" in p else "-"
@@ -473,6 +474,7 @@ def _pooled_column(p: dict[str, Any]) -> list[str]:
         " / ".join(_num(au.get(k), ".3f") for k in ("V_vs_N", "S_vs_N", "SVF_vs_N")) if au else "-",
         " / ".join(_pct(ff.get(k)) for k in ("N", "S", "V")) if ff else "-",
         f"{vt['detected']}/{vt['total']} ({_pct(vt['sensitivity'])}), median {_num(vt['median_delay_s'], '.1f')} s",
+        f"{slow.get('alerted_high', 0)}/{slow.get('total', 0)}",
         f"{sus['alerted']}/{sus['total']}",
         f"{af['alerted']}/{af['total']}; {_pct(at['fraction'])} of {_num(at['af_s'] / 3600, '.1f')} h",
         f"{_num(ep['false_high_per_patient_hour'])} ({al['false_high']})",
@@ -482,7 +484,8 @@ def _pooled_column(p: dict[str, Any]) -> list[str]:
 
 
 _ROWS = ["records / hours", "QRS Se / +P (VF excluded)", "AUROC V|S|SVF vs N", "flagged N / S / V",
-         "VT episodes detected (HIGH)", "VT/VF >= 10 s HIGH in 10 s", "AF >= 30 s alerted; AF time",
+         "VT episodes detected (HIGH)",
+         "slow V runs < 100 bpm, HIGH", "VT/VF >= 10 s HIGH in 10 s", "AF >= 30 s alerted; AF time",
          "false HIGH / patient-hour", "false non-technical / pt-hour", "false AF / patient-day"]
 
 

@@ -96,6 +96,36 @@ def test_truth_episodes_combine_rhythms_runs_and_brackets():
     assert tr.to_dict()["vf"] == [[40.0, 55.0]]
 
 
+
+def test_slow_annotated_vt_is_a_slow_ventricular_run_not_vt():
+    """Record 223 annotates ``(VT`` over triplets at 88 bpm: VT is >= 3 V beats at >= 100 bpm,
+    so such an episode leaves the VT figures (like AFL from AF's) and is counted apart."""
+    t = np.concatenate([regular_beats(0, 9.9, 1.0), [10.2, 10.9, 11.6],  # 3 V at 86 bpm
+                        regular_beats(12.4, 29.9, 1.0), [30.2, 30.6, 31.0],  # 3 V at 150 bpm
+                        regular_beats(32, 60, 1.0)])
+    c = np.array(["N"] * t.size)
+    slow_i = np.flatnonzero(np.isin(t, [10.2, 10.9, 11.6]))
+    fast_i = np.flatnonzero(np.isin(t, [30.2, 30.6, 31.0]))
+    c[slow_i] = "V"
+    c[fast_i] = "V"
+    rhythm = [(0, "(N"), (int(10.1 * FS), "(VT"), (int(11.8 * FS), "(N"), (int(30.1 * FS), "(VT"),
+              (int(31.2 * FS), "(N"), (int(40 * FS), "(VT"), (int(42 * FS), "(N")]
+    tr = truth_episodes(t, c, rhythm, [], FS, 60.0)
+    # the fast one stays VT; 40-42 s has no V beats to judge by, so its rhythm label stands
+    assert [(round(e.start_s, 1), round(e.end_s, 1)) for e in tr.vt] == [(30.1, 31.2), (40.0, 42.0)]
+    assert [(round(e.start_s, 1), round(e.end_s, 1)) for e in tr.slow_vt] == [(10.1, 11.8)]
+    assert tr.to_dict()["slow_vt"] == [[round(10.1 * FS) / FS, round(11.8 * FS) / FS]]
+    # an alert over the slow run is true, not false, and counts for the slow run only
+    a = alert("ventricular_run", 11.0, cleared_s=20.0)
+    ev = evaluate_episodes("r", tr, [a], t, c, 60.0)
+    assert ev.verdicts == ("true",)
+    assert (ev.vt_total, len(ev.vt_delays_s), ev.slow_vt_total, ev.slow_vt_alerted) == (2, 0, 1, 1)
+    assert ev.to_dict()["slow_ventricular_runs"] == {"total": 1, "alerted_high": 1}
+    assert pool_episodes([ev, ev])["slow_ventricular_runs"] == {"total": 2, "alerted_high": 2}
+    # without the slow run in the truth the same alert is false
+    assert judge_alert(a, TruthEpisodes(vt=tr.vt), t, c, 60.0) == "false"
+
+
 # ---------------------------------------------------------------- episode detection
 def test_vt_sensitivity_window_open_at_onset_and_delay():
     truth = TruthEpisodes(vt=(Episode(100, 105, "VT"), Episode(200, 202, "VT"), Episode(300, 301, "VT"),
