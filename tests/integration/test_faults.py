@@ -11,8 +11,12 @@ The figures (expected, received, duplicated) are printed; run with ``-s`` to see
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -20,9 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.synthetic import Event
+from services.broker import free_port
+from services.receiver import WebhookReceiver
+from services.settings import REPO_ROOT
+from test_dispatcher import SECRET, _alert, _in_order, _write_routing
 from test_worker import _metric_value, reference, stream_for
 from worker_harness import WorkerProcess, produce, read_until
 
@@ -54,6 +64,14 @@ def _wait(cond, timeout_s: float, what: str, poll_s: float = 0.5) -> None:  # ty
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
+
+
+async def _await(cond, timeout_s: float, what: str, poll_s: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(poll_s)
 
 
 def test_first_start_on_fresh_topics_under_load_crashes_no_agent(kafka_broker, make_topics, tmp_path) -> None:
@@ -112,3 +130,107 @@ def test_first_start_on_fresh_topics_under_load_crashes_no_agent(kafka_broker, m
         assert read_back == 0, "records were read back: something dropped a batch"
     finally:
         w.stop()
+
+
+class _DispatcherProcess:
+    """``python -m services.dispatcher`` as its own process, with a /metrics port to read."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.metrics_port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.dispatcher", "--log-level", "WARNING"], cwd=REPO_ROOT,
+            env={**env, "CARDIOWATCH_DISPATCHER_METRICS_PORT": str(self.metrics_port)},
+            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, f"dispatcher exited with {self.proc.returncode}:\n{self.log.read_text()}"
+        return "dispatcher ready" in self.log.read_text()
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        import urllib.request
+
+        page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()))
+
+    def owned(self) -> float:
+        return self.metric("cardiowatch_dispatch_assigned_partitions")
+
+    def delivered(self) -> float:
+        return self.metric("cardiowatch_deliveries_total", {"outcome": "delivered"})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def test_two_dispatchers_one_killed_mid_delivery_lose_nothing(kafka_broker, make_topics, tmp_path) -> None:
+    """Two dispatcher processes in one consumer group split the alerts topic; while
+    alerts stream in, the one that has delivered some of its partitions' alerts is
+    SIGKILLed. The survivor takes its partitions over from the committed offsets: every
+    alert arrives, in order per patient, and each one delivered twice carries the same
+    ``webhook-id`` both times (the receiver dedupes on it)."""
+    topics = make_topics(4)
+    events = [_alert(f"p{j}", i) for i in range(40) for j in range(8)]
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as rec:
+            env = {**os.environ, "CARDIOWATCH_BOOTSTRAP": kafka_broker.bootstrap,
+                   "CARDIOWATCH_ROUTING_FILE": str(_write_routing(tmp_path, rec.url)),
+                   "CARDIOWATCH_DISPATCHER_GROUP": f"g-{topics.alerts}", "CARDIOWATCH_ACK_PORT": "0",
+                   "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
+                   "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "PYTHONPATH": str(REPO_ROOT)}
+            ds = [_DispatcherProcess(env, tmp_path / f"d{i}.log") for i in (1, 2)]
+            try:
+                await _await(lambda: all(d.ready() for d in ds), 120, "both dispatchers ready")
+                await _await(lambda: min(d.owned() for d in ds) >= 1 and sum(d.owned() for d in ds) == 4,
+                             60, "the partitions split between the two")
+                producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+                await producer.start()
+
+                async def stream() -> None:  # one alert per patient every 50 ms
+                    for i in range(0, len(events), 8):
+                        for ev in events[i:i + 8]:
+                            await producer.send(topics.alerts, ev.to_json(), key=ev.patient_id.encode())
+                        await asyncio.sleep(0.05)
+                    await producer.flush()
+
+                streaming = asyncio.create_task(stream())
+                try:
+                    victim, survivor = ds
+                    await _await(lambda: len(rec.received) >= len(events) // 4 and victim.delivered() > 0,
+                                 60, "deliveries by both under way")
+                    victim.proc.send_signal(signal.SIGKILL)
+                    victim.proc.wait(10)
+                    killed_at = len(rec.received)
+                    await streaming
+                finally:
+                    await producer.stop()
+                assert killed_at < len(events), "killed after everything was delivered: too late to test"
+                await _await(lambda: len({a.webhook_id for a in rec.received}) >= len(events), 90,
+                             "every alert delivered after the kill")
+                assert survivor.proc.poll() is None, survivor.log.read_text()
+            finally:
+                for d in ds:
+                    d.stop()
+            arrivals = rec.received + rec.duplicates
+            ids_per_event: dict[str, set[str]] = {}
+            for a in arrivals:
+                ids_per_event.setdefault(a.body["event_id"], set()).add(a.webhook_id)
+            print(f"\nTWO-DISPATCHER FIGURES: alerts expected {len(events)}, delivered {len(rec.received)} "
+                  f"unique, {len(rec.duplicates)} duplicate deliveries; killed after {killed_at} unique "
+                  f"deliveries, one of two dispatchers")
+            assert {a.webhook_id for a in rec.received} == {e.event_id for e in events}
+            assert len(rec.received) == len(events), "an alert arrived twice under different webhook-ids"
+            assert all(ids == {eid} for eid, ids in ids_per_event.items()), \
+                {eid: ids for eid, ids in ids_per_event.items() if ids != {eid}}
+            assert _in_order(rec) == {f"p{j}": list(range(40)) for j in range(8)}
+
+    asyncio.run(go())
