@@ -482,7 +482,7 @@ class LocalBroker:
             self.ready_timeout_s + 60)
 
     def kill(self, timeout_s: float = 30.0) -> None:
-        """SIGKILL the broker JVM, as a crash: no controlled shutdown, nothing flushed.
+        """SIGKILL the broker JVM, as a crash: no controlled shutdown, the log recovered at restart.
 
         The port and the state folder are kept, so :meth:`restart` brings the same broker
         back with the same log. For fault tests.

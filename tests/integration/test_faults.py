@@ -18,11 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -41,6 +43,7 @@ from worker_harness import WorkerProcess, produce, read_all, read_until
 pytestmark = pytest.mark.integration
 
 BROKER_DOWN_S = 20.0
+K = TypeVar("K")
 
 LATE_METADATA = Path(__file__).parent / "late_metadata"
 # What Faust and mode log when an agent (or any service) dies: the crash itself, its
@@ -127,7 +130,8 @@ def test_first_start_on_fresh_topics_under_load_crashes_no_agent(kafka_broker, m
         print(f"\nFIRST-START FIGURES: beats expected {len(expected_ids)}, received {len(got)} unique, "
               f"{sum(got.values()) - len(got)} duplicates; heart-rate windows scored {hr_windows:.0f}; "
               f"records read back {read_back:.0f}; crash lines in the log {len(crashes)}")
-        assert not crashes, "an agent crashed on the first start:\n" + "\n".join(crashes[:10]) + "\n" + w.log_tail()
+        assert not crashes, ("an agent crashed on the first start:\n" + "\n".join(crashes[:10])
+                             + "\n" + w.log_tail())
         assert set(got) == expected_ids, f"missing {sorted(expected_ids - set(got))[:5]}"
         assert hr_windows > 0, "the heart-rate agent scored nothing"
         assert read_back == 0, "records were read back: something dropped a batch"
@@ -151,8 +155,6 @@ class _DispatcherProcess:
         return "dispatcher ready" in self.log.read_text()
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        import urllib.request
-
         page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         return sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
                    if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()))
@@ -179,8 +181,12 @@ def test_two_dispatchers_one_killed_mid_delivery_lose_nothing(kafka_broker, make
     SIGKILLed. The survivor takes its partitions over from the committed offsets: every
     alert arrives, in order per patient, and each one delivered twice carries the same
     ``webhook-id`` both times (the receiver dedupes on it)."""
+    from streaming.app import partition_of
+
     topics = make_topics(4)
     events = [_alert(f"p{j}", i) for i in range(40) for j in range(8)]
+    # every partition carries patients, so whichever the victim owns, it has work
+    assert {partition_of(f"p{j}".encode(), 4) for j in range(8)} == set(range(4))
 
     async def go() -> None:
         async with WebhookReceiver(SECRET) as rec:
@@ -249,10 +255,10 @@ def own_broker():
         broker.stop()
 
 
-def _first_seen(records: list[tuple[str, str]]) -> dict[str, list[str]]:
+def _first_seen(records: Iterable[tuple[str, K]]) -> dict[str, list[K]]:
     """Per patient, the ids in the order they first appear (repeats left out)."""
-    seen: set[str] = set()
-    out: dict[str, list[str]] = {}
+    seen: set[K] = set()
+    out: dict[str, list[K]] = {}
     for pid, rid in records:
         if rid not in seen:
             seen.add(rid)
@@ -340,11 +346,12 @@ def test_broker_killed_for_20s_mid_stream_worker_and_dispatcher_carry_on(own_bro
         gaps = sum(_metric_value(w, "cardiowatch_sequence_gaps_total", {"stream": s}) for s in ("ecg", "hr"))
         dup_alert_records = len(alerts) - len(want)
         print(f"\nBROKER-RESTART FIGURES: broker down {BROKER_DOWN_S:.0f} s (SIGKILL, same port and log) "
-              f"with {scored_at_kill:.0f} beats scored of the {in_first_part} sent so far and {delivered_at_kill} alert "
-              f"events delivered; beats expected {len(expected_ids)}, received {len(got_ids)} unique, "
-              f"{sum(got_ids.values()) - len(got_ids)} duplicate records; alerts expected (reference, "
-              f"physiological) {sum(a.category == 'physiological' for a in expected_alerts)}, raised on the "
-              f"topic {len(raised)}; alert events on the topic {len(want)} ({dup_alert_records} duplicate "
+              f"with {scored_at_kill:.0f} beats scored of the {in_first_part} sent so far and "
+              f"{delivered_at_kill} alert events delivered; beats expected {len(expected_ids)}, "
+              f"received {len(got_ids)} unique, {sum(got_ids.values()) - len(got_ids)} duplicate records; "
+              f"alerts expected (reference, physiological) "
+              f"{sum(a.category == 'physiological' for a in expected_alerts)}, raised on the topic {len(raised)}; "
+              f"alert events on the topic {len(want)} ({dup_alert_records} duplicate "
               f"records), delivered {len({a.webhook_id for a in rec.received} & want)} unique, "
               f"{len(rec.duplicates)} duplicate deliveries; sequence gaps {gaps:.0f}; "
               f"back to all scored {t_scored - t_back:.1f} s; kill to all scored {t_scored - t_kill:.1f} s; "
