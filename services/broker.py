@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -92,6 +93,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _pid_gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie waiting for its parent counts as exited)."""
+    if not _pid_alive(pid):
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc: kill -0 is all there is
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _admin(bootstrap: str, timeout_s: float, security: KafkaSecurity | None = None) -> KafkaAdminClient:
@@ -401,7 +413,7 @@ class LocalBroker:
             pid = int((self._data_dir / "broker.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return None if _pid_gone(pid) else pid
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod
@@ -438,15 +450,9 @@ class LocalBroker:
         error = ""
         for _ in range(attempts):
             port = self._requested_port or free_port()
-            extra = ["--security", "sasl_ssl"] if self.secure else []
             mtls_port = free_port() if self.mtls else None
-            if mtls_port is not None:
-                extra += ["--mtls-port", str(mtls_port)]
             t0 = time.monotonic()
-            result = _run_script(
-                ["start", "--port", str(port), "--data-dir", str(self._data_dir),
-                 "--timeout-s", str(int(self.ready_timeout_s)), "--owner-pid", str(os.getpid()), *extra],
-                self.ready_timeout_s + 60)
+            result = self._launch(port, mtls_port)
             if result.returncode == 0:
                 self.start_to_ready_s = time.monotonic() - t0
                 self._port, self._mtls_port = port, mtls_port
@@ -465,6 +471,58 @@ class LocalBroker:
             raise
         return self
 
+    def _launch(self, port: int, mtls_port: int | None) -> subprocess.CompletedProcess[str]:
+        """``kafka.sh start`` on ``port`` from this broker's state folder; waits until it answers."""
+        extra = ["--security", "sasl_ssl"] if self.secure else []
+        if mtls_port is not None:
+            extra += ["--mtls-port", str(mtls_port)]
+        return _run_script(
+            ["start", "--port", str(port), "--data-dir", str(self._data_dir),
+             "--timeout-s", str(int(self.ready_timeout_s)), "--owner-pid", str(os.getpid()), *extra],
+            self.ready_timeout_s + 60)
+
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL the broker JVM, as a crash: no controlled shutdown, the log recovered at restart.
+
+        The port and the state folder are kept, so :meth:`restart` brings the same broker
+        back with the same log. For fault tests.
+
+        Raises
+        ------
+        BrokerError
+            The broker is not running, or its process is still there after ``timeout_s``.
+        """
+        pid = self.pid
+        if self._port is None or pid is None:
+            raise BrokerError("LocalBroker is not running; nothing to kill")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while not _pid_gone(pid):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"broker pid {pid} still there {timeout_s:.0f} s after SIGKILL")
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        """Start a killed broker again: same port, same state folder (its log and
+        metadata), same security; returns once it answers.
+
+        Raises
+        ------
+        BrokerError
+            Never started, still running, or the start failed (with the log tail).
+        """
+        if self._port is None or self._data_dir is None:
+            raise BrokerError("LocalBroker is not started; call start() first")
+        if self.pid is not None:
+            raise BrokerError(f"broker pid {self.pid} is still running; kill() it first")
+        t0 = time.monotonic()
+        result = self._launch(self._port, self._mtls_port)
+        if result.returncode != 0:
+            raise BrokerError(f"deploy/kafka.sh start (restart on port {self._port}) failed:\n"
+                              f"{result.stderr.strip()}")
+        self.start_to_ready_s = time.monotonic() - t0
+        self._pid = self.pid
+
     def create_topics(self, names: Iterable[str], partitions: int | None = None) -> list[str]:
         """Create the named topics on this broker if missing; see :func:`create_topics`."""
         return create_topics(self.bootstrap, names,
@@ -480,7 +538,7 @@ class LocalBroker:
                 raise BrokerError(f"deploy/kafka.sh stop failed (exit {result.returncode}):\n"
                                   f"{result.stderr.strip()}")
         # Never delete the state folder under a live JVM.
-        if self._pid is not None and _pid_alive(self._pid):
+        if self._pid is not None and not _pid_gone(self._pid):
             raise BrokerError(f"broker pid {self._pid} still alive after deploy/kafka.sh stop")
         self._pid = None
         self._port = self._mtls_port = None

@@ -171,11 +171,15 @@ class ConfirmedTable(faust.Table):
         """The changelog partition of ``key``: Kafka's default partitioner over the table's
         partitions, as the raw topic's producers place the same key.
 
-        Faust would ask its producer, which reads its cached cluster metadata; after a
-        broker is lost that metadata drops the topic until new leaders are known, the
-        lookup fails (``TypeError`` in aiokafka's ``_partition``) and the agent crashes
-        half-way through storing a batch (found by ``tests/integration/test_broker_loss.py``).
-        The result is the same whenever the metadata is there."""
+        Faust would ask its producer (eager partitioning), which reads its cached cluster
+        metadata without fetching what is missing; whenever the changelog is not in that
+        cache the lookup fails (``TypeError`` in aiokafka's ``_partition``) and the agent
+        crashes half-way through storing a batch. That happens after a broker is lost,
+        until new leaders are known (found by ``tests/integration/test_broker_loss.py``),
+        and on a first start: the one refresh Faust makes after declaring a changelog can
+        be answered before a KRaft broker publishes the new topic, and the next is 5 min
+        away (``tests/integration/test_faults.py``). The result is the same whenever the
+        metadata is there."""
         if self.use_partitioner and isinstance(key, bytes) and self.partitions:
             return partition_of(key, self.partitions)
         return super().partition_for_key(key)  # type: ignore[no-any-return]
