@@ -294,3 +294,15 @@ def test_rules_and_inputs_are_validated():
         EpisodeRules(af_min_s=float("nan"))
     with pytest.raises(ValueError, match="duration_s"):
         evaluate_episodes("r", TruthEpisodes(), [], [], [], -1.0)
+
+
+def test_record_223_slow_annotated_vt_runs_are_apart_from_its_vt(shared_data_dir):
+    """MIT-BIH 223: three ``(VT`` triplets at 88-90 bpm are slow runs; its four runs at
+    >= 100 bpm (two of them sustained) stay VT."""
+    from models.records import load_annotations
+
+    ann = load_annotations(shared_data_dir / "mitdb-ds1", "223", "atr")
+    tr = truth_episodes(ann.beat_times_s, ann.aami_classes, ann.rhythm_annotations, ann.vf_annotations,
+                        ann.sample_rate_hz, ann.duration_s)
+    assert [round(e.start_s) for e in tr.slow_vt] == [1013, 1442, 1655]
+    assert [round(e.start_s) for e in tr.vt] == [578, 747, 1043, 1551]
