@@ -18,7 +18,10 @@ The window detectors of fold ``k`` never see a patient fold ``k`` scores (its he
 patients, and for fold 1 the patients of ``--eval-records`` no fold holds); their window
 features are cached in ``--window-cache``. Fold bundles are kept in
 ``<out>/fold-<k>/bundle`` and reused when present (a detector missing from one is trained
-into it), so an interrupted run resumes.
+into it), so an interrupted run resumes. ``--fold-bundles DIR`` reads fold ``k``'s bundle
+from ``DIR/fold-<k>`` instead (the repository keeps the 5-fold bundles of the reported
+figures in ``models/crossval/ecg-5fold``, so they are re-scored in minutes, not retrained
+in hours); a bundle there whose held-out patients are not the fold's is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                         "figures are held out too")
     p.add_argument("--window-cache", type=Path, help="keep the VF and artefact detectors' window features "
                    "here (default <out>/windows)")
+    p.add_argument("--fold-bundles", type=Path, metavar="DIR",
+                   help="read fold k's bundle from DIR/fold-<k> when there (e.g. models/crossval/ecg-5fold)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         held = sorted(pid for pid, f in fold_of.items() if f == k)
         train = [r for r in labelled if fold_of[r.patient] != k]
         out = a.out / f"fold-{k}" / "bundle"
-        if not (out / "bundle.json").is_file():
+        if a.fold_bundles is not None and (a.fold_bundles / f"fold-{k}" / "bundle.json").is_file():
+            out = a.fold_bundles / f"fold-{k}"
+            _check_held_out(out, held)
+        elif not (out / "bundle.json").is_file():
             print(f"crossval: fold {k}/{a.folds}: training on {len(train)} records "
                   f"({len({r.patient for r in train})} patients), holding out {len(held)} patients",
                   file=sys.stderr, flush=True)
@@ -117,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncrossval: {a.folds} folds in {(time.monotonic() - t0) / 60:.1f} min; report {a.out / 'REPORT.json'}",
           file=sys.stderr)
     return 0
+
+
+def _check_held_out(bundle: Path, held: list[str]) -> None:
+    """Refuse a fold bundle trained with other patients held out than this fold's."""
+    crossval = read_meta(bundle).training_config.get("data", {}).get("crossval", {})
+    theirs = crossval.get("held_out_patients")
+    if theirs != held:
+        raise SystemExit(f"crossval: {bundle} held out {len(theirs or [])} patients, not this fold's {len(held)} "
+                         f"(other --folds, --seed or --records than it was trained with): train it afresh "
+                         f"with --out, without --fold-bundles")
 
 
 def _window_detectors(bundles: dict[int, Path], fold_of: dict[str, int], eval_only: list[str],
