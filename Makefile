@@ -32,9 +32,10 @@ kafka-jars:
 	@deploy/kafka.sh fetch
 
 # pytest exit 5 ("no tests collected") is a failure too: a test run that found nothing
-# must not pass CI.
+# must not pass CI. Each test file is named as it runs, with the run's progress in per
+# cent, and the 25 slowest tests are listed at the end.
 test: venv kafka-jars
-	@rc=0; $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(VENV)/bin/python -m pytest --durations=25 $(PYTEST_ARGS) || rc=$$?; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
