@@ -57,7 +57,7 @@ from services.dispatcher import log_behind, open_log_reader
 from services.settings import ConsoleSettings
 from streaming.kafka_security import check_connection
 
-__all__ = ["STATIC_DIR", "ConsoleServer", "run_console", "main"]
+__all__ = ["STATIC_DIR", "READY_JS", "ConsoleServer", "run_console", "main"]
 
 log = logging.getLogger("cardiowatch.console")
 
@@ -65,6 +65,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "console_static"
 # The page loads nothing but its own files; data is drawn with DOM calls, never as HTML.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
         "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+#: True in the page once it follows the topics live and shows at least ``arguments[0]``
+#: alert cards (for a screenshot: services.screenshot).
+READY_JS = ("const n = document.querySelectorAll('article.alert').length;"
+            "return document.getElementById('conn').dataset.phase === 'live' && n >= arguments[0];")
 _PUSH_EVERY_S = 0.1  # at most ten updates a second to each browser (beats arrive per patient)
 _PING_EVERY_S = 15.0  # an SSE comment keeps proxies from closing an idle stream
 _REBUILD_MAX_RECORDS = 1_000_000  # alerts + acks held while sorting them, as the dispatcher does
