@@ -95,11 +95,17 @@ def screenshot(url: str, out: Path, *, ready_js: str = "return document.readySta
             if time.monotonic() > deadline:
                 raise ScreenshotError(f"{url} was not ready within {timeout_s:g} s")
             time.sleep(0.2)
-        height = _call(base, "POST", f"/session/{session}/execute/sync",
-                       {"script": "return document.documentElement.scrollHeight", "args": []})
-        _call(base, "POST", f"/session/{session}/window/rect",
-              {"width": width, "height": max(400, min(int(height), max_height))})
-        time.sleep(0.3)  # one more frame after the resize
+        # the window's height is not the page's (the window has a frame): grow it until the
+        # viewport holds the whole page, or max_height
+        window_h = 1000
+        for _ in range(4):
+            page_h, view_h = _call(base, "POST", f"/session/{session}/execute/sync", {
+                "script": "return [document.documentElement.scrollHeight, window.innerHeight]", "args": []})
+            if view_h >= min(page_h, max_height):
+                break
+            window_h = min(window_h + int(page_h) - int(view_h), max_height + 200)
+            _call(base, "POST", f"/session/{session}/window/rect", {"width": width, "height": window_h})
+            time.sleep(0.3)  # a frame after the resize
         png = base64.b64decode(_call(base, "GET", f"/session/{session}/screenshot"))
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)

@@ -439,3 +439,32 @@ def test_a_high_alert_stays_latched_across_a_reload_and_a_console_restart(stack:
     _wait(browser, "D gone and the banner down",
           lambda drv: _card(drv, d.alert_id) is None and not drv.find_element("id", "alarm-banner").is_displayed())
     assert [(r["alert_id"], r["action"]) for r in stack.records(stack.topics.acks)] == [(d.alert_id, "ack")]
+
+
+def test_the_buttons_say_so_when_the_ack_api_cannot_be_reached(kafka_broker: Any,
+                                                                make_topics: Callable[..., Topics]) -> None:
+    """A console whose dispatcher is down (here: nothing listens at the ack API's address)
+    keeps serving its page, and a forwarded ack answers 502 naming the API, not a crash."""
+    from services.broker import free_port
+
+    topics = make_topics(1)
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def go() -> None:
+        async with ConsoleServer(ConsoleSettings(KafkaSettings(bootstrap=kafka_broker.bootstrap, topics=topics),
+                                                 ack_api_url=dead, port=0)) as server:
+            await asyncio.wait_for(server.live.wait(), 60)
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                async with http.post(server.url + "api/alerts/p1%3Ax/ack", data=b"{}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                    assert r.status == 502
+                    assert dead in (await r.json())["error"]
+                async with http.get(server.url) as r:
+                    assert r.status == 200 and "central station" in await r.text()
+                    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+                async with http.get(server.url + "healthz") as r:
+                    assert (await r.json())["status"] == "ok"
+
+    asyncio.run(go())
