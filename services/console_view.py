@@ -51,6 +51,7 @@ __all__ = [
     "RECENT_BEATS",
     "HR_FROM_LAST_RR",
     "MAX_STRIP_SAMPLES",
+    "MAX_STRIP_MV",
 ]
 
 #: Beats remembered per patient: enough for a strip's beats (6 s at up to 240 bpm) and the
@@ -63,6 +64,8 @@ HR_FROM_LAST_RR = 8
 RHYTHM_FROM_LAST_BEATS = 10
 #: A strip longer than 60 s at 1 kHz is no strip of ours (the worker sends 6 s).
 MAX_STRIP_SAMPLES = 60_000
+#: An ECG sample beyond +-50 mV is no ECG (a QRS is a few mV): such a strip is not drawn.
+MAX_STRIP_MV = 50.0
 
 Topic = Literal["alerts", "acks", "scores"]
 
@@ -142,6 +145,8 @@ def check_strip(strip: Any) -> str | None:
         return f"strip samples_mv must be a list of 2 to {MAX_STRIP_SAMPLES} numbers, got {n}"
     if not all(_finite(v) for v in samples):
         return "strip samples_mv must hold only finite numbers"
+    if not all(-MAX_STRIP_MV <= v <= MAX_STRIP_MV for v in samples):
+        return f"strip samples_mv must be within +-{MAX_STRIP_MV:g} mV"
     return None
 
 

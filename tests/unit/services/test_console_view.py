@@ -202,6 +202,7 @@ def test_decode_score_round_trips_and_keeps_a_nan_score() -> None:
     ({"sample_rate_hz": 125, "start_ts_ms": "x", "samples_mv": [0, 1]}, "start_ts_ms"),
     ({"sample_rate_hz": 125, "start_ts_ms": T0, "samples_mv": [0]}, "samples_mv must be a list"),
     ({"sample_rate_hz": 125, "start_ts_ms": T0, "samples_mv": [0, "1"]}, "only finite numbers"),
+    ({"sample_rate_hz": 125, "start_ts_ms": T0, "samples_mv": [0, 1e300]}, "within +-50 mV"),
 ])
 def test_an_unreadable_strip_is_named_and_the_alert_still_shown(strip: dict[str, Any], problem: str) -> None:
     v = ConsoleView()
@@ -301,3 +302,26 @@ def test_statuses_agree_with_the_ack_apis_alert_book(ops: list[tuple[str, str]])
         assert got.status == want.status, (ops, alert)
         assert got.escalation_level == want.escalation_level
     assert sorted(a.alert_id for a in v.open_alerts()) == sorted(a.alert_id for a in book.alerts(open_only=True))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+
+
+def _near_valid(topic: str) -> st.SearchStrategy[dict[str, Any]]:
+    """A valid record of ``topic`` with one field replaced by anything."""
+    base = {"alerts": _ev(strip=_strip(T0)).to_dict(),
+            "acks": json.loads(AckRecord("a", "ack", "n", T0, None, "ward").to_json()),
+            "scores": json.loads(_beat(T0).to_json())}[topic]
+    return st.builds(lambda k, v: {**base, k: v}, st.sampled_from(sorted(base)), _JSON)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["alerts", "acks", "scores"]).flatmap(
+    lambda t: st.tuples(st.just(t), st.one_of(_near_valid(t), _JSON))))
+def test_no_record_crashes_the_fold(case: tuple[str, Any]) -> None:
+    topic, value = case
+    v = ConsoleView()
+    v.apply_record(topic, json.dumps(value).encode(), T0)  # type: ignore[arg-type]
+    json.dumps(v.snapshot(), allow_nan=False)  # whatever it kept, the page can parse
