@@ -349,6 +349,8 @@
     if (Date.now() - lastBurst >= 5000) {
       lastBurst = Date.now();
       burst();
+      const box = $("tone");
+      box.dataset.bursts = String(Number(box.dataset.bursts || 0) + 1);  // what has sounded
     }
   }
 

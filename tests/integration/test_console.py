@@ -311,6 +311,9 @@ def test_alert_appears_within_2_s_with_its_strip_and_flagged_beats(stack: Stack,
     assert "last data" in tile.find_element("css selector", ".since").text
     banner = browser.find_element("id", "alarm-banner")
     assert banner.is_displayed() and "p-0001" in banner.text
+    tone = browser.find_element("id", "tone")
+    tone.click()  # the optional alarm tone: it sounds while a HIGH alert is unanswered
+    _wait(browser, "the alarm tone's first burst", lambda d: tone.get_dom_attribute("data-bursts") == "1")
 
 
 def test_the_demos_screenshot_of_the_console(stack: Stack, browser: Any, tmp_path: Path) -> None:
