@@ -52,9 +52,10 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from yarl import URL
 
-from services.console_view import ConsoleView, Topic
-from services.dispatcher import log_behind, open_log_reader
-from services.settings import ConsoleSettings
+from services.console_view import Admit, ConsoleView, Topic
+from services.dispatcher import DELIVERY_FAILURE, log_behind, open_log_reader
+from services.routing import load_routing
+from services.settings import ConsoleSettings, SettingsError
 from streaming.kafka_security import check_connection
 
 __all__ = ["STATIC_DIR", "READY_JS", "ConsoleServer", "run_console", "main"]
@@ -87,7 +88,8 @@ class ConsoleServer:
 
     def __init__(self, settings: ConsoleSettings, *, session: aiohttp.ClientSession | None = None) -> None:
         self.settings = settings
-        self.view = ConsoleView()
+        self._admit = _team_filter(settings)
+        self.view = ConsoleView(admit=self._admit)
         self.status: dict[str, Any] = {"phase": "starting", "detail": "connecting to Kafka"}
         self.rebuilt = asyncio.Event()  # alerts and acks read back: the page shows them
         self.live = asyncio.Event()  # scores read back too: the page is what it will stay
@@ -212,7 +214,7 @@ class ConsoleServer:
             log.error("console rebuilt only partly: stopped after %d alert and ack records (limits "
                       "%.0f s, %d records)", len(held), self.settings.rebuild_timeout_s, _REBUILD_MAX_RECORDS)
         held.sort(key=lambda x: (x[0], x[1]))
-        view = ConsoleView()
+        view = ConsoleView(admit=self._admit)
         for ts, _, kind, raw in held:
             view.apply_record(kind, raw, ts)
         log.info("console rebuilt from %d alert and ack records (%s undecodable); %d alerts open",
@@ -279,7 +281,7 @@ class ConsoleServer:
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         return {**body, "status": self.status, "server_ms": int(time.time() * 1000),
-                "ack_api": self.settings.ack_api_url}
+                "ack_api": self.settings.ack_api_url, "team": self.settings.team}
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(self._message(self.view.snapshot()), headers={"Cache-Control": "no-store"})
@@ -339,6 +341,27 @@ class ConsoleServer:
         if not isinstance(answer, dict):
             answer = {"error": f"the acknowledgement API answered HTTP {status} with {text[:200]}"}
         return web.json_response(answer, status=status)
+
+
+def _team_filter(settings: ConsoleSettings) -> Admit | None:
+    """With ``CARDIOWATCH_CONSOLE_TEAM``: show the team's patients, as the routing file
+    routes them (and, for the ops team, the dispatcher's delivery-failure alerts), as the
+    ack API scopes a token's alerts. Raises SettingsError naming an unknown team."""
+    team, path = settings.team, settings.routing_file
+    if team is None:
+        return None
+    assert path is not None  # ConsoleSettings.from_env requires it with a team
+    routing = load_routing(path)
+    if team not in routing.teams:
+        raise SettingsError(f"CARDIOWATCH_CONSOLE_TEAM must name a team of {str(path)!r} "
+                            f"({', '.join(sorted(routing.teams))}), got {team!r}")
+
+    def admit(patient_id: str, condition: str, category: str) -> bool:
+        if condition == DELIVERY_FAILURE and category == "technical":
+            return routing.ops_team == team
+        return routing.team_for(patient_id).name == team
+
+    return admit
 
 
 async def _sse(resp: web.StreamResponse, event: str, data: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ import json
 import math
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
@@ -41,6 +41,7 @@ from services.ack_api import FINISHED, AckRecord, Status
 from streaming.events import PRIORITY_ORDER, SCORE_SCHEMA, AlertEvent, ScoredBeat
 
 __all__ = [
+    "Admit",
     "ConsoleRecordError",
     "BeatMark",
     "PatientView",
@@ -68,6 +69,9 @@ MAX_STRIP_SAMPLES = 60_000
 MAX_STRIP_MV = 50.0
 
 Topic = Literal["alerts", "acks", "scores"]
+#: Whether the console shows a record of ``(patient_id, condition, category)``; beats ask
+#: with condition ``""`` and category ``"physiological"``.
+Admit = Callable[[str, str, str], bool]
 
 
 class ConsoleRecordError(CardiowatchError, ValueError):
@@ -279,9 +283,13 @@ class ConsoleView:
     max_pending_acks : int
         Acks of alerts not seen yet (the acks and alerts topics are read side by side, so
         an ack can arrive first) held until their alert does.
+    admit : callable, optional
+        Which patients and alerts this console shows (a ward's console: its team's);
+        default all. The others are counted in :attr:`not_shown` and kept nowhere.
     """
 
-    def __init__(self, max_finished: int = 1000, max_pending_acks: int = 1000) -> None:
+    def __init__(self, max_finished: int = 1000, max_pending_acks: int = 1000,
+                 admit: Admit | None = None) -> None:
         if max_finished < 1 or max_pending_acks < 1:
             raise ValueError(f"max_finished and max_pending_acks must be >= 1, got {max_finished}, "
                              f"{max_pending_acks}")
@@ -293,6 +301,8 @@ class ConsoleView:
         self._by_patient: dict[str, dict[str, None]] = {}  # patient id -> its alert ids
         self.seq = 0
         self.undecodable: dict[str, int] = {"alerts": 0, "acks": 0, "scores": 0}
+        self._admit = admit
+        self.not_shown = 0  # alert events and beats of other teams' patients
 
     # ------------------------------------------------------------------ inputs
     def apply_record(self, topic: Topic, raw: bytes | None, log_ts_ms: int | None = None) -> bool:
@@ -314,6 +324,9 @@ class ConsoleView:
 
     def apply_beat(self, b: ScoredBeat, log_ts_ms: int | None = None) -> None:
         """One scored beat: the patient's heart rate, quality, last data; strip marks."""
+        if self._admit is not None and not self._admit(b.patient_id, "", "physiological"):
+            self.not_shown += 1
+            return
         p = self._patient(b.patient_id)
         p.device_id = b.device_id
         if p.beats and b.r_ts_ms <= p.beats[-1][0]:
@@ -333,6 +346,9 @@ class ConsoleView:
 
     def apply_alert(self, ev: AlertEvent, log_ts_ms: int | None = None) -> None:
         """One event of the alerts topic (worker and dispatcher alike)."""
+        if self._admit is not None and not self._admit(ev.patient_id, ev.condition, ev.category):
+            self.not_shown += 1
+            return
         a = self.alerts.get(ev.alert_id)
         if a is not None and a.finished:
             return  # finished is final: later events of it (replays, echoes) change nothing

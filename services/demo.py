@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                    CARDIOWATCH_ROUTING_FILE=str(routing),
                    CARDIOWATCH_DISPATCHER_METRICS_PORT=str(dport), CARDIOWATCH_ACK_PORT=str(aport),
                    CARDIOWATCH_ACK_API_URL=f"http://127.0.0.1:{aport}", CARDIOWATCH_CONSOLE_PORT=str(cport),
-                   CARDIOWATCH_CONSOLE_BIND="127.0.0.1",
+                   CARDIOWATCH_CONSOLE_BIND="127.0.0.1", CARDIOWATCH_CONSOLE_TEAM="ward",
                    CARDIOWATCH_BATCH_WITHIN_S="0.1", PYTHONUNBUFFERED="1")
         py = sys.executable
         wlog = open(work / "worker.log", "w")

@@ -354,6 +354,9 @@ class ConsoleSettings:
     scores_replay_max_s: float = 21_600.0
     rebuild_timeout_s: float = 60.0
     ack_timeout_s: float = 5.0
+    # a ward's console: only the patients (and ops alerts) the routing file gives this team
+    team: str | None = None
+    routing_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConsoleSettings:
@@ -367,6 +370,11 @@ class ConsoleSettings:
         if replay_max < lookback:
             raise SettingsError(f"CARDIOWATCH_CONSOLE_SCORES_REPLAY_MAX_S must be >= "
                                 f"CARDIOWATCH_CONSOLE_SCORES_LOOKBACK_S ({lookback:g}), got {replay_max:g}")
+        team = env.get("CARDIOWATCH_CONSOLE_TEAM") or None
+        routing = env.get("CARDIOWATCH_ROUTING_FILE") or None
+        if team is not None and routing is None:
+            raise SettingsError(f"CARDIOWATCH_CONSOLE_TEAM ({team!r}) needs CARDIOWATCH_ROUTING_FILE, "
+                                "the routing file that says which patients are the team's; got nothing")
         return cls(
             kafka=KafkaSettings.from_env(env),
             ack_api_url=url,
@@ -377,6 +385,8 @@ class ConsoleSettings:
             rebuild_timeout_s=_float(env, "CARDIOWATCH_CONSOLE_REBUILD_TIMEOUT_S", cls.rebuild_timeout_s,
                                      1.0, 3600.0),
             ack_timeout_s=_float(env, "CARDIOWATCH_CONSOLE_ACK_TIMEOUT_S", cls.ack_timeout_s, 0.1, 120.0),
+            team=team,
+            routing_file=Path(routing) if routing else None,
         )
 
 

@@ -50,6 +50,7 @@
   function apply(kind, msg) {
     serverOffsetMs = msg.server_ms - Date.now();
     status = msg.status || status;
+    $("team").textContent = msg.team ? `team ${msg.team}` : "all teams";
     if (kind === "snapshot") {
       patients.clear();
       alerts.clear();

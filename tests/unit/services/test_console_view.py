@@ -325,3 +325,14 @@ def test_no_record_crashes_the_fold(case: tuple[str, Any]) -> None:
     v = ConsoleView()
     v.apply_record(topic, json.dumps(value).encode(), T0)  # type: ignore[arg-type]
     json.dumps(v.snapshot(), allow_nan=False)  # whatever it kept, the page can parse
+
+
+def test_a_wards_console_shows_only_what_admit_lets_through() -> None:
+    mine = {"p1"}
+    v = ConsoleView(admit=lambda patient, condition, category: patient in mine)
+    v.apply_alert(_ev(patient="p1"))
+    v.apply_alert(_ev(patient="p2"))
+    v.apply_beat(_beat(T0, patient="p2"))
+    v.apply_ack(AckRecord("p2:ventricular_run", "ack", "n", T0))
+    assert [a.alert_id for a in v.open_alerts()] == ["p1:ventricular_run"]
+    assert sorted(v.patients) == ["p1"] and v.not_shown == 2
