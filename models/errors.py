@@ -22,6 +22,7 @@ the lowest layer (``models``) so that every layer can derive from it::
     ├── SettingsError                 services.settings (also ValueError)
     ├── RoutingConfigError            services.routing (also ValueError)
     ├── TokenFileError                services.ack_api (also ValueError)
+    ├── ConsoleRecordError            services.console_view: a score record the console cannot use (also ValueError)
     ├── SignatureError                services.signing (also ValueError)
     ├── DeliveryTransportError        services.dispatcher: a webhook endpoint unreachable
     │   └── DeliveryTimeout

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("services.demo", "run the whole product locally: broker, worker, dispatcher, simulator, receiver"),
     "worker": ("services.worker", "run the Faust streaming worker"),
     "dispatch": ("services.dispatcher", "run the alert dispatcher and acknowledgement API"),
+    "console": ("services.console", "serve the care-team console: live patients, alerts, ECG strips, acknowledge"),
     "simulate": ("services.simulator", "replay WFDB records or synthetic patients into Kafka"),
     "receiver": ("services.receiver", "run a local signed-webhook receiver"),
     "token hash": ("services.access", "hash an acknowledgement token for the routing file (or make a new one)"),

@@ -508,6 +508,9 @@ class _State:
     parked: dict[tuple[TopicPartition, int], _Item] = field(default_factory=dict)
     fetcher: LogReader | None = None
     breaker: CircuitBreaker | None = None
+    # ack records this process's ack API is publishing: the acks tail skips them, so the
+    # publisher alone applies each one and logs its "acknowledged" event (see _KafkaAckSink)
+    own_acks: set[bytes] = field(default_factory=set)
 
     @property
     def topics(self) -> Any:
@@ -774,11 +777,22 @@ async def _tail_acks(st: _State, c: AIOKafkaConsumer) -> None:
             continue
         for recs in batches.values():
             for r in recs:
-                try:
-                    rec = AckRecord.from_json(r.value)
-                except Exception:
-                    continue
-                st.apply_ack(rec)
+                apply_tailed_ack(st, r.value)
+
+
+def apply_tailed_ack(st: _State, raw: bytes | None) -> None:
+    """An ack record read back from the ``acks`` topic: applied unless this process's own
+    ack API published it (that call applies it itself and logs the ``acknowledged`` event;
+    applied here first, the tracker would answer that call "already acknowledged" and the
+    event would never reach the audit log or the care team)."""
+    if raw is not None and raw in st.own_acks:
+        st.own_acks.discard(raw)
+        return
+    try:
+        rec = AckRecord.from_json(raw or b"")
+    except Exception:
+        return
+    st.apply_ack(rec)
 
 
 async def _send_until_sent(st: _State, topic: str, key: str, value: bytes) -> bool:
@@ -813,7 +827,13 @@ class _KafkaAckSink:
         self._st = st
 
     async def publish(self, record: AckRecord) -> None:
-        await _send(self._st, self._st.topics.acks, record.alert_id, record.to_json())
+        raw = record.to_json()
+        self._st.own_acks.add(raw)  # before the send: the acks tail may read it back at once
+        try:
+            await _send(self._st, self._st.topics.acks, record.alert_id, raw)
+        except BaseException:
+            self._st.own_acks.discard(raw)
+            raise
         ev = self._st.apply_ack(record)
         if ev is not None:  # the acknowledgement itself goes to the audit log (and the team)
             await _send(self._st, self._st.topics.alerts, ev.patient_id, ev.to_json())

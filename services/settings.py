@@ -25,6 +25,7 @@ __all__ = [
     "KAFKA_SECURITY_KEYS",
     "WorkerSettings",
     "DispatcherSettings",
+    "ConsoleSettings",
     "SimulatorSettings",
     "DEFAULT_MODEL_DIR",
     "DEFAULT_HR_MODEL_DIR",
@@ -334,6 +335,58 @@ class DispatcherSettings:
             breaker_failures=_int(env, "CARDIOWATCH_DISPATCH_BREAKER_FAILURES", cls.breaker_failures, 1, 1000),
             breaker_cooldown_s=_float(env, "CARDIOWATCH_DISPATCH_BREAKER_COOLDOWN_S", cls.breaker_cooldown_s,
                                       0.1, 86_400.0),
+        )
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """``cardiowatch console``: where it listens, which ack API its buttons go through,
+    and how far back it reads the scores topic when it starts."""
+
+    kafka: KafkaSettings
+    # the dispatcher's acknowledgement API (CARDIOWATCH_ACK_PORT of the dispatcher)
+    ack_api_url: str = "http://127.0.0.1:8088"
+    port: int = 8090
+    bind_host: str = "127.0.0.1"
+    # scores read back on start: at least this far, and back to the earliest open alert's
+    # strip (so its beats are marked again), but never further than scores_replay_max_s
+    scores_lookback_s: float = 300.0
+    scores_replay_max_s: float = 21_600.0
+    rebuild_timeout_s: float = 60.0
+    ack_timeout_s: float = 5.0
+    # a ward's console: only the patients (and ops alerts) the routing file gives this team
+    team: str | None = None
+    routing_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsoleSettings:
+        env = os.environ if env is None else env
+        url = _get(env, "CARDIOWATCH_ACK_API_URL", cls.ack_api_url).rstrip("/")
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
+            raise SettingsError(f"CARDIOWATCH_ACK_API_URL must be an http(s)://host:port URL, got {url!r}")
+        lookback = _float(env, "CARDIOWATCH_CONSOLE_SCORES_LOOKBACK_S", cls.scores_lookback_s, 0.0, 604_800.0)
+        replay_max = _float(env, "CARDIOWATCH_CONSOLE_SCORES_REPLAY_MAX_S", cls.scores_replay_max_s,
+                            0.0, 604_800.0)
+        if replay_max < lookback:
+            raise SettingsError(f"CARDIOWATCH_CONSOLE_SCORES_REPLAY_MAX_S must be >= "
+                                f"CARDIOWATCH_CONSOLE_SCORES_LOOKBACK_S ({lookback:g}), got {replay_max:g}")
+        team = env.get("CARDIOWATCH_CONSOLE_TEAM") or None
+        routing = env.get("CARDIOWATCH_ROUTING_FILE") or None
+        if team is not None and routing is None:
+            raise SettingsError(f"CARDIOWATCH_CONSOLE_TEAM ({team!r}) needs CARDIOWATCH_ROUTING_FILE, "
+                                "the routing file that says which patients are the team's; got nothing")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            ack_api_url=url,
+            port=_int(env, "CARDIOWATCH_CONSOLE_PORT", cls.port, 0, 65535),
+            bind_host=_get(env, "CARDIOWATCH_CONSOLE_BIND", cls.bind_host),
+            scores_lookback_s=lookback,
+            scores_replay_max_s=replay_max,
+            rebuild_timeout_s=_float(env, "CARDIOWATCH_CONSOLE_REBUILD_TIMEOUT_S", cls.rebuild_timeout_s,
+                                     1.0, 3600.0),
+            ack_timeout_s=_float(env, "CARDIOWATCH_CONSOLE_ACK_TIMEOUT_S", cls.ack_timeout_s, 0.1, 120.0),
+            team=team,
+            routing_file=Path(routing) if routing else None,
         )
 
 
