@@ -29,6 +29,10 @@ Guarantees
   ``alerts_deadletter`` and a technical ``delivery_failure`` alert is produced to
   ``alerts``, routed to the ops team. A failed ``delivery_failure`` alert is only
   dead-lettered (no loop).
+* Dead letters (``alerts_deadletter``) are ``cardiowatch.deadletter/1`` records, the
+  worker's schema, with ``stream`` ``alerts``: the record's key and value byte for byte
+  (base64) and a reason: ``undecodable_alert``, ``all_routes_failed`` (with every
+  attempt's ``reasons``, ``event_id`` and ``alert_id``) or ``dispatch_error``.
 * Escalation: every alert is fed to an ``EscalationTracker``; due escalations are
   produced to ``alerts`` (the audit log) and delivered from there to the route's
   escalation contact for their level. Acks (``acks`` topic or the ack API) stop them.
@@ -41,7 +45,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import signal
@@ -88,6 +91,7 @@ from services.webhook import (
     as_poster,
     scrub,
 )
+from streaming.deadletter import DeadLetter
 from streaming.events import AlertEvent
 from streaming.kafka_security import check_connection
 from streaming.logread import LogReader
@@ -249,26 +253,34 @@ class _State:
             self.metrics.circuits_open.set(self.breaker.open_count())
 
 
-async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
-    await st.producer.send_and_wait(topic, value=value, key=key.encode())
+async def _send(st: _State, topic: str, key: str | bytes, value: bytes) -> None:
+    await st.producer.send_and_wait(topic, value=value, key=key if isinstance(key, bytes) else key.encode())
+
+
+def _dead_letter(item: _Item, reason: str, detail: str, **extra: Any) -> DeadLetter:
+    """``item`` as a dead letter of the worker's schema: key and value kept byte for byte."""
+    return DeadLetter("alerts", reason, detail, item.key, item.value, item.tp.partition, item.offset,
+                      extra=extra)
 
 
 async def _process(st: _State, item: _Item) -> None:
     try:
         ev = AlertEvent.from_json(item.value or b"")
     except Exception as e:  # any undecodable value ([] or null too): dead-letter, go on
-        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"),
-                    json.dumps({"reason": f"undecodable alert: {e}", "raw": (item.value or b"").decode(
-                        errors="replace"), "offset": item.offset, "partition": item.tp.partition}).encode())
+        dl = _dead_letter(item, "undecodable_alert", f"{type(e).__name__}: {e}")
+        await _send(st, st.topics.alerts_deadletter, item.key or b"", dl.to_json())
         st.metrics.deliveries.labels(outcome="undecodable", priority="unknown").inc()
         return
     result = await deliver(ev, st.routing, st.client, st.metrics, st.stopping, st.rng, st.breaker)
     now_ms = int(time.time() * 1000)
     if result.outcome == "deadlettered":
         log.warning("all routes failed for %s: %s", ev.event_id, "; ".join(result.reasons[-4:]))
-        await _send(st, st.topics.alerts_deadletter, ev.patient_id, json.dumps(
-            {"reason": "all_routes_failed", "reasons": list(result.reasons), "failed_wall_ms": now_ms,
-             "event": ev.to_dict()}, separators=(",", ":")).encode())
+        dl = _dead_letter(item, "all_routes_failed",
+                          f"no route delivered {ev.event_id} in {result.attempts} attempts"
+                          + (f"; last: {result.reasons[-1]}" if result.reasons else ""),
+                          reasons=list(result.reasons), failed_wall_ms=now_ms,
+                          event_id=ev.event_id, alert_id=ev.alert_id)
+        await _send(st, st.topics.alerts_deadletter, ev.patient_id, dl.to_json())
         if not is_delivery_failure(ev):  # a failed failure alert is only dead-lettered: no loop
             fail = delivery_failure_alert(ev, result.reasons[-8:], now_ms)
             await _send(st, st.topics.alerts, fail.patient_id, fail.to_json())
@@ -301,12 +313,10 @@ async def _retry_until_stopping(st: _State, step: Callable[[], Awaitable[bool]],
 
 async def _deadletter_unexpected(st: _State, item: _Item, exc: Exception) -> bool:
     """Keep an alert that could not be processed; False only when stopping first."""
-    doc = json.dumps({"reason": f"dispatch_error: {type(exc).__name__}: {exc}",
-                      "raw": (item.value or b"").decode(errors="replace"),
-                      "offset": item.offset, "partition": item.tp.partition}).encode()
+    doc = _dead_letter(item, "dispatch_error", f"{type(exc).__name__}: {exc}").to_json()
 
     async def step() -> bool:
-        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"), doc)
+        await _send(st, st.topics.alerts_deadletter, item.key or b"", doc)
         st.metrics.deliveries.labels(outcome="dispatch_error", priority="unknown").inc()
         return True
 

@@ -21,11 +21,13 @@ from typing import Any, Literal, Protocol
 
 from streaming.errors import InvalidMessage
 
-__all__ = ["DEADLETTER_SCHEMA", "DEADLETTER_RAW_MAX", "DeadLetter", "Stream"]
+__all__ = ["ALERT_REASONS", "DEADLETTER_SCHEMA", "DEADLETTER_RAW_MAX", "DeadLetter", "Stream"]
 
 DEADLETTER_SCHEMA = "cardiowatch.deadletter/1"
 DEADLETTER_RAW_MAX = 512 * 1024  # = the largest valid payload (streaming.schemas)
 Stream = Literal["ecg", "hr", "alerts"]
+# The dispatcher's reasons (stream "alerts"); the worker's are streaming.errors.REASONS.
+ALERT_REASONS = ("undecodable_alert", "all_routes_failed", "dispatch_error")
 
 
 class _Record(Protocol):

@@ -37,6 +37,7 @@ from services.routing import RoutingConfig, parse_routing
 from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
 from streaming.events import AlertEvent
 from streaming.metrics import DispatcherMetrics
+from worker_harness import wait_for_no_lag
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-0123456789").decode()
 FAST_RETRY = {"max_attempts": 3, "base_backoff_s": 0.05, "max_backoff_s": 0.2, "total_budget_s": 5}
@@ -75,17 +76,21 @@ async def _produce(bootstrap: str, topic: str, events: list[AlertEvent]) -> None
         await p.stop()
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+async def _read_raw(bootstrap: str, topic: str) -> list[bytes]:
     c, tps = await open_log_reader(bootstrap, [topic])
     try:
         end = await c.end_offsets(tps)
-        out: list[dict[str, Any]] = []
+        out: list[bytes] = []
         while await log_behind(c, end):
             for recs in (await c.getmany(timeout_ms=500)).values():
-                out += [json.loads(r.value) for r in recs]
+                out += [r.value for r in recs]
         return out
     finally:
         await c.stop()
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in await _read_raw(bootstrap, topic)]
 
 
 async def _until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -256,8 +261,13 @@ def test_all_routes_failing_dead_letters_and_raises_one_delivery_failure(
                 assert body["version"] == "4"
                 assert body["alerts"][0]["labels"]["alertname"] == "delivery_failure"
                 dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
-                assert [d["event"]["event_id"] for d in dl] == [ev.event_id]
+                assert [d["event_id"] for d in dl] == [ev.event_id]
+                assert dl[0]["schema"] == "cardiowatch.deadletter/1" and dl[0]["reason"] == "all_routes_failed"
                 assert any("HTTP 500" in r for r in dl[0]["reasons"])
+                # the alert's bytes as they were in the log, not a re-encoding
+                in_log = [v for v in await _read_raw(kafka_broker.bootstrap, topics.alerts)
+                          if json.loads(v)["event_id"] == ev.event_id]
+                assert [base64.b64decode(dl[0]["raw_b64"])] == in_log
                 # now ops is down too: the failure alert is dead-lettered, never re-raised
                 await ops.set_mode("down")
                 ev2 = _alert("p9", 2)
@@ -268,12 +278,16 @@ def test_all_routes_failing_dead_letters_and_raises_one_delivery_failure(
                     if len(dl) >= 3:
                         break
                     await asyncio.sleep(0.2)
-                await asyncio.sleep(1.0)
+                # Every alert in the log processed and committed: a failure alert raised for
+                # the failed failure alert would be in the log by now (it is produced before
+                # its trigger's offset completes).
+                await asyncio.to_thread(wait_for_no_lag, kafka_broker.bootstrap, f"g-{topics.alerts}",
+                                        [topics.alerts], 20)
                 alerts = await _read_all(kafka_broker.bootstrap, topics.alerts)
                 dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
             failures = [a for a in alerts if a["condition"] == "delivery_failure"]
             assert len(failures) == 2  # one per original alert, none for the failed failure alert
-            assert [d["event"]["condition"] for d in dl] == [
+            assert [json.loads(base64.b64decode(d["raw_b64"]))["condition"] for d in dl] == [
                 "ventricular_tachycardia", "ventricular_tachycardia", "delivery_failure"]
 
     _run(go())
