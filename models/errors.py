@@ -24,7 +24,7 @@ the lowest layer (``models``) so that every layer can derive from it::
     ├── TokenFileError                services.ack_api (also ValueError)
     ├── ConsoleRecordError            services.console_view: a score record the console cannot use (also ValueError)
     ├── SignatureError                services.signing (also ValueError)
-    ├── DeliveryTransportError        services.dispatcher: a webhook endpoint unreachable
+    ├── DeliveryTransportError        services.webhook: a webhook endpoint unreachable
     │   └── DeliveryTimeout
     ├── BrokerError                   services.broker (also RuntimeError)
     └── TopicLayoutError              services.topics: the cluster's topics do not fit the settings (also RuntimeError)

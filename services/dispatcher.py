@@ -1,5 +1,14 @@
 """Delivery stage: the alert dispatcher: ``alerts`` topic to care-team webhooks.
 
+This module is the consume loop and its wiring: per-patient queues, parking, offsets
+and commits, the ack API, start and stop. The jobs it wires live beside it:
+
+* :mod:`services.webhook`: the HTTP transport (:class:`WebhookPoster`) and request signing;
+* :mod:`services.delivery`: one alert along its route: retries, failover, circuit breaker;
+* :mod:`services.alert_log`: the start-up rebuild from ``alerts`` and ``acks``, the acks
+  tail and the escalation loop;
+* :mod:`streaming.deadletter`: the dead-letter record (the worker's schema).
+
 Guarantees
 ----------
 * At-least-once: offsets are committed per partition only up to the lowest offset not
@@ -20,6 +29,10 @@ Guarantees
   ``alerts_deadletter`` and a technical ``delivery_failure`` alert is produced to
   ``alerts``, routed to the ops team. A failed ``delivery_failure`` alert is only
   dead-lettered (no loop).
+* Dead letters (``alerts_deadletter``) are ``cardiowatch.deadletter/1`` records, the
+  worker's schema, with ``stream`` ``alerts``: the record's key and value byte for byte
+  (base64) and a reason: ``undecodable_alert``, ``all_routes_failed`` (with every
+  attempt's ``reasons``, ``event_id`` and ``alert_id``) or ``dispatch_error``.
 * Escalation: every alert is fed to an ``EscalationTracker``; due escalations are
   produced to ``alerts`` (the audit log) and delivered from there to the route's
   escalation contact for their level. Acks (``acks`` topic or the ack API) stop them.
@@ -30,48 +43,63 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import signal
-import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-import aiohttp
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry, start_http_server
 
-from models.errors import CardiowatchError
 from services.access import AccessConfigError, TokenBook
-from services.ack_api import AckApi, AckRecord, AlertBook, AlertState
-from services.payloads import render
-from services.routing import (
-    Endpoint,
-    RetryPolicy,
-    Route,
-    RoutingConfig,
-    load_routing,
-    redact_url,
-    route_key_for,
+from services.ack_api import AckApi, AckRecord, AlertBook
+from services.alert_log import (
+    EscalationTrackerLike,
+    apply_tailed_ack as _apply_tailed_ack,
+    default_tracker,
+    escalate,
+    log_behind,
+    open_log_reader,
+    rebuild,
+    tail_acks,
 )
+from services.delivery import (
+    DELIVERY_FAILURE,
+    CircuitBreaker,
+    DeliveryResult,
+    _Abandon,
+    alert_team,
+    deliver,
+    delivery_failure_alert,
+    is_delivery_failure,
+)
+from services.routing import RoutingConfig, load_routing
 from services.settings import DispatcherSettings
-from services.signing import signature_headers
 from services.topics import TopicLayoutError, check_topics
+from services.webhook import (
+    AiohttpPoster,
+    DeliveryTimeout,
+    DeliveryTransportError,
+    HttpxPoster,
+    WebhookPoster,
+    as_poster,
+    scrub,
+)
+from streaming.deadletter import DeadLetter
 from streaming.events import AlertEvent
-from streaming.kafka_security import KafkaSecurity, check_connection
+from streaming.kafka_security import check_connection
 from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
 
+# The transport, the delivery policy and the log-backed state live in their own modules;
+# their public names stay importable from here, where callers have always found them.
 __all__ = [
     "DELIVERY_FAILURE",
     "CircuitBreaker",
@@ -97,18 +125,6 @@ __all__ = [
 
 log = logging.getLogger("cardiowatch.dispatcher")
 
-DELIVERY_FAILURE = "delivery_failure"
-Outcome = Literal["delivered", "failover_delivered", "deadlettered", "abandoned"]
-
-
-class EscalationTrackerLike(Protocol):
-    """The part of ``streaming.escalation.EscalationTracker`` the dispatcher uses."""
-
-    def observe(self, event: AlertEvent, now_ms: int) -> Any: ...
-    def acknowledge(self, alert_id: str, now_ms: int, by: str) -> AlertEvent | None: ...
-    def resolve(self, alert_id: str, now_ms: int, by: str) -> AlertEvent | None: ...
-    def due(self, now_ms: int) -> list[AlertEvent]: ...
-
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:
@@ -123,315 +139,6 @@ class DispatchOptions:
     rebuild_max_records: int = 1_000_000
     stop_grace_s: float = 10.0
     serve_ack_api: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    outcome: Outcome
-    endpoint: str | None
-    attempts: int
-    reasons: tuple[str, ...] = ()
-
-
-class _Abandon(Exception):
-    """Stopping: leave the event undelivered and uncommitted; the next run retries it."""
-
-
-class DeliveryTransportError(CardiowatchError):
-    """The request got no HTTP response (refused, reset, closed without an answer)."""
-
-
-class DeliveryTimeout(DeliveryTransportError):
-    """No complete response within the endpoint's ``timeout_s``."""
-
-
-class WebhookPoster(Protocol):
-    """Sends one signed webhook; the dispatcher's only view of HTTP.
-
-    Returns the HTTP status code; raises :class:`DeliveryTimeout` or
-    :class:`DeliveryTransportError` when no response arrived. ``https://`` URLs are
-    verified against ``ca_file`` (PEM) when given, else the system trust store.
-    """
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float, *, ca_file: Path | None = None) -> int: ...
-
-
-class HttpxPoster:
-    """:class:`WebhookPoster` over an injected ``httpx.AsyncClient`` (tests: ``MockTransport``).
-
-    httpx's connection pool scans every pooled connection on each request, which costs
-    several milliseconds per delivery at a few dozen concurrent patients; the default
-    transport of :func:`run_dispatcher` is therefore :class:`AiohttpPoster`.
-    """
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float, *, ca_file: Path | None = None) -> int:
-        if ca_file is not None:  # an httpx client verifies with one context, set when it was built
-            raise DeliveryTransportError("a per-route ca_file needs the default AiohttpPoster; the "
-                                         "injected httpx client cannot switch CA per request")
-        try:
-            resp = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout_s)
-        except httpx.TimeoutException as e:
-            raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
-        except httpx.HTTPError as e:
-            raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
-        return resp.status_code
-
-
-class AiohttpPoster:
-    """:class:`WebhookPoster` over one shared ``aiohttp.ClientSession`` (keep-alive pool).
-
-    The pool has no total or per-host connection cap, so requests hung on one endpoint
-    can never make deliveries to another wait for a connection. ``timeout_s`` bounds the
-    whole request (connect, send, response). Redirects are not followed (a 3xx is a
-    non-retryable failure, as with httpx's default). TLS is always verified: one
-    ``ssl.SSLContext`` per CA file (the system store when none), built once.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
-        self._session = session
-        self._own = session is None
-        self._contexts: dict[Path | None, ssl.SSLContext] = {}
-
-    def _context(self, ca_file: Path | None) -> ssl.SSLContext:
-        ctx = self._contexts.get(ca_file)
-        if ctx is None:
-            ctx = self._contexts[ca_file] = ssl.create_default_context(
-                cafile=None if ca_file is None else str(ca_file))
-        return ctx
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily: a session must be made inside a loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-                skip_auto_headers=("User-Agent",))
-        return self._session
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   timeout_s: float, *, ca_file: Path | None = None) -> int:
-        try:
-            ctx = self._context(ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise DeliveryTransportError(f"cannot load CA file {str(ca_file)!r}: {e}") from e
-        try:
-            async with self.session.post(url, data=body, headers=dict(headers), allow_redirects=False,
-                                         ssl=ctx, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                await resp.read()  # drain so the connection goes back to the pool
-                return resp.status
-        except asyncio.TimeoutError as e:
-            raise DeliveryTimeout(f"timeout after {timeout_s} s") from e
-        except aiohttp.ClientConnectorCertificateError as e:
-            cert = e.certificate_error
-            why = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
-            raise DeliveryTransportError(f"TLS certificate not trusted ({why}); give the route a "
-                                         "ca_file that signed it") from e
-        except aiohttp.ClientError as e:
-            raise DeliveryTransportError(f"{type(e).__name__}: {e}") from e
-
-    async def aclose(self) -> None:
-        if self._own and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def scrub(message: str, ep: Endpoint) -> str:
-    """``message`` without ``ep``'s URL path, query or user info (often credentials) or any
-    form of its signing key: this is what reaches logs, dead letters and ops alerts."""
-    out = message.replace(ep.url, redact_url(ep.url))
-    pieces: list[str] = []
-    with contextlib.suppress(ValueError):
-        u = urlsplit(ep.url)
-        # pieces shorter than 6 characters ("/hook") are no credential, and replacing them
-        # would garble unrelated text
-        pieces += [p for p in (u.path, u.query, u.username, u.password, u.fragment) if p and len(p) >= 6]
-    b64 = base64.b64encode(ep.secret.key).decode()
-    pieces += [b64, b64.rstrip("="), ep.secret.key.hex()]
-    for piece in sorted(set(pieces), key=len, reverse=True):
-        out = out.replace(piece, "<redacted>")
-    return out
-
-
-def _as_poster(client: httpx.AsyncClient | WebhookPoster) -> WebhookPoster:
-    return HttpxPoster(client) if isinstance(client, httpx.AsyncClient) else client
-
-
-def is_delivery_failure(ev: AlertEvent) -> bool:
-    return ev.condition == DELIVERY_FAILURE and bool(ev.details.get(DELIVERY_FAILURE))
-
-
-def delivery_failure_alert(ev: AlertEvent, reasons: tuple[str, ...], now_ms: int) -> AlertEvent:
-    """The technical alert raised when ``ev`` could not be delivered anywhere."""
-    return AlertEvent(
-        alert_id=f"{DELIVERY_FAILURE}:{ev.event_id}", revision=1, action="raised",
-        patient_id=ev.patient_id, device_id=ev.device_id, condition=DELIVERY_FAILURE,
-        category="technical", priority="high", onset_ts_ms=now_ms, detected_ts_ms=now_ms,
-        rule="dispatcher.all_routes_failed", produced_wall_ms=now_ms,
-        details={DELIVERY_FAILURE: True, "failed_event_id": ev.event_id,
-                 "failed_alert_id": ev.alert_id, "failed_priority": ev.priority,
-                 "reasons": list(reasons)})
-
-
-def _endpoints_for(ev: AlertEvent, routing: RoutingConfig) -> tuple[Route, tuple[Endpoint, ...]]:
-    if is_delivery_failure(ev):
-        route = routing.ops_route()
-        return route, route.endpoints()
-    route = routing.route_for(ev.patient_id, route_key_for(ev.category, ev.priority))
-    contact = route.escalation_endpoint(ev.escalation_level)
-    if contact is not None:
-        return route, (contact,) + route.endpoints()  # then the usual team, never nobody
-    return route, route.endpoints()
-
-
-_RETRYABLE_4XX = frozenset({408, 425, 429})
-
-
-class CircuitBreaker:
-    """Per-endpoint circuit breaker, shared by every delivery of one dispatcher.
-
-    ``failures`` consecutive retryable failures on an endpoint (timeouts, refused or
-    dropped connections, 5xx, 429; any alerts) open it for ``cooldown_s``. While it is
-    open, a delivery that has another endpoint after it skips it, and one already
-    retrying it stops and fails over at once. The last endpoint of a route is never
-    skipped: its alerts go on retrying as without a breaker, so an outage of every
-    endpoint still ends in the usual retries, then the dead-letter topic. After the
-    cooldown the circuit is half-open: one delivery probes the endpoint while the others
-    that can fail over still skip it, so a recovering receiver is not hit by every
-    waiting alert at once; the probe's success closes the circuit, its failure opens it
-    for another cooldown (a probe that never reports back frees the slot after a
-    cooldown).
-    """
-
-    def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if failures < 1 or cooldown_s <= 0:
-            raise ValueError(f"breaker needs failures >= 1 and cooldown_s > 0, got {failures}, {cooldown_s}")
-        self.failures, self.cooldown_s, self._clock = failures, cooldown_s, clock
-        self._failed: dict[str, int] = {}
-        self._open_until: dict[str, float] = {}
-        self._probe_since: dict[str, float] = {}
-
-    def is_open(self, url: str) -> bool:
-        """Within the cooldown after the circuit opened."""
-        until = self._open_until.get(url)
-        return until is not None and self._clock() < until
-
-    def should_skip(self, url: str) -> bool:
-        """For a delivery that could fail over: skip ``url``? While open, yes; once
-        half-open, no for the first caller (it becomes the probe), yes for the others
-        until the probe is recorded."""
-        if url not in self._open_until:
-            return False
-        now = self._clock()
-        if now < self._open_until[url]:
-            return True
-        since = self._probe_since.get(url)
-        if since is not None and now - since < self.cooldown_s:
-            return True
-        self._probe_since[url] = now
-        return False
-
-    def record(self, url: str, ok: bool) -> None:
-        self._probe_since.pop(url, None)
-        if ok:
-            self._failed.pop(url, None)
-            self._open_until.pop(url, None)
-            return
-        n = self._failed[url] = self._failed.get(url, 0) + 1
-        if n >= self.failures:
-            self._open_until[url] = self._clock() + self.cooldown_s
-
-    def open_count(self) -> int:
-        return sum(1 for url in self._open_until if self.is_open(url))
-
-
-async def _try_endpoint(client: WebhookPoster, ep: Endpoint, retry: RetryPolicy, ev: AlertEvent,
-                        receiver: str, metrics: DispatcherMetrics, stopping: asyncio.Event,
-                        rng: random.Random, breaker: CircuitBreaker | None = None,
-                        can_fail_over: bool = False) -> tuple[bool, int, list[str]]:
-    body, ctype = render(ev, ep.format, receiver=receiver)
-    started = time.monotonic()
-    reasons: list[str] = []
-    attempt = 0
-    for attempt in range(1, retry.max_attempts + 1):
-        if attempt > 1:
-            metrics.retries.inc()
-        headers = signature_headers(ep.secret, ev.event_id, int(time.time()), body)
-        headers.update({"content-type": ctype, "user-agent": "cardiowatch-dispatcher/0.1"})
-        retryable = True
-        try:
-            if ep.ca_file is None:  # posters written before per-route CA files keep working
-                status = await client.post(ep.url, body, headers, ep.timeout_s)
-            else:
-                status = await client.post(ep.url, body, headers, ep.timeout_s, ca_file=ep.ca_file)
-            if 200 <= status < 300:
-                if breaker is not None:
-                    breaker.record(ep.url, True)
-                return True, attempt, reasons
-            reasons.append(f"{ep.name} attempt {attempt}: HTTP {status}")
-            retryable = status >= 500 or status in _RETRYABLE_4XX
-        except DeliveryTimeout:
-            reasons.append(f"{ep.name} attempt {attempt}: timeout after {ep.timeout_s} s")
-        except DeliveryTransportError as e:
-            reasons.append(f"{ep.name} attempt {attempt}: {scrub(str(e), ep)}")
-        if retryable and breaker is not None:
-            breaker.record(ep.url, False)
-            if can_fail_over and breaker.is_open(ep.url):
-                reasons.append(f"{ep.name}: circuit open after {breaker.failures} failures in a row; "
-                               f"failing over")
-                break
-        if not retryable or attempt == retry.max_attempts:
-            break
-        sleep_s = rng.uniform(0.0, retry.backoff_cap_s(attempt))  # full jitter
-        if time.monotonic() - started + sleep_s > retry.total_budget_s:
-            reasons.append(f"{ep.name}: retry budget {retry.total_budget_s} s spent")
-            break
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=sleep_s)
-        if stopping.is_set():
-            raise _Abandon()
-    return False, attempt, reasons
-
-
-async def deliver(ev: AlertEvent, routing: RoutingConfig,
-                  client: httpx.AsyncClient | WebhookPoster, metrics: DispatcherMetrics,
-                  stopping: asyncio.Event | None = None,
-                  rng: random.Random | None = None,
-                  breaker: CircuitBreaker | None = None) -> DeliveryResult:
-    """Deliver one event along its route: retries, then failover.
-
-    ``client`` is an ``httpx.AsyncClient`` (wrapped in :class:`HttpxPoster`) or any
-    :class:`WebhookPoster`. With a ``breaker``, an endpoint it holds open is skipped
-    when another endpoint follows it. Raises ``_Abandon`` (internal) when ``stopping``
-    is set during a backoff sleep.
-    """
-    client = _as_poster(client)
-    stopping = stopping or asyncio.Event()
-    rng = rng or random.Random()
-    route, endpoints = _endpoints_for(ev, routing)
-    team = routing.ops_team if is_delivery_failure(ev) else routing.team_for(ev.patient_id).name
-    reasons: list[str] = []
-    attempts = 0
-    for i, ep in enumerate(endpoints):
-        if i > 0:
-            metrics.failovers.inc()
-        can_fail_over = i < len(endpoints) - 1
-        if breaker is not None and can_fail_over and breaker.should_skip(ep.url):
-            metrics.circuit_skips.inc()
-            reasons.append(f"{ep.name}: circuit open; skipped")
-            continue
-        ok, n, why = await _try_endpoint(client, ep, route.retry, ev, team, metrics, stopping, rng,
-                                         breaker, can_fail_over)
-        attempts += n
-        reasons += why
-        if ok:
-            return DeliveryResult("delivered" if i == 0 else "failover_delivered", ep.name, attempts,
-                                  tuple(reasons))
-    return DeliveryResult("deadlettered", None, attempts, tuple(reasons))
 
 
 class OffsetBook:
@@ -550,26 +257,34 @@ class _State:
             self.metrics.circuits_open.set(self.breaker.open_count())
 
 
-async def _send(st: _State, topic: str, key: str, value: bytes) -> None:
-    await st.producer.send_and_wait(topic, value=value, key=key.encode())
+async def _send(st: _State, topic: str, key: str | bytes, value: bytes) -> None:
+    await st.producer.send_and_wait(topic, value=value, key=key if isinstance(key, bytes) else key.encode())
+
+
+def _dead_letter(item: _Item, reason: str, detail: str, **extra: Any) -> DeadLetter:
+    """``item`` as a dead letter of the worker's schema: key and value kept byte for byte."""
+    return DeadLetter("alerts", reason, detail, item.key, item.value, item.tp.partition, item.offset,
+                      extra=extra)
 
 
 async def _process(st: _State, item: _Item) -> None:
     try:
         ev = AlertEvent.from_json(item.value or b"")
     except Exception as e:  # any undecodable value ([] or null too): dead-letter, go on
-        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"),
-                    json.dumps({"reason": f"undecodable alert: {e}", "raw": (item.value or b"").decode(
-                        errors="replace"), "offset": item.offset, "partition": item.tp.partition}).encode())
+        dl = _dead_letter(item, "undecodable_alert", f"{type(e).__name__}: {e}")
+        await _send(st, st.topics.alerts_deadletter, item.key or b"", dl.to_json())
         st.metrics.deliveries.labels(outcome="undecodable", priority="unknown").inc()
         return
     result = await deliver(ev, st.routing, st.client, st.metrics, st.stopping, st.rng, st.breaker)
     now_ms = int(time.time() * 1000)
     if result.outcome == "deadlettered":
         log.warning("all routes failed for %s: %s", ev.event_id, "; ".join(result.reasons[-4:]))
-        await _send(st, st.topics.alerts_deadletter, ev.patient_id, json.dumps(
-            {"reason": "all_routes_failed", "reasons": list(result.reasons), "failed_wall_ms": now_ms,
-             "event": ev.to_dict()}, separators=(",", ":")).encode())
+        dl = _dead_letter(item, "all_routes_failed",
+                          f"no route delivered {ev.event_id} in {result.attempts} attempts"
+                          + (f"; last: {result.reasons[-1]}" if result.reasons else ""),
+                          reasons=list(result.reasons), failed_wall_ms=now_ms,
+                          event_id=ev.event_id, alert_id=ev.alert_id)
+        await _send(st, st.topics.alerts_deadletter, ev.patient_id, dl.to_json())
         if not is_delivery_failure(ev):  # a failed failure alert is only dead-lettered: no loop
             fail = delivery_failure_alert(ev, result.reasons[-8:], now_ms)
             await _send(st, st.topics.alerts, fail.patient_id, fail.to_json())
@@ -602,12 +317,10 @@ async def _retry_until_stopping(st: _State, step: Callable[[], Awaitable[bool]],
 
 async def _deadletter_unexpected(st: _State, item: _Item, exc: Exception) -> bool:
     """Keep an alert that could not be processed; False only when stopping first."""
-    doc = json.dumps({"reason": f"dispatch_error: {type(exc).__name__}: {exc}",
-                      "raw": (item.value or b"").decode(errors="replace"),
-                      "offset": item.offset, "partition": item.tp.partition}).encode()
+    doc = _dead_letter(item, "dispatch_error", f"{type(exc).__name__}: {exc}").to_json()
 
     async def step() -> bool:
-        await _send(st, st.topics.alerts_deadletter, (item.key or b"").decode(errors="replace"), doc)
+        await _send(st, st.topics.alerts_deadletter, item.key or b"", doc)
         st.metrics.deliveries.labels(outcome="dispatch_error", priority="unknown").inc()
         return True
 
@@ -687,112 +400,9 @@ def _enqueue(st: _State, item: _Item) -> None:
         st.workers[key] = asyncio.create_task(_worker(st, key), name=f"deliver:{key[:32]!r}")
 
 
-async def open_log_reader(bootstrap: str, topics: list[str], timeout_s: float = 30.0,
-                          security: KafkaSecurity | None = None,
-                          ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A group-less consumer assigned every partition of ``topics``, at the beginning."""
-    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                         enable_auto_commit=False, auto_offset_reset="earliest",
-                         **(security or KafkaSecurity()).aiokafka_kwargs())
-    await c.start()
-    deadline = time.monotonic() + timeout_s
-    # without a group the subscription assigns every partition once metadata has arrived
-    while {tp.topic for tp in c.assignment()} != set(topics):
-        if time.monotonic() > deadline:
-            await c.stop()
-            raise TimeoutError(f"no partitions for topics {topics} after {timeout_s} s")
-        await asyncio.sleep(0.05)
-    tps = sorted(c.assignment(), key=lambda tp: (tp.topic, tp.partition))
-    await c.seek_to_beginning(*tps)
-    return c, tps
-
-
-async def log_behind(c: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-    """Whether any partition's position is still before ``end``."""
-    for tp, off in end.items():
-        if await c.position(tp) < off:
-            return True
-    return False
-
-
-async def _rebuild(st: _State, bootstrap: str, opts: DispatchOptions) -> AIOKafkaConsumer:
-    """Replay ``alerts`` and ``acks`` into the tracker; return a consumer tailing ``acks``."""
-    c, tps = await open_log_reader(bootstrap, [st.topics.alerts, st.topics.acks], opts.rebuild_timeout_s,
-                                   st.settings.kafka.security)
-    end = await c.end_offsets(tps)
-    # Decoded as they arrive, ECG strips dropped (neither the tracker nor the book keeps
-    # them), then replayed in log-time order across the two topics.
-    records: list[tuple[int, int, AlertEvent | AckRecord]] = []
-    skipped = 0
-    deadline = time.monotonic() + opts.rebuild_timeout_s
-    while (await log_behind(c, end) and time.monotonic() < deadline
-           and len(records) < opts.rebuild_max_records):
-        for tp, recs in (await c.getmany(timeout_ms=200, max_records=5000)).items():
-            for r in recs:
-                if r.offset >= end[tp]:
-                    continue
-                try:
-                    if tp.topic == st.topics.alerts:
-                        item: AlertEvent | AckRecord = AlertEvent.from_json(r.value)
-                        item = AlertEvent.from_dict({**item.to_dict(), "strip": None})
-                    else:
-                        item = AckRecord.from_json(r.value)
-                except (ValueError, TypeError, KeyError):
-                    skipped += 1
-                    continue
-                records.append((r.timestamp, len(records), item))
-    complete = not await log_behind(c, end)
-    records.sort(key=lambda x: (x[0], x[1]))
-    n_alerts = n_acks = 0
-    for ts, _, item in records:
-        if isinstance(item, AlertEvent):
-            st.observe(item, ts)
-            n_alerts += 1
-        else:
-            st.apply_ack(item)
-            n_acks += 1
-    if complete:
-        log.info("rebuilt escalation state from %d alerts and %d acks (%d undecodable skipped)",
-                 n_alerts, n_acks, skipped)
-    else:
-        log.error("escalation state rebuilt only partly: stopped after %d alerts and %d acks "
-                  "(limits %.0f s, %d records); alerts before that point may neither escalate "
-                  "nor be acknowledgeable", n_alerts, n_acks, opts.rebuild_timeout_s,
-                  opts.rebuild_max_records)
-    ack_tps = [tp for tp in tps if tp.topic == st.topics.acks]
-    c.unsubscribe()
-    c.assign(ack_tps)
-    for tp in ack_tps:
-        c.seek(tp, end[tp])
-    return c
-
-
-async def _tail_acks(st: _State, c: AIOKafkaConsumer) -> None:
-    while not st.stopping.is_set():
-        try:
-            batches = await c.getmany(timeout_ms=200)
-        except Exception:  # a broker hiccup must not end ack handling for the process
-            log.exception("reading the acks topic failed; retrying")
-            await asyncio.sleep(1.0)
-            continue
-        for recs in batches.values():
-            for r in recs:
-                apply_tailed_ack(st, r.value)
-
-
 def apply_tailed_ack(st: _State, raw: bytes | None) -> None:
-    """An ack record read back from the ``acks`` topic: applied unless this process's own
-    ack API published it (that call applies it itself and logs the ``acknowledged`` event;
-    applied here first, the tracker would answer that call "already acknowledged" and the
-    event would never reach the audit log or the care team)."""
-    if raw is not None and raw in st.own_acks:
-        st.own_acks.discard(raw)
-        return
-    try:
-        rec = AckRecord.from_json(raw or b"")
-    except Exception:
-        return
-    st.apply_ack(rec)
+    """An ack record read back from the ``acks`` topic (see :func:`services.alert_log.apply_tailed_ack`)."""
+    _apply_tailed_ack(raw, st.own_acks, st.apply_ack)
 
 
 async def _send_until_sent(st: _State, topic: str, key: str, value: bytes) -> bool:
@@ -803,23 +413,6 @@ async def _send_until_sent(st: _State, topic: str, key: str, value: bytes) -> bo
         return True
 
     return await _retry_until_stopping(st, step, f"producing to {topic}")
-
-
-async def _escalate(st: _State, poll_s: float) -> None:
-    while not st.stopping.is_set():
-        try:
-            now_ms = int(time.time() * 1000)
-            # due() has already moved each alert to its next level: the escalated event
-            # must reach the log (and from there the next contact), so it is retried.
-            for ev in st.tracker.due(now_ms):
-                ev = AlertEvent.from_dict({**ev.to_dict(), "produced_wall_ms": now_ms})
-                if not await _send_until_sent(st, st.topics.alerts, ev.patient_id, ev.to_json()):
-                    return
-            st.refresh_gauges()
-        except Exception:  # never let escalation die silently while delivery goes on
-            log.exception("escalation step failed; continuing")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(st.stopping.wait(), timeout=poll_s)
 
 
 class _KafkaAckSink:
@@ -854,23 +447,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._st.metrics.assigned_partitions.set(len(assigned))
-
-
-def alert_team(routing: RoutingConfig) -> Callable[[AlertState], str]:
-    """The care team an alert is routed to, as the ack API sees it: the dispatcher's own
-    ``delivery_failure`` alerts go to the ops team, the others to their patient's team."""
-    def team_of(a: AlertState) -> str:
-        if a.condition == DELIVERY_FAILURE and a.category == "technical":
-            return routing.ops_team
-        return routing.team_for(a.patient_id).name
-    return team_of
-
-
-def _default_tracker(routing: RoutingConfig) -> EscalationTrackerLike:
-    from streaming.escalation import EscalationConfig, EscalationTracker
-    return EscalationTracker(EscalationConfig(
-        escalate_after_s=dict(routing.escalation.escalate_after_s),
-        max_level=routing.escalation.max_level))
 
 
 async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *,
@@ -919,7 +495,7 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     stop = stop or asyncio.Event()
     metrics = metrics or DispatcherMetrics(CollectorRegistry())
     own_poster = AiohttpPoster() if client is None else None
-    poster: WebhookPoster = own_poster if own_poster is not None else _as_poster(client)  # type: ignore[arg-type]
+    poster: WebhookPoster = own_poster if own_poster is not None else as_poster(client)  # type: ignore[arg-type]
     bootstrap, security = settings.kafka.bootstrap, settings.kafka.security
     # a bad certificate or password: one error naming it (KafkaConnectError), no retries
     await check_connection(bootstrap, security, settings.kafka.connect_timeout_s)
@@ -930,7 +506,7 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 linger_ms=2, **security.aiokafka_kwargs())
     await producer.start()
-    st = _State(settings, routing, poster, producer, tracker or _default_tracker(routing), AlertBook(),
+    st = _State(settings, routing, poster, producer, tracker or default_tracker(routing), AlertBook(),
                 metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
                 fetcher=LogReader(bootstrap, security=security),
                 breaker=CircuitBreaker(options.breaker_failures, options.breaker_cooldown_s))
@@ -939,7 +515,10 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     consumer: AIOKafkaConsumer | None = None
     acks_consumer: AIOKafkaConsumer | None = None
     try:
-        acks_consumer = await _rebuild(st, bootstrap, options)
+        acks_consumer = await rebuild(bootstrap, st.topics.alerts, st.topics.acks, security,
+                                      observe=st.observe, apply_ack=st.apply_ack,
+                                      timeout_s=options.rebuild_timeout_s,
+                                      max_records=options.rebuild_max_records)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=500, **security.aiokafka_kwargs())
@@ -949,8 +528,14 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
             api = AckApi(st.book, TokenBook(routing.tokens) if tokens is None else tokens, _KafkaAckSink(st),
                          team_of=alert_team(routing), host=settings.bind_host, port=settings.ack_port)
             await api.start()
-        tasks.append(asyncio.create_task(_tail_acks(st, acks_consumer), name="acks"))
-        tasks.append(asyncio.create_task(_escalate(st, routing.escalation.poll_s), name="escalate"))
+        tasks.append(asyncio.create_task(tail_acks(acks_consumer, st.stopping, st.apply_ack, st.own_acks), name="acks"))
+
+        async def publish(ev: AlertEvent) -> bool:
+            return await _send_until_sent(st, st.topics.alerts, ev.patient_id, ev.to_json())
+
+        tasks.append(asyncio.create_task(escalate(st.tracker, st.stopping, routing.escalation.poll_s,
+                                                  publish=publish, refresh=st.refresh_gauges),
+                                         name="escalate"))
         if on_ready is not None:
             on_ready(api)
         await _consume(st, consumer, stop, options)

@@ -21,8 +21,6 @@ the ``now_wall_ms`` the caller passes for ``produced_wall_ms`` and no-data ticks
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import struct
 import time
@@ -38,7 +36,9 @@ from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows, window_features
 from models.hr.af import AFDetector
-from streaming.errors import InvalidMessage, MalformedMessage, SequenceError, StateDecodeError
+# DeadLetter lives in its own module (the dispatcher writes the same schema); kept here for callers
+from streaming.deadletter import DEADLETTER_RAW_MAX, DEADLETTER_SCHEMA, DeadLetter
+from streaming.errors import MalformedMessage, SequenceError, StateDecodeError
 from streaming.events import (
     AlertEvent,
     DeviceClockEvent,
@@ -62,10 +62,9 @@ __all__ = [
     "HRPipeline",
     "HRScorer",
     "DEADLETTER_SCHEMA",
+    "DEADLETTER_RAW_MAX",
 ]
 
-DEADLETTER_SCHEMA = "cardiowatch.deadletter/1"
-DEADLETTER_RAW_MAX = 512 * 1024  # = the largest valid payload (streaming.schemas)
 Stream = Literal["ecg", "hr"]
 
 # kept for callers of the old name: see streaming.position.STITCH_TOLERANCE_MS
@@ -81,46 +80,6 @@ class InMessage:
     value: bytes | None
     partition: int
     offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message, kept with its raw bytes and the reason."""
-
-    stream: Stream
-    reason: str
-    detail: str
-    key: bytes | None
-    raw: bytes | None
-    partition: int
-    offset: int
-
-    @classmethod
-    def from_error(cls, stream: Stream, exc: Exception, m: InMessage) -> DeadLetter:
-        """The dead letter for a message that raised: its validation reason, or
-        ``processing_error`` for anything else (a bug must not stop the stream)."""
-        if isinstance(exc, InvalidMessage):
-            return cls(stream, exc.reason, exc.detail, m.key, m.value, m.partition, m.offset)
-        return cls(stream, "processing_error", f"{type(exc).__name__}: {exc}", m.key, m.value,
-                   m.partition, m.offset)
-
-    def to_json(self) -> bytes:
-        raw = self.raw
-        doc: dict[str, Any] = {
-            "schema": DEADLETTER_SCHEMA, "stream": self.stream, "reason": self.reason,
-            "detail": self.detail, "source_partition": self.partition,
-            "source_offset": self.offset,
-            "key_b64": None if self.key is None else base64.b64encode(self.key[:1024]).decode(),
-            "raw_size": None if raw is None else len(raw),
-        }
-        if raw is not None and len(raw) > DEADLETTER_RAW_MAX:
-            # base64 of more would not fit Kafka's default 1 MB record: keep the head and
-            # a digest of the whole, so the record can still be identified and replayed.
-            doc["raw_sha256"] = hashlib.sha256(raw).hexdigest()
-            doc["raw_truncated"] = True
-            raw = raw[:DEADLETTER_RAW_MAX]
-        doc["raw_b64"] = None if raw is None else base64.b64encode(raw).decode()
-        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _pack(header: dict[str, Any], blobs: Mapping[str, bytes]) -> bytes:

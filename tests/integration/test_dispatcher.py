@@ -1,7 +1,8 @@
 """Dispatcher: at-least-once delivery, per-patient order, retries/failover, dead-letter,
 escalation, SIGKILL restart; against the real local Kafka broker and real aiohttp receivers.
 
-The first tests (OffsetBook, ``deliver`` over ``httpx.MockTransport``) need no broker.
+The parts that need no broker (``deliver`` over ``httpx.MockTransport``, the circuit
+breaker, OffsetBook, parking, dead letters) are tested in tests/unit/services/.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import base64
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,15 +22,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from services.access import hash_token
 from services.dispatcher import (
-    CircuitBreaker,
     DispatchOptions,
-    OffsetBook,
-    deliver,
     log_behind,
     open_log_reader,
     run_dispatcher,
@@ -38,9 +35,9 @@ from services.dispatcher import (
 from services.receiver import WebhookReceiver
 from services.routing import RoutingConfig, parse_routing
 from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
-from services.signing import verify
 from streaming.events import AlertEvent
 from streaming.metrics import DispatcherMetrics
+from worker_harness import wait_for_no_lag
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-0123456789").decode()
 FAST_RETRY = {"max_attempts": 3, "base_backoff_s": 0.05, "max_backoff_s": 0.2, "total_budget_s": 5}
@@ -62,223 +59,8 @@ def _ep(url: str, timeout_s: float = 1.0, **kw: Any) -> dict[str, Any]:
     return {"url": url, "secret": SECRET, "timeout_s": timeout_s, **kw}
 
 
-# ----------------------------------------------------------------- pure parts, no broker
-
-def test_offset_book_commits_below_lowest_unfinished() -> None:
-    tp = TopicPartition("a", 0)
-    b = OffsetBook()
-    for o in range(5):
-        b.add(tp, o)
-    b.done(tp, 0)
-    b.done(tp, 2)
-    b.done(tp, 3)
-    assert b.commit_points() == {tp: 1} and b.in_flight == 2
-    b.mark_committed({tp: 1})
-    assert b.commit_points() == {}
-    b.done(tp, 1)
-    b.done(tp, 4)
-    assert b.commit_points() == {tp: 5}
-    b.drop(tp)
-    b.done(tp, 7)  # late completion of a revoked partition is ignored
-    assert b.commit_points() == {}
-
-
-def _mock_routing(fast: dict[str, Any] | None = None) -> RoutingConfig:
-    return parse_routing({
-        "default_team": "t", "teams": {"t": {"retry": fast or FAST_RETRY, "routes": {"default": {
-            "primary": _ep("https://primary.test/h"), "failover": _ep("https://failover.test/h", format="fhir"),
-            "escalation": [_ep("https://level1.test/h")]}}}}})
-
-
 def _run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-class _FakeLog:
-    """Stands in for the dispatcher's log reader: a partition holding ``first``.. on."""
-
-    def __init__(self, first: int, last: int) -> None:
-        self.first, self.last, self.fetches = first, last, 0
-
-    async def fetch(self, tp: TopicPartition, offset: int) -> list[Any]:
-        from types import SimpleNamespace
-
-        self.fetches += 1
-        start = max(offset, self.first)
-        return [SimpleNamespace(offset=o, value=f"alert-{o}".encode()) for o in range(start, self.last + 1)]
-
-
-def _parked_state(log: _FakeLog, offsets: list[int]) -> tuple[Any, list[Any]]:
-    from services.ack_api import AlertBook
-    from services.dispatcher import _Item, _State
-
-    st = _State(None, None, None, None, None, AlertBook(),  # type: ignore[arg-type]
-                DispatcherMetrics(CollectorRegistry()), asyncio.Event(), fetcher=log)  # type: ignore[arg-type]
-    tp = TopicPartition("alerts", 0)
-    items = [_Item(tp, o, b"p1", None, 0, parked=True) for o in offsets]
-    st.parked.update({(tp, it.offset): it for it in items})
-    return st, items
-
-
-def test_unpark_reads_back_a_parked_record_and_the_ones_behind_it() -> None:
-    from services.dispatcher import _unpark
-
-    log = _FakeLog(0, 20)
-    st, items = _parked_state(log, [5, 6, 9])
-    assert _run(_unpark(st, items[0]))
-    # one fetch filled all three (the patient's later alerts come right after it)
-    assert [it.value for it in items] == [b"alert-5", b"alert-6", b"alert-9"]
-    assert not any(it.parked for it in items) and not st.parked and log.fetches == 1
-    assert st.held_bytes == sum(len(it.value) for it in items)
-
-
-def test_unpark_names_a_record_that_retention_removed() -> None:
-    from services.dispatcher import _unpark
-
-    st, items = _parked_state(_FakeLog(10, 20), [7])
-    with pytest.raises(LookupError, match=r"alerts\[0\]@7 is no longer in the log \(it starts at 10\)"):
-        _run(_unpark(st, items[0]))
-
-
-def test_deliver_retries_then_fails_over_with_same_webhook_id() -> None:
-    seen: list[tuple[str, str]] = []
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        wid = verify(SECRET, req.content, dict(req.headers), now_s=time.time())
-        seen.append((req.url.host, wid))
-        if req.url.host == "primary.test":
-            return httpx.Response(503)
-        return httpx.Response(200)
-
-    m = DispatcherMetrics(CollectorRegistry())
-    ev = _alert("p1", 1)
-
-    async def go() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await deliver(ev, _mock_routing(), c, m, rng=random.Random(1))
-
-    res = _run(go())
-    assert res.outcome == "failover_delivered" and res.attempts == 4
-    assert [h for h, _ in seen] == ["primary.test"] * 3 + ["failover.test"]
-    assert {w for _, w in seen} == {ev.event_id}
-    assert m.registry.get_sample_value("cardiowatch_delivery_retries_total") == 2
-    assert m.registry.get_sample_value("cardiowatch_delivery_failovers_total") == 1
-
-
-def test_circuit_breaker_sends_alerts_straight_to_failover_while_primary_fails() -> None:
-    hosts: list[str] = []
-    primary_ok = False
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        hosts.append(req.url.host)
-        if req.url.host == "primary.test" and not primary_ok:
-            raise httpx.ConnectError("refused", request=req)
-        return httpx.Response(200)
-
-    now = [1000.0]
-    breaker = CircuitBreaker(failures=2, cooldown_s=30.0, clock=lambda: now[0])
-    m = DispatcherMetrics(CollectorRegistry())
-    five = {**FAST_RETRY, "max_attempts": 5}
-
-    async def send(i: int) -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await deliver(_alert("p1", i), _mock_routing(five), c, m, rng=random.Random(1),
-                                 breaker=breaker)
-
-    # 2 failures in a row open the circuit: this alert fails over after 2 attempts, not 5
-    res = _run(send(1))
-    assert res.outcome == "failover_delivered" and hosts == ["primary.test"] * 2 + ["failover.test"]
-    assert any("circuit open" in r for r in res.reasons)
-    # while open, the next alerts skip the primary entirely
-    hosts.clear()
-    assert _run(send(2)).outcome == "failover_delivered" and hosts == ["failover.test"]
-    assert m.registry.get_sample_value("cardiowatch_delivery_circuit_skips_total") == 1
-    # after the cooldown the primary is tried again; once it answers, the circuit closes
-    now[0] += 31
-    primary_ok = True
-    hosts.clear()
-    assert _run(send(3)).outcome == "delivered" and hosts == ["primary.test"]
-    assert breaker.open_count() == 0
-
-
-def test_circuit_breaker_half_open_lets_one_probe_through() -> None:
-    now = [0.0]
-    b = CircuitBreaker(failures=1, cooldown_s=10.0, clock=lambda: now[0])
-    u = "https://primary.test/h"
-    assert not b.should_skip(u)
-    b.record(u, False)
-    assert b.should_skip(u) and b.is_open(u)  # open
-    now[0] = 11.0
-    assert not b.should_skip(u)  # half-open: this delivery is the probe
-    assert b.should_skip(u) and b.should_skip(u)  # the others wait for its answer
-    b.record(u, False)  # the probe failed: open for another cooldown
-    assert b.should_skip(u)
-    now[0] = 22.0
-    assert not b.should_skip(u)
-    b.record(u, True)  # the probe got through: closed for everyone
-    assert not b.should_skip(u) and not b.should_skip(u) and b.open_count() == 0
-    # a probe that never reports back frees its slot after a cooldown
-    b.record(u, False)
-    now[0] = 33.0
-    assert not b.should_skip(u) and b.should_skip(u)
-    now[0] = 44.0
-    assert not b.should_skip(u)
-
-
-def test_circuit_breaker_never_skips_a_routes_last_endpoint() -> None:
-    calls = 0
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(503)
-
-    breaker = CircuitBreaker(failures=1, cooldown_s=60.0)
-    routing = parse_routing({"default_team": "t", "teams": {"t": {"retry": {**FAST_RETRY, "max_attempts": 4},
-                             "routes": {"default": {"primary": _ep("https://only.test/h")}}}}})
-
-    async def go() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await deliver(_alert("p1", 1), routing, c, DispatcherMetrics(CollectorRegistry()),
-                                 rng=random.Random(1), breaker=breaker)
-
-    res = _run(go())
-    # the only endpoint keeps its full retries although the circuit opened at once
-    assert res.outcome == "deadlettered" and calls == 4 and breaker.is_open("https://only.test/h")
-
-
-def test_deliver_4xx_is_not_retried_and_escalation_goes_to_level_contact() -> None:
-    hosts: list[str] = []
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        hosts.append(req.url.host)
-        return httpx.Response(400 if req.url.host == "level1.test" else 200)
-
-    ev = _alert("p1", 1, action="escalated", escalation_level=1)
-
-    async def go() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await deliver(ev, _mock_routing(), c, DispatcherMetrics(CollectorRegistry()))
-
-    res = _run(go())
-    assert hosts == ["level1.test", "primary.test"]  # 400: no retry, next contact
-    assert res.outcome == "failover_delivered"
-
-
-def test_deliver_gives_up_within_budget() -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=req)
-
-    retry = {"max_attempts": 50, "base_backoff_s": 0.2, "max_backoff_s": 0.2, "total_budget_s": 0.5}
-
-    async def go() -> Any:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
-            return await deliver(_alert("p1", 1), _mock_routing(retry), c, DispatcherMetrics(CollectorRegistry()))
-
-    t0 = time.monotonic()
-    res = _run(go())
-    assert res.outcome == "deadlettered" and time.monotonic() - t0 < 2.0
-    assert any("budget" in r for r in res.reasons) and res.attempts < 20
 
 
 # ----------------------------------------------------------------- with the real broker
@@ -294,17 +76,21 @@ async def _produce(bootstrap: str, topic: str, events: list[AlertEvent]) -> None
         await p.stop()
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+async def _read_raw(bootstrap: str, topic: str) -> list[bytes]:
     c, tps = await open_log_reader(bootstrap, [topic])
     try:
         end = await c.end_offsets(tps)
-        out: list[dict[str, Any]] = []
+        out: list[bytes] = []
         while await log_behind(c, end):
             for recs in (await c.getmany(timeout_ms=500)).values():
-                out += [json.loads(r.value) for r in recs]
+                out += [r.value for r in recs]
         return out
     finally:
         await c.stop()
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in await _read_raw(bootstrap, topic)]
 
 
 async def _until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -475,8 +261,13 @@ def test_all_routes_failing_dead_letters_and_raises_one_delivery_failure(
                 assert body["version"] == "4"
                 assert body["alerts"][0]["labels"]["alertname"] == "delivery_failure"
                 dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
-                assert [d["event"]["event_id"] for d in dl] == [ev.event_id]
+                assert [d["event_id"] for d in dl] == [ev.event_id]
+                assert dl[0]["schema"] == "cardiowatch.deadletter/1" and dl[0]["reason"] == "all_routes_failed"
                 assert any("HTTP 500" in r for r in dl[0]["reasons"])
+                # the alert's bytes as they were in the log, not a re-encoding
+                in_log = [v for v in await _read_raw(kafka_broker.bootstrap, topics.alerts)
+                          if json.loads(v)["event_id"] == ev.event_id]
+                assert [base64.b64decode(dl[0]["raw_b64"])] == in_log
                 # now ops is down too: the failure alert is dead-lettered, never re-raised
                 await ops.set_mode("down")
                 ev2 = _alert("p9", 2)
@@ -487,12 +278,16 @@ def test_all_routes_failing_dead_letters_and_raises_one_delivery_failure(
                     if len(dl) >= 3:
                         break
                     await asyncio.sleep(0.2)
-                await asyncio.sleep(1.0)
+                # Every alert in the log processed and committed: a failure alert raised for
+                # the failed failure alert would be in the log by now (it is produced before
+                # its trigger's offset completes).
+                await asyncio.to_thread(wait_for_no_lag, kafka_broker.bootstrap, f"g-{topics.alerts}",
+                                        [topics.alerts], 20)
                 alerts = await _read_all(kafka_broker.bootstrap, topics.alerts)
                 dl = await _read_all(kafka_broker.bootstrap, topics.alerts_deadletter)
             failures = [a for a in alerts if a["condition"] == "delivery_failure"]
             assert len(failures) == 2  # one per original alert, none for the failed failure alert
-            assert [d["event"]["condition"] for d in dl] == [
+            assert [json.loads(base64.b64decode(d["raw_b64"]))["condition"] for d in dl] == [
                 "ventricular_tachycardia", "ventricular_tachycardia", "delivery_failure"]
 
     _run(go())

@@ -26,7 +26,7 @@ from streaming.schemas import encode_ecg, encode_hr
 from services.pipelines import build_ecg_pipeline, build_policy, load_ecg_bundle
 from services.settings import DEFAULT_MODEL_DIR
 from services.simulator import Wearable
-from worker_harness import WorkerProcess, produce, read_all, read_until
+from worker_harness import WorkerProcess, produce, read_to_end, read_until, wait_for_no_lag
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +252,8 @@ def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_
     got_ids = {d["beat_id"] for _, d in scores}
     assert got_ids == expected_ids, (f"missing {sorted(expected_ids - got_ids)[:5]}, "
                                      f"extra {sorted(got_ids - expected_ids)[:5]}\n{w2.log_tail()}")
-    time.sleep(5)
+    # every input record processed and committed: no gap or alert can still be on its way
+    wait_for_no_lag(kafka_broker.bootstrap, app_id, [topics.ecg, topics.hr], 120)
     # The input has no sequence gap, so a gap after the restart means the worker lost
     # its place: a state older than the committed offsets, or records Faust dropped
     # while it resumed (see streaming/continuity.py).
@@ -262,7 +263,7 @@ def test_worker_killed_mid_stream_loses_no_beat_and_no_alert(kafka_broker, make_
         notes = "\n".join(line for line in log if "gap:" in line)
         pytest.fail(f"{gaps:.0f} sequence gaps after the restart; offsets committed at the kill: "
                     f"{committed}\n{notes}\n{w2.log_tail()}")
-    raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
+    raised = [d for _, d in read_to_end(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
     _assert_alerts_kept(expected_alerts, raised, "across the crash")
 
 
@@ -345,8 +346,8 @@ def test_second_worker_takes_over_partitions_with_their_state(kafka_broker, make
     off = [i for i, d in got.items()
            if abs(d["threshold"] - expected_beats[i].threshold) > 1e-3 * expected_beats[i].threshold]
     assert not off, f"{len(off)} beats scored against another threshold, e.g. {off[:3]}"
-    time.sleep(5)
-    raised = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
+    wait_for_no_lag(kafka_broker.bootstrap, app_id, [topics.ecg, topics.hr], 120)
+    raised = [d for _, d in read_to_end(kafka_broker.bootstrap, topics.alerts) if d["action"] == "raised"]
     _assert_alerts_kept(expected_alerts, raised, "across the rebalance")
     for w in (a, b):
         for stream in ("ecg", "hr"):
@@ -357,13 +358,14 @@ def test_ventricular_run_alerts_near_onset_and_normal_patient_has_none(kafka_bro
     """Synthetic stand-in for the DS1 / qtdb test (which needs ../shared/data)."""
     topics = make_topics(partitions=4)
     msgs = stream_for({"p-0001": [Event("vrun", 60, 6)], "p-0002": []}, 15 * 60)
-    worker_factory(topics)
+    w = worker_factory(topics)
     produce(kafka_broker.bootstrap, [(topics.ecg, pid.encode(), e) for pid, e, _ in msgs]
             + [(topics.hr, pid.encode(), h) for pid, _, h in msgs if h is not None])
     expected_scores = sum(1 for _ in msgs) // 2 * 0.9  # ~1 beat/s/patient
     read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= expected_scores, 300)
-    time.sleep(5)
-    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)]
+    # the whole stream processed before asserting the normal patient got no alert
+    wait_for_no_lag(kafka_broker.bootstrap, w.app_id, [topics.ecg, topics.hr], 300)
+    alerts = [d for _, d in read_to_end(kafka_broker.bootstrap, topics.alerts)]
     phys = [a for a in alerts if a["category"] == "physiological" and a["action"] == "raised"]
     p1 = [a for a in phys if a["patient_id"] == "p-0001"]
     assert any(a["condition"] == "ventricular_run" and a["priority"] == "high"
@@ -397,11 +399,11 @@ def test_ds1_ventricular_ectopy_record_alerts_near_annotations(kafka_broker, mak
         msgs.append((topics.ecg, b"rec", e))
         if h:
             msgs.append((topics.hr, b"rec", h))
-    worker_factory(topics)
+    wp = worker_factory(topics)
     produce(kafka_broker.bootstrap, msgs)
     read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= 250, 300)
-    time.sleep(5)
-    alerts = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)
+    wait_for_no_lag(kafka_broker.bootstrap, wp.app_id, [topics.ecg, topics.hr], 300)
+    alerts = [d for _, d in read_to_end(kafka_broker.bootstrap, topics.alerts)
               if d["category"] == "physiological" and d["action"] == "raised"]
     v_t = np.asarray(rec.beat_samples)[np.asarray(rec.aami_classes) == "V"] / rec.sample_rate_hz
     v_t = v_t[v_t < 300]
@@ -431,10 +433,11 @@ def test_qtdb_normal_record_full_15_minutes_raises_no_alert(kafka_broker, make_t
         if h:
             msgs.append((topics.hr, b"rec", h))
     assert len([m for m in msgs if m[0] == topics.ecg]) >= 890  # the full ~15 minutes
-    worker_factory(topics)
+    wp = worker_factory(topics)
     produce(kafka_broker.bootstrap, msgs)
     read_until(kafka_broker.bootstrap, topics.scores, lambda r: len(r) >= 800, 300)
-    time.sleep(8)
-    phys = [d for _, d in read_all(kafka_broker.bootstrap, topics.alerts)
+    # all 15 minutes processed, not merely the first 800 beats, before asserting no alert
+    wait_for_no_lag(kafka_broker.bootstrap, wp.app_id, [topics.ecg, topics.hr], 300)
+    phys = [d for _, d in read_to_end(kafka_broker.bootstrap, topics.alerts)
             if d["category"] == "physiological" and d["action"] == "raised"]
     assert phys == [], phys

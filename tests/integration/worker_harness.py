@@ -20,7 +20,7 @@ from services.broker import free_port
 from services.settings import REPO_ROOT, Topics
 from streaming.kafka_security import KafkaSecurity
 
-__all__ = ["WorkerProcess", "produce", "read_all", "read_until"]
+__all__ = ["WorkerProcess", "produce", "read_all", "read_to_end", "read_until", "wait_for_no_lag"]
 
 
 @dataclass
@@ -127,3 +127,62 @@ def read_all(bootstrap: str, topic: str, settle_s: float = 3.0) -> list:
         return [(rec.key, json.loads(rec.value)) for rec in c]
     finally:
         c.close()
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60.0, decode: Callable = json.loads) -> list:
+    """Every record of ``topic`` up to its end offsets at the call, as (key, value); raises
+    ``AssertionError`` if they cannot be read within ``timeout_s`` (unlike
+    :func:`read_all`, never returns early because the broker was slow to answer)."""
+    from kafka import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      auto_offset_reset="earliest")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        assert tps, f"no partitions for {topic}"
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        while any(c.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in {timeout_s} s"
+            for tp, recs in c.poll(timeout_ms=500).items():
+                out += [(r.key, decode(r.value)) for r in recs if r.offset < end[tp]]
+        return out
+    finally:
+        c.close()
+
+
+def wait_for_no_lag(bootstrap: str, group: str, topics: Iterable[str], timeout_s: float,
+                    security: KafkaSecurity | None = None) -> dict[str, int]:
+    """Wait until consumer group ``group`` has committed every partition of ``topics`` up
+    to its end offset (zero lag), polling with a deadline; return the end offsets.
+
+    A consumer that commits only after its output is sent (the worker, the dispatcher)
+    has then produced everything it will for what is in ``topics`` now: the fact a test
+    waits for before asserting that something did *not* happen, instead of a sleep.
+    Raises ``AssertionError`` naming the lag when the deadline passes."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    kw = (security or KafkaSecurity()).kafka_python_kwargs()
+    names = list(topics)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kw)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kw)
+    try:
+        tps = [TopicPartition(t, p) for t in names for p in sorted(c.partitions_for_topic(t) or ())]
+        assert tps, f"no partitions for {names}"
+        end = c.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = admin.list_group_offsets(group).get(group, {})
+            done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in tps}
+            lag = {f"{tp.topic}[{tp.partition}]": end[tp] - done[tp] for tp in tps if done[tp] < end[tp]}
+            if not lag:
+                return {f"{tp.topic}[{tp.partition}]": end[tp] for tp in tps}
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group {group} still behind after {timeout_s} s: {lag}")
+            time.sleep(0.2)
+    finally:
+        c.close()
+        admin.close()

@@ -17,7 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from services.ack_api import AckRecord, AlertBook
-from services.dispatcher import _default_tracker, _KafkaAckSink, _State, apply_tailed_ack
+from services.alert_log import default_tracker as _default_tracker
+from services.dispatcher import _KafkaAckSink, _State, apply_tailed_ack
 from services.routing import parse_routing
 from services.settings import DispatcherSettings, KafkaSettings
 from streaming.events import AlertEvent
