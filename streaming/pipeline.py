@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows, window_features
 from models.hr.af import AFDetector
+from streaming import jsoncodec
 from streaming.errors import InvalidMessage, MalformedMessage, SequenceError, StateDecodeError
 from streaming.events import (
     AlertEvent,
@@ -120,19 +120,19 @@ class DeadLetter:
             doc["raw_truncated"] = True
             raw = raw[:DEADLETTER_RAW_MAX]
         doc["raw_b64"] = None if raw is None else base64.b64encode(raw).decode()
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return jsoncodec.dumps(doc)
 
 
 def _pack(header: dict[str, Any], blobs: Mapping[str, bytes]) -> bytes:
     """Pack a JSON header and named binary blobs into one compact value."""
     header = dict(header, _blobs=[[k, len(v)] for k, v in blobs.items()])
-    h = json.dumps(header, separators=(",", ":")).encode()
+    h = jsoncodec.dumps(header)
     return struct.pack("<I", len(h)) + h + b"".join(blobs.values())
 
 
 def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     (n,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + n])
+    header = jsoncodec.loads(raw[4:4 + n])
     pos, blobs = 4 + n, {}
     for name, size in header.pop("_blobs"):
         blobs[name] = raw[pos:pos + size]

@@ -22,13 +22,13 @@ or gapped sequence numbers, restarts, clock jumps) live in :mod:`streaming.posit
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from streaming import jsoncodec
 from streaming.errors import FieldError, MalformedMessage, ValueOutOfRange
 
 __all__ = [
@@ -107,7 +107,7 @@ def _load(raw: bytes | None, key: bytes | None) -> dict[str, Any]:
         raise MalformedMessage(
             "oversized_payload", f"payload is {len(raw)} bytes, limit is {MAX_PAYLOAD_BYTES}")
     try:
-        doc = json.loads(raw)
+        doc = jsoncodec.loads(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
         raise MalformedMessage("malformed_json", f"not JSON: {str(exc)[:200]}") from None
     except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
@@ -274,7 +274,7 @@ def encode_ecg(patient_id: str, device_id: str, seq: int, ts_ms: int, sample_rat
         "ts_ms": int(ts_ms), "sample_rate_hz": sample_rate_hz, "leads": list(leads),
         "units": "mV", "samples": np.round(arr, 3).tolist(),
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return jsoncodec.dumps(doc)
 
 
 def encode_hr(patient_id: str, device_id: str, seq: int, ts_ms: int, hr_bpm: float,
@@ -287,4 +287,4 @@ def encode_hr(patient_id: str, device_id: str, seq: int, ts_ms: int, hr_bpm: flo
     }
     if quality is not None:
         doc["quality"] = round(float(quality), 3)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return jsoncodec.dumps(doc)
