@@ -28,7 +28,8 @@ raises exactly what it always raised (``ValueError`` subclasses, ``RecursionErro
 :func:`dumps` writes compact JSON (``separators=(",", ":")``) that decodes to the same
 value as the stdlib's output. Where orjson cannot say the same thing it is not used:
 NaN and infinities (orjson writes ``null``; the stdlib writes the non-JSON literals that
-its reader, and so ours, reads back), integers beyond 64 bits, lone surrogates, non-string
+its reader, and so ours, reads back; looked for only when a ``null`` shows in orjson's
+output), integers beyond 64 bits, lone surrogates, non-string
 keys, and any type but the plain JSON ones (dataclasses, datetimes and subclasses are
 passed through to the stdlib, which refuses them as before). The bytes differ from the
 stdlib's in two harmless ways: non-ASCII text is written as UTF-8 rather than ``\\u``
@@ -39,6 +40,7 @@ escapes, and some floats are spelled differently (``0.00001`` for ``1e-05``).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -93,8 +95,22 @@ def dumps(obj: Any) -> bytes:
         out = orjson.dumps(obj, option=_OPTS)
     except TypeError:  # orjson.JSONEncodeError: big ints, surrogates, other keys and types
         return _std(obj)
-    # orjson writes NaN and +-Infinity as null: a null anywhere, rare in our records, is
-    # written again by the stdlib, which keeps those values
-    if b"null" in out:
+    # orjson writes NaN and +-Infinity as null: where a null shows, look for one (a walk,
+    # paid only by documents with a null) and let the stdlib write it
+    if b"null" in out and _has_nonfinite(obj):
         return _std(obj)
     return out
+
+
+def _has_nonfinite(obj: Any) -> bool:
+    todo = [obj]
+    while todo:
+        v = todo.pop()
+        if type(v) is float:
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
+    return False
