@@ -78,3 +78,10 @@ def test_dumps_refuses_what_the_stdlib_refuses(value: object) -> None:
         json.dumps(value)
     with pytest.raises(TypeError):
         jsoncodec.dumps(value)
+
+
+def test_a_null_beside_a_nan_keeps_both() -> None:
+    raw = jsoncodec.dumps({"held": None, "runs": [[1, 2.5]], "deep": {"x": [None, math.nan]}})
+    back = jsoncodec.loads(raw)
+    assert back["held"] is None and back["deep"]["x"][0] is None and math.isnan(back["deep"]["x"][1])
+    assert jsoncodec.dumps({"held": None, "x": 1.5}) == b'{"held":null,"x":1.5}'
