@@ -199,23 +199,30 @@ class SegmenterState:
     def _to_bytes_compact(self, q: float) -> bytes | None:
         if not (np.isfinite(q) and q > 0):
             raise ValueError(f"quantum_mv must be a finite number > 0, got {q}")
+        buf = self.buf
         with np.errstate(invalid="ignore"):  # NaN or beyond int16: caught by the check below
-            c16 = np.rint(self.buf.astype(np.float64) / q).astype(np.int16)
+            c16 = np.rint(buf * (1.0 / q)).astype(np.int16)
         # bit for bit (-0.0 is not 0.0), which also catches counts that did not fit int16
-        if not ((c16 * q).astype(np.float32).view(np.uint32) == self.buf.view(np.uint32)).all():
+        if not np.array_equal((c16 * q).astype(np.float32).view(np.uint32), buf.view(np.uint32)):
             return None  # not on the grid (a state from before the quantum): float32
-        ring_counts = np.rint(self.rr_ring * self.rate_hz)
-        exact_ring = bool(np.array_equal(ring_counts / float(self.rate_hz), self.rr_ring)
-                          and (ring_counts.size == 0 or np.abs(ring_counts).max() < 2**31))
-        ring = ring_counts.astype("<i4") if exact_ring else self.rr_ring.astype("<f8")
-        d = c16.copy()
-        np.subtract(c16[1:], c16[:-1], out=d[1:])  # int16 steps; wrap-around undone by cumsum
-        big = (d < -127) | (d > 127)
-        escaped = d[big].astype("<i2")
-        steps = np.where(big, _ESCAPE, d).astype(np.int8)
+        ring = self.rr_ring.tolist()
+        ring_counts = [round(v * self.rate_hz) for v in ring]
+        exact_ring = all(k / self.rate_hz == v and abs(k) < 2**31 for k, v in zip(ring_counts, ring))
+        d = np.empty_like(c16)
+        if d.shape[0]:
+            d[0] = c16[0]
+            np.subtract(c16[1:], c16[:-1], out=d[1:])  # int16 steps; wrap-around undone by cumsum
+        steps = d.astype(np.int8)
+        big = (steps != d) | (steps == _ESCAPE)
+        escaped = b""
+        if big.any():
+            escaped = d[big].astype("<i2").tobytes()
+            steps[big] = _ESCAPE
         head = _SEG_V2.pack(_SEG_VERSION_COMPACT, self.rate_hz, self.n_total, self.last_r, self.next_decide,
-                            self.rr_ring.shape[0], 1 if exact_ring else 0, self.buf.shape[0], escaped.shape[0], q)
-        return head + ring.tobytes() + steps.tobytes() + escaped.tobytes()
+                            len(ring), 1 if exact_ring else 0, buf.shape[0], len(escaped) // 2, q)
+        packed_ring = (struct.pack(f"<{len(ring)}i", *ring_counts) if exact_ring
+                       else self.rr_ring.astype("<f8").tobytes())
+        return head + packed_ring + steps.tobytes() + escaped
 
     @classmethod
     def _from_bytes_compact(cls, raw: bytes) -> SegmenterState:

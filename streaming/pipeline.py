@@ -211,6 +211,15 @@ _REQUIRED_HEADER = ("patient_id", "device_id", "last_seq", "last_ts_ms", "last_o
 _COMPACT_ONLY = ("strip_n", "rr_decimals")
 
 
+def _position_header(pos: StreamPosition) -> dict[str, Any]:
+    """The position's header, without ``held`` when there is no held message (it loads as
+    None): a state header without a null is written by orjson alone."""
+    h = pos.to_header()
+    if h.get("held") is None:
+        del h["held"]
+    return h
+
+
 def _decode_state(what: str, raw: bytes, hints: Mapping[str, Any],
                   build: Callable[[dict[str, Any], dict[str, bytes]], Any],
                   magic: bytes, version: int) -> Any:
@@ -279,7 +288,7 @@ class ECGPatientState:
                             and buf[buf.shape[0] - n:].view(np.uint32).tobytes() == strip.view(np.uint32).tobytes())
         header = {
             "patient_id": self.patient_id, "device_id": self.device_id,
-            **self.pos.to_header(), "sample_rate_hz": self.sample_rate_hz,
+            **_position_header(self.pos), "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
             "gaps": self.gaps, "beats_scored": self.beats_scored, "art_run": self.art_run,
             # the strip is the last strip_n samples of the segmenter's buffer; -1: a blob
@@ -807,7 +816,7 @@ class HRPatientState:
         float64 otherwise), the whole deflated. Versions 1-2 (RR in the JSON header) load."""
         decimals, rr = _rr_pack(self.rr_ms)
         header = {"patient_id": self.patient_id, "device_id": self.device_id,
-                  **self.pos.to_header(), "new_rr": self.new_rr, "rr_decimals": decimals}
+                  **_position_header(self.pos), "new_rr": self.new_rr, "rr_decimals": decimals}
         return _pack_compact(HR_STATE_MAGIC, HR_STATE_VERSION, header,
                              {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)},
                              {"rr": rr})
