@@ -812,8 +812,9 @@ class HRPatientState:
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
         """Pack compactly (version 3): the RR history as integers in the fewest decimals
-        that hold every value exactly (0.1 ms as wearables report it: one int32 each;
-        float64 otherwise), the whole deflated. Versions 1-2 (RR in the JSON header) load."""
+        that hold every value exactly (0.1 ms as wearables report it), as int16 steps
+        (see :func:`_rr_pack`), the header and policy JSON deflated. Versions 1-2 (RR in
+        the JSON header) load."""
         decimals, rr = _rr_pack(self.rr_ms)
         header = {"patient_id": self.patient_id, "device_id": self.device_id,
                   **_position_header(self.pos), "new_rr": self.new_rr, "rr_decimals": decimals}
@@ -833,22 +834,41 @@ class HRPatientState:
 
 
 def _rr_pack(rr_ms: Sequence[float]) -> tuple[int, bytes]:
-    """(decimals, bytes): int32 values of ``rr * 10**decimals`` for the fewest decimals
-    (0-3) that give back every value exactly, or (-1, float64 values)."""
+    """(decimals, bytes) of an RR history, exactly.
+
+    The values as integers ``rr * 10**decimals`` for the fewest decimals (0-3) that give
+    back every value exactly: ``b"s"``, the first as int32 and the steps between
+    neighbours as int16 when they all fit (RR changes by less than 3.2 s from beat to
+    beat), else ``b"i"`` and every value as int32. No decimals fit: ``b"f"``, float64,
+    decimals -1."""
     a = np.asarray(rr_ms, np.float64)
     for d in range(4):
         k = np.rint(a * 10**d)
         if (np.abs(k) < 2**31).all() and np.array_equal(k / 10**d, a):
-            return d, k.astype("<i4").tobytes()
-    return -1, a.astype("<f8").tobytes()
+            ki = k.astype(np.int64)
+            steps = np.diff(ki)
+            if ki.shape[0] and (np.abs(steps) < 2**15).all():
+                return d, b"s" + struct.pack("<i", int(ki[0])) + steps.astype("<i2").tobytes()
+            return d, b"i" + ki.astype("<i4").tobytes()
+    return -1, b"f" + a.astype("<f8").tobytes()
 
 
 def _rr_unpack(decimals: int, raw: bytes) -> list[float]:
-    if decimals == -1:
-        return np.frombuffer(raw, "<f8").tolist()  # type: ignore[no-any-return]
+    kind, body = raw[:1], raw[1:]
+    if kind == b"f" and decimals == -1:
+        return np.frombuffer(body, "<f8").tolist()  # type: ignore[no-any-return]
     if not 0 <= decimals <= 3:
         raise ValueError(f"rr_decimals must be -1..3, got {decimals}")
-    return (np.frombuffer(raw, "<i4").astype(np.float64) / 10**decimals).tolist()  # type: ignore[no-any-return]
+    if kind == b"s":
+        if len(body) < 4 or len(body) % 2:
+            raise ValueError(f"RR steps take 4 + 2n bytes, got {len(body)}")
+        k = np.concatenate([np.frombuffer(body, "<i4", 1), np.frombuffer(body, "<i2", offset=4)]).astype(np.int64)
+        k = np.cumsum(k)
+    elif kind == b"i":
+        k = np.frombuffer(body, "<i4")
+    else:
+        raise ValueError(f"RR history kind must be s, i or f (f with decimals -1), got {kind!r} with {decimals}")
+    return (k.astype(np.float64) / 10**decimals).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

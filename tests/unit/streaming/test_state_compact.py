@@ -184,7 +184,9 @@ def test_rr_history_is_stored_as_integers_when_exact_and_float64_otherwise() -> 
     from streaming.policy import AlertPolicy
 
     policy = AlertPolicy()
-    for rr, most in (([830.4, 845.0, 1200.1] * 40, 900), ([830.0, 2000.0], 400), ([830.123456789, 1 / 3], 500), ([], 400)):
+    for rr, most in (([830.4, 845.0, 1200.1] * 40, 650),        # 0.1 ms: int16 steps
+                     ([150.0, 5000.3, 150.0] * 40, 900),        # steps beyond int16: int32 values
+                     ([830.0, 2000.0], 400), ([830.123456789, 1 / 3], 500), ([], 400)):
         st = HRPatientState("p", "d", rr_ms=list(rr), new_rr=3, policy=policy.initial_state("p"))
         raw = st.to_bytes(policy)
         assert raw[:4] == HR_STATE_MAGIC and len(raw) < most, (rr[:2], len(raw))
