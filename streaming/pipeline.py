@@ -182,7 +182,10 @@ def _unpack_any(raw: bytes, magic: bytes, version: int) -> tuple[dict[str, Any],
             raise ValueError(f"state version must be {version}, got {raw[4] if len(raw) > 4 else None}")
         (n,) = struct.unpack_from("<I", raw, 5)
         z = zlib.decompressobj()
-        body = z.decompress(raw[9:9 + n], _MAX_STATE_BYTES)
+        try:
+            body = z.decompress(raw[9:9 + n], _MAX_STATE_BYTES)
+        except zlib.error as e:
+            raise ValueError(f"the state's deflated part ({n} bytes) is corrupt ({e})") from None
         if z.unconsumed_tail or not z.eof or z.unused_data:
             raise ValueError(f"the state's deflated part ({n} bytes) is cut, longer, or inflates beyond 4 MiB")
         h, b = _unpack(body)
@@ -228,7 +231,7 @@ def _decode_state(what: str, raw: bytes, hints: Mapping[str, Any],
     truncated, from another release, or corrupt)."""
     try:
         h, b = _unpack_any(raw, magic, version)
-    except (struct.error, ValueError, TypeError, KeyError, RecursionError, AttributeError, zlib.error) as e:
+    except (struct.error, ValueError, TypeError, KeyError, RecursionError, AttributeError) as e:
         raise StateDecodeError(f"{what} state is not a packed state: {type(e).__name__}: {str(e)[:120]}") from None
     if not isinstance(h, dict):
         raise StateDecodeError(f"{what} state header must be an object, got {type(h).__name__}")

@@ -210,6 +210,8 @@ def test_states_of_the_wrong_table_or_version_are_refused_by_name() -> None:
         ECGPatientState.from_bytes(ecg + b"\x00", policy)
     with pytest.raises(StateDecodeError, match="deflated part"):
         ECGPatientState.from_bytes(ecg[:12], policy)
+    with pytest.raises(StateDecodeError, match=r"deflated part \(\d+ bytes\) is corrupt"):
+        ECGPatientState.from_bytes(ecg[:9] + b"garbage" + ecg[16:], policy)
     assert ECGPatientState.from_bytes(ecg, policy).to_bytes(policy) == ecg
 
 
