@@ -214,6 +214,15 @@ _REQUIRED_HEADER = ("patient_id", "device_id", "last_seq", "last_ts_ms", "last_o
 _COMPACT_ONLY = ("strip_n", "rr_decimals")
 
 
+def _counter(v: Any, name: str) -> int:
+    """A count from a state header (int, or a float the header check let through) as an
+    int in [0, 2**63), which is what is written back."""
+    n = int(v)
+    if not 0 <= n < 2**63:
+        raise ValueError(f"state header {name!r} must be a count in [0, 2**63), got {v!r:.40}")
+    return n
+
+
 def _position_header(pos: StreamPosition) -> dict[str, Any]:
     """The position's header, without ``held`` when there is no held message (it loads as
     None): a state header without a null is written by orjson alone."""
@@ -317,7 +326,7 @@ class ECGPatientState:
     def _build(cls, h: dict[str, Any], b: dict[str, bytes], policy: AlertPolicy) -> ECGPatientState:
         pstate = policy.state_from_json(b["policy"]) if b["policy"] else None
         front = FrontEndState.from_bytes(b["front"]) if b["front"] else None
-        n = h.get("strip_n", -1)  # versions 1-3: always a blob
+        n = int(h.get("strip_n", -1))  # versions 1-3: always a blob
         if n < 0:
             strip = np.frombuffer(b["strip"], np.float32).copy()
         elif n == 0:
@@ -335,8 +344,11 @@ class ECGPatientState:
             # relearns the patient's dominant beat within its first eight beats
             context=BeatContextState.from_bytes(b["context"]) if b.get("context") else BeatContextState(),
             policy=pstate, strip=strip,
-            strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
-            art_run=int(h.get("art_run", 0)),  # a state from before the artefact detector: 0
+            # counters: the header check lets numbers be int or float (times pass through
+            # float arithmetic); a counter read back as 3.0 is still the integer 3
+            strip_end_ms=h["strip_end_ms"], gaps=_counter(h["gaps"], "gaps"),
+            beats_scored=_counter(h["beats_scored"], "beats_scored"),
+            art_run=_counter(h.get("art_run", 0), "art_run"),  # a state from before the artefact detector: 0
         )
 
 
@@ -830,7 +842,8 @@ class HRPatientState:
         """Inverse of :meth:`to_bytes`; see :meth:`ECGPatientState.from_bytes`."""
         def build(h: dict[str, Any], b: dict[str, bytes]) -> HRPatientState:
             rr = list(h["rr_ms"]) if "rr_decimals" not in h else _rr_unpack(h["rr_decimals"], b["rr"])
-            return cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h), rr, h["new_rr"],
+            return cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h), rr,
+                       _counter(h["new_rr"], "new_rr"),
                        policy.state_from_json(b["policy"]) if b["policy"] else None)
         return _decode_state("heart-rate patient", raw, _HR_HEADER_HINTS,  # type: ignore[no-any-return]
                              build, HR_STATE_MAGIC, HR_STATE_VERSION)

@@ -125,6 +125,8 @@ def _check_decoded_state(state: Any, kind: type) -> None:
 @example(raw=_join({**_split(ECG_BYTES)[0], "_bin": [["front", -1]]}, _split(ECG_BYTES)[1]))
 @example(raw=HR_BYTES)                                                             # the other table's state
 @example(raw=ECG_BYTES[:4] + b"\x09" + ECG_BYTES[5:])                              # another version
+@example(raw=_join({**_split(ECG_BYTES)[0], "gaps": 0.0}, _split(ECG_BYTES)[1]))      # found: a float counter kept
+@example(raw=_join({**_split(ECG_BYTES)[0], "gaps": 2.0**63}, _split(ECG_BYTES)[1]))  # found: written back unreadable
 def test_ecg_state_decoder(raw: bytes) -> None:
     try:
         state = ECGPatientState.from_bytes(raw, POLICY)
