@@ -6,6 +6,11 @@ over the buffer and emits each beat once its post-R window and the next R are in
 after a maximum wait. Because decisions sit on a fixed grid, the beats emitted do not
 depend on how the stream is chunked. ``ECGFrontEnd`` chains preprocessing, segmentation
 and signal quality; its state packs to bytes for a per-patient Kafka-backed table.
+
+With ``quantum_mv`` set, the front end rounds its model-rate output to multiples of it
+(the stream core uses 1 µV, the resolution of the wire format and of alert strips), so the
+segmenter's buffer holds int16 counts with a scale and packs to half the bytes, losslessly:
+a state read back continues exactly as the one in memory would have.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ __all__ = [
 ]
 
 _SEG_VERSION = 1.0
+# version 2: packed header, RR ring as sample counts when exact, buffer as int16 counts
+# stored as steps from sample to sample: one byte each, the few larger steps (a QRS at a
+# fine scale) escaped to two bytes after them
+_SEG_VERSION_COMPACT = 2.0
+_SEG_V2 = struct.Struct("<dHqqqBBIId")
+_ESCAPE = -128
 _FE_MAGIC = b"CWFE"
 _FE_VERSION = 1
 _RR_RING = 8
@@ -167,8 +178,17 @@ class SegmenterState:
     next_decide: int
     rr_ring: np.ndarray
 
-    def to_bytes(self) -> bytes:
-        """Pack: float64 header and RR ring, then the float32 buffer."""
+    def to_bytes(self, quantum_mv: float | None = None) -> bytes:
+        """Pack: float64 header and RR ring, then the float32 buffer.
+
+        With ``quantum_mv``, a buffer that is exactly on that grid (as
+        ``ECGFrontEnd(quantum_mv=...)`` keeps it) and within int16 is packed as counts
+        (version 2, half the bytes); any other buffer is packed as float32. Both read back
+        to the identical state."""
+        if quantum_mv is not None:
+            compact = self._to_bytes_compact(float(quantum_mv))
+            if compact is not None:
+                return compact
         head = np.array(
             [_SEG_VERSION, self.rate_hz, self.n_total, self.last_r, self.next_decide,
              self.rr_ring.shape[0], self.buf.shape[0]],
@@ -176,14 +196,72 @@ class SegmenterState:
         )
         return head.tobytes() + self.rr_ring.astype("<f8").tobytes() + self.buf.astype("<f4").tobytes()
 
+    def _to_bytes_compact(self, q: float) -> bytes | None:
+        if not (np.isfinite(q) and q > 0):
+            raise ValueError(f"quantum_mv must be a finite number > 0, got {q}")
+        buf = self.buf
+        with np.errstate(invalid="ignore"):  # NaN or beyond int16: caught by the check below
+            c16 = np.rint(buf * (1.0 / q)).astype(np.int16)
+        # bit for bit (-0.0 is not 0.0), which also catches counts that did not fit int16
+        if not np.array_equal((c16 * q).astype(np.float32).view(np.uint32), buf.view(np.uint32)):
+            return None  # not on the grid (a state from before the quantum): float32
+        ring = self.rr_ring.tolist()
+        ring_counts = [round(v * self.rate_hz) for v in ring]
+        exact_ring = all(k / self.rate_hz == v and abs(k) < 2**31 for k, v in zip(ring_counts, ring))
+        d = np.empty_like(c16)
+        if d.shape[0]:
+            d[0] = c16[0]
+            np.subtract(c16[1:], c16[:-1], out=d[1:])  # int16 steps; wrap-around undone by cumsum
+        steps = d.astype(np.int8)
+        big = (steps != d) | (steps == _ESCAPE)
+        escaped = b""
+        if big.any():
+            escaped = d[big].astype("<i2").tobytes()
+            steps[big] = _ESCAPE
+        head = _SEG_V2.pack(_SEG_VERSION_COMPACT, self.rate_hz, self.n_total, self.last_r, self.next_decide,
+                            len(ring), 1 if exact_ring else 0, buf.shape[0], len(escaped) // 2, q)
+        packed_ring = (struct.pack(f"<{len(ring)}i", *ring_counts) if exact_ring
+                       else self.rr_ring.astype("<f8").tobytes())
+        return head + packed_ring + steps.tobytes() + escaped
+
+    @classmethod
+    def _from_bytes_compact(cls, raw: bytes) -> SegmenterState:
+        if len(raw) < _SEG_V2.size:
+            raise ValueError(f"segmenter state must be at least {_SEG_V2.size} bytes, got {len(raw)}")
+        _, rate, n_total, last_r, next_decide, n_ring, ring_kind, n_buf, n_esc, q = _SEG_V2.unpack_from(raw)
+        if ring_kind not in (0, 1) or not (np.isfinite(q) and q > 0) or n_esc > n_buf:
+            raise ValueError(f"segmenter state has ring kind {ring_kind}, quantum {q}, {n_esc} escapes in {n_buf}")
+        ring_size = (4 if ring_kind else 8) * n_ring
+        want = _SEG_V2.size + ring_size + n_buf + 2 * n_esc
+        if len(raw) != want:
+            raise ValueError(f"segmenter state must be {want} bytes, got {len(raw)}")
+        pos = _SEG_V2.size
+        if ring_kind:
+            ring = np.frombuffer(raw, "<i4", n_ring, pos).astype(np.float64) / float(rate)
+        else:
+            ring = np.frombuffer(raw, "<f8", n_ring, pos).astype(np.float64)
+        pos += ring_size
+        steps = np.frombuffer(raw, np.int8, n_buf, pos)
+        d = steps.astype(np.int16)
+        at = np.flatnonzero(steps == _ESCAPE)
+        if at.shape[0] != n_esc:
+            raise ValueError(f"segmenter state has {at.shape[0]} escaped steps, its header says {n_esc}")
+        d[at] = np.frombuffer(raw, "<i2", n_esc, pos + n_buf)
+        counts = np.cumsum(d, dtype=np.int16)  # wraps like the int16 steps did
+        return cls(int(rate), (counts.astype(np.float64) * q).astype(np.float32), int(n_total), int(last_r),
+                   int(next_decide), ring)
+
     @classmethod
     def from_bytes(cls, raw: bytes) -> SegmenterState:
-        """Inverse of :meth:`to_bytes`."""
+        """Inverse of :meth:`to_bytes` (either version)."""
         if len(raw) < 56:
             raise ValueError(f"segmenter state must be at least 56 bytes, got {len(raw)}")
         head = np.frombuffer(raw[:56], "<f8")
+        if head[0] == _SEG_VERSION_COMPACT:
+            return cls._from_bytes_compact(raw)
         if head[0] != _SEG_VERSION:
-            raise ValueError(f"segmenter state version must be {_SEG_VERSION}, got {head[0]}")
+            raise ValueError(f"segmenter state version must be {_SEG_VERSION} or {_SEG_VERSION_COMPACT}, "
+                             f"got {head[0]}")
         n_ring, n_buf = int(head[5]), int(head[6])
         if len(raw) != 56 + 8 * n_ring + 4 * n_buf:
             raise ValueError(
@@ -419,10 +497,11 @@ class FrontEndState:
     pre: PreprocessorState
     seg: SegmenterState
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, quantum_mv: float | None = None) -> bytes:
+        """Pack; ``quantum_mv`` as for :meth:`SegmenterState.to_bytes`."""
         pre = self.pre.to_bytes()
         head = struct.pack("<BdI", _FE_VERSION, self.in_rate_hz, len(pre))
-        return _FE_MAGIC + head + pre + self.seg.to_bytes()
+        return _FE_MAGIC + head + pre + self.seg.to_bytes(quantum_mv)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> FrontEndState:
@@ -456,6 +535,9 @@ class ECGFrontEnd:
         Beat window (its ``rate_hz`` is the model rate).
     history_s
         Segmenter buffer length in seconds.
+    quantum_mv
+        Round the model-rate output to multiples of this (mV); None keeps float64. The
+        stream core uses 0.001 (1 µV): the buffer then packs as int16 counts.
 
     Examples
     --------
@@ -466,7 +548,11 @@ class ECGFrontEnd:
     125
     """
 
-    def __init__(self, in_rate_hz: float, spec: BeatSpec = BeatSpec(), history_s: float = 6.0) -> None:
+    def __init__(self, in_rate_hz: float, spec: BeatSpec = BeatSpec(), history_s: float = 6.0,
+                 quantum_mv: float | None = None) -> None:
+        if quantum_mv is not None and not (np.isfinite(quantum_mv) and 0 < quantum_mv <= 0.1):
+            raise ValueError(f"quantum_mv must be in (0, 0.1] mV, got {quantum_mv}")
+        self.quantum_mv = quantum_mv
         self.pre = StreamingPreprocessor(in_rate_hz, spec.rate_hz)
         self.in_rate_hz = self.pre.in_rate_hz
         self.spec = spec
@@ -503,6 +589,8 @@ class ECGFrontEnd:
             )
         x = np.asarray(x_mv, dtype=np.float64)
         y, pre = self.pre.process(state.pre, x)
+        if self.quantum_mv is not None:
+            y = np.rint(y / self.quantum_mv) * self.quantum_mv + 0.0  # + 0.0: no -0.0, which counts cannot hold
         beats, seg = self.seg.process(state.seg, y)
         window = seg.buf[-max(y.shape[0], self._qn) :]
         sq = signal_quality(x, window, float(self.spec.rate_hz), raw_rate_hz=self.in_rate_hz)

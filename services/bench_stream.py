@@ -11,7 +11,11 @@ reads every score back from the ``scores`` topic, and reports:
   after the R peak and for the chunk (1 s) to be sent;
 - consumer lag at the start and end of the measured window and its slope;
 - the model-only ceiling: beats/s the detector scores in batches with no streaming
-  around it, measured in the same run, and the ratio of sustained to ceiling.
+  around it, measured in the same run, and the ratio of sustained to ceiling;
+- bytes per patient-second on the raw ECG topic (message values as sent).
+
+``--wire ecg/2`` sends the ECG as binary int16 chunks (``cardiowatch.ecg/2``) instead of
+JSON (``cardiowatch.ecg/1``).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import numpy as np
 
 from services.broker import LocalBroker, free_port
 from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topics, without_kafka_security
-from services.simulator import Simulation, Wearable, make_producer, patient_ids, slot_offset_ms
+from services.simulator import ECG2_SCALE_MV, Simulation, Wearable, Wire, make_producer, patient_ids, slot_offset_ms
 from streaming.kafka_security import KafkaSecurity
+from streaming.schemas import ECG2_HEADER
 
 __all__ = ["main", "model_ceiling"]
 
@@ -71,11 +76,14 @@ class _Template:
         src = SyntheticPatient(f"template-{seed}", 250, hr_bpm=60 + seed % 30, seed=seed)
         w = Wearable("t", "t", src, 0)
         self.samples: list[str] = []
+        self.counts: list[bytes] = []  # the same samples as ecg/2 int16 counts
         self.hr: list[tuple[float, list[float]] | None] = []
         for _ in range(seconds):
             e, h = w.step()
             d = json.loads(e)
             self.samples.append(json.dumps(d["samples"], separators=(",", ":")))
+            c = np.rint(np.asarray(d["samples"][0]) / ECG2_SCALE_MV).astype("<i2")
+            self.counts.append(b"\x04MLII" + c.tobytes())
             hd = json.loads(h) if h else None
             self.hr.append((hd["hr_bpm"], hd["rr_ms"]) if hd else None)
 
@@ -83,20 +91,28 @@ class _Template:
 class _FastWearable:
     """A wearable replaying a template in a loop with its own id, sequence and clock."""
 
-    def __init__(self, patient_id: str, template: _Template, start_ts_ms: int, offset: int) -> None:
+    def __init__(self, patient_id: str, template: _Template, start_ts_ms: int, offset: int,
+                 wire: Wire = "ecg/1") -> None:
         self.patient_id = patient_id
         self.t = template
         self.start_ts_ms = start_ts_ms
         self.seq = 0
         self.offset = offset
+        self.wire = wire
+        self._ids = patient_id.encode() + f"dev-{patient_id}".encode()
 
     def step(self) -> tuple[bytes, bytes | None]:
         i = (self.seq + self.offset) % len(self.t.samples)
         ts = self.start_ts_ms + self.seq * 1000
         pid = self.patient_id
-        ecg = (f'{{"schema":"cardiowatch.ecg/1","patient_id":"{pid}","device_id":"dev-{pid}",'
-               f'"seq":{self.seq},"ts_ms":{ts},"sample_rate_hz":250,"leads":["MLII"],'
-               f'"units":"mV","samples":{self.t.samples[i]}}}').encode()
+        if self.wire == "ecg/2":
+            head = ECG2_HEADER.pack(b"CWEC", 2, 0, 1, len(pid.encode()), len(self._ids) - len(pid.encode()), 0, 250,
+                                    self.seq, ts, 250.0, ECG2_SCALE_MV)
+            ecg = head + self._ids + self.t.counts[i]
+        else:
+            ecg = (f'{{"schema":"cardiowatch.ecg/1","patient_id":"{pid}","device_id":"dev-{pid}",'
+                   f'"seq":{self.seq},"ts_ms":{ts},"sample_rate_hz":250,"leads":["MLII"],'
+                   f'"units":"mV","samples":{self.t.samples[i]}}}').encode()
         hr = None
         if self.t.hr[i] is not None:
             bpm, rr = self.t.hr[i]
@@ -187,7 +203,7 @@ def _round(x: float | None) -> float | None:
 
 
 def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | None,
-              model_dir: Path, runtime: str, partitions: int, progress: bool) -> dict:
+              model_dir: Path, runtime: str, partitions: int, progress: bool, wire: Wire = "ecg/1") -> dict:
     def say(msg: str) -> None:
         if progress:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -233,7 +249,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         # Each patient replays one of 20 five-minute synthetic templates from its own
         # starting point (so the load is not synchronised across patients).
         wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms + slot_offset_ms(i),
-                                   (i * 37) % 300)
+                                   (i * 37) % 300, wire)
                      for i, pid in enumerate(patient_ids(patients))]
         sim = Simulation(wearables, make_producer(bootstrap, security), Topics().ecg, Topics().hr,
                          start_ms=start_ms)
@@ -242,7 +258,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         t = threading.Thread(target=sim.run, args=(total_s, False), daemon=True)
         t.start()
         time.sleep(warmup_s)
-        m0, w0, sent0 = _scrape(wport), time.time(), sim.sent_ecg
+        m0, w0, sent0, bytes0 = _scrape(wport), time.time(), sim.sent_ecg, sim.sent_ecg_bytes
         lags = []
         while t.is_alive():
             t.join(2.0)
@@ -250,7 +266,7 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
             lags.append((time.time() - w0, m.get("cardiowatch_consumer_lag_messages", 0.0)))
             say(f"t={time.time() - w0:5.1f}s in={m.get('cardiowatch_messages_in_total', 0) - m0.get('cardiowatch_messages_in_total', 0):.0f} "
                 f"lag={lags[-1][1]:.0f} beats={m.get('cardiowatch_beats_scored_total', 0):.0f}")
-        m1, w1, sent1 = _scrape(wport), time.time(), sim.sent_ecg
+        m1, w1, sent1, bytes1 = _scrape(wport), time.time(), sim.sent_ecg, sim.sent_ecg_bytes
         time.sleep(3.0)
         reader.stop_flag = True
         reader.join(5)
@@ -267,6 +283,8 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
             # ECG chunks and heart-rate samples together, as the worker consumed them
             "messages_consumed_per_s": round(msgs_in / el, 1),
             "samples_per_s": round((sent1 - sent0) * 250 / el, 1),
+            "wire": wire,
+            "ecg_topic_bytes_per_patient_s": round((bytes1 - bytes0) / el / patients, 1),
             "beats_scored_per_s": round(beats / el, 1),
             "event_to_score_latency_s": {
                 "p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
@@ -313,12 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
     p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"])
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--wire", choices=["ecg/1", "ecg/2"], default="ecg/1",
+                   help="ECG wire format the load generator sends (default ecg/1, JSON)")
     p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     args = p.parse_args(argv)
     if args.patients < 1:
         p.error(f"--patients must be >= 1, got {args.patients}")
     res = run_bench(args.patients, args.seconds, args.warmup_s, args.bootstrap, args.model,
-                    args.runtime, args.partitions, progress=True)
+                    args.runtime, args.partitions, progress=True, wire=args.wire)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 

@@ -19,7 +19,7 @@ from models.ecg.artefact import load_artefact_detector
 from models.ecg.vf import load_vf_detector
 from models.hr.af import AFDetector, AFError
 from models.hr.features import HRInput
-from streaming.pipeline import ECGPipeline, HRPipeline, HRScorer
+from streaming.pipeline import SIGNAL_QUANTUM_MV, ECGPipeline, HRPipeline, HRScorer
 from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
 
 __all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "load_af_detector",
@@ -49,7 +49,8 @@ def build_policy(policy_file: Path | None) -> AlertPolicy:
 
 
 def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
-                       clock_ms: Callable[[], int] = wall_clock_ms) -> ECGPipeline:
+                       clock_ms: Callable[[], int] = wall_clock_ms,
+                       signal_quantum_mv: float | None = SIGNAL_QUANTUM_MV) -> ECGPipeline:
     m = bundle.meta
     # A bundle made before the VF detector has none: the pipeline runs without it.
     vf = load_vf_detector(bundle.path, m.extra)
@@ -60,7 +61,7 @@ def build_ecg_pipeline(bundle: Bundle, policy: AlertPolicy,
     # The runtime's own threshold: an int8 model runs at the threshold set on int8 scores.
     return ECGPipeline(scorer=load_scorer(bundle), model_version=f"{m.name}@{m.version}", policy=policy,
                        spec=beat_spec(bundle), clock_ms=clock_ms, vf_detector=vf,
-                       artefact_detector=artefact)
+                       artefact_detector=artefact, signal_quantum_mv=signal_quantum_mv)
 
 
 def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: str = "keras",

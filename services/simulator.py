@@ -5,7 +5,8 @@ device with on-board beat detection, one heart-rate sample per chunk carrying th
 intervals of the beats that ended in it. Event time (``ts_ms``) is the time of the
 chunk's first sample; a chunk is sent once its last sample would have been recorded.
 Wearables are spread over 10 send slots per second so the broker sees a steady flow,
-not a burst on every second.
+not a burst on every second. ``--wire ecg/2`` sends the ECG as binary int16 chunks
+(``cardiowatch.ecg/2``, 1 µV per count) instead of JSON (``cardiowatch.ecg/1``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 
 from models.synthetic import Event, SyntheticPatient
 from streaming.kafka_security import KafkaSecurity, check_connection
-from streaming.schemas import encode_ecg, encode_hr
+from streaming.schemas import encode_ecg, encode_ecg2, encode_hr
 
 from services.settings import KafkaSettings
 
@@ -46,6 +47,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("cardiowatch.simulator")
+
+#: ECG wire formats a wearable can send: JSON floats or binary int16 counts
+Wire = Literal["ecg/1", "ecg/2"]
+ECG2_SCALE_MV = 0.001  # 1 µV per count: the resolution ecg/1 rounds to
+# what an int16 holds at that scale; a device's converter saturates there
+_ECG2_RANGE_MV = 32767 * ECG2_SCALE_MV
 
 
 class BeatSource(Protocol):
@@ -169,6 +176,7 @@ class Wearable:
     source: BeatSource | RRSource
     start_ts_ms: int
     chunk_s: float = 1.0
+    wire: Wire = "ecg/1"
     seq: int = 0  # ECG chunks sent
     hr_seq: int = 0  # heart-rate samples sent: a stream of its own, none without beats
     _t_s: float = 0.0
@@ -187,7 +195,11 @@ class Wearable:
             return None, None
         t0 = self._t_s
         ts_ms = self.start_ts_ms + int(round(t0 * 1000))
-        ecg = encode_ecg(self.patient_id, self.device_id, self.seq, ts_ms, fs, x[None, :])
+        if self.wire == "ecg/2":
+            x2 = np.clip(x, -_ECG2_RANGE_MV, _ECG2_RANGE_MV)[None, :]
+            ecg = encode_ecg2(self.patient_id, self.device_id, self.seq, ts_ms, fs, x2, scale_mv=ECG2_SCALE_MV)
+        else:
+            ecg = encode_ecg(self.patient_id, self.device_id, self.seq, ts_ms, fs, x[None, :])
         t1 = t0 + len(x) / fs
         hr = self._heart_rate(t0, t1, ts_ms)
         self.seq += 1
@@ -310,6 +322,7 @@ class Simulation:
         # start_ms + slot offset + (k + 1) chunks, on the wall clock.
         self.start_ms = start_ms
         self.sent_ecg = self.sent_hr = 0
+        self.sent_ecg_bytes = 0  # ECG message values, for bytes per patient-second
         self._stop = False
 
     def stop(self, *_: object) -> None:
@@ -340,6 +353,7 @@ class Simulation:
                     key = w.patient_id.encode()
                     self.producer.send(self.ecg_topic, key=key, value=ecg)
                     self.sent_ecg += 1
+                    self.sent_ecg_bytes += len(ecg)
                     if hr is not None:
                         self.producer.send(self.hr_topic, key=key, value=hr)
                         self.sent_hr += 1
@@ -377,7 +391,7 @@ def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[We
             pid = f"rec-{name}"
             src = RecordSource(args.records, name)
             t0 = start_ts_ms + slot_offset_ms(i, args.chunk_s)
-            wearables.append(Wearable(pid, f"dev-{name}", src, t0, args.chunk_s))
+            wearables.append(Wearable(pid, f"dev-{name}", src, t0, args.chunk_s, args.wire))
             truth[pid] = {"record": name, "start_ts_ms": t0}
         return wearables, truth
     events = demo_cohort(args.patients, args.onset_s) if args.preset == "demo" else {}
@@ -388,7 +402,7 @@ def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[We
         src = SyntheticPatient(pid, sample_rate_hz=args.sample_rate, hr_bpm=65 + (i * 7) % 20,
                                events=evs)
         t0 = start_ts_ms + slot_offset_ms(i, args.chunk_s)
-        wearables.append(Wearable(pid, f"dev-{i + 1:04d}", src, t0, args.chunk_s))
+        wearables.append(Wearable(pid, f"dev-{i + 1:04d}", src, t0, args.chunk_s, args.wire))
         truth[pid] = {"start_ts_ms": t0,
                       "events": [{"kind": e.kind, "onset_ts_ms": t0 + int(e.start_s * 1000),
                                   "duration_s": e.duration_s} for e in evs]}
@@ -405,6 +419,8 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 10 = ten times faster, 0 = flat out")
     p.add_argument("--chunk-s", type=float, default=1.0)
     p.add_argument("--sample-rate", type=float, default=250.0)
+    p.add_argument("--wire", choices=get_args(Wire), default="ecg/1",
+                   help="ECG wire format: ecg/1 (JSON, the default) or ecg/2 (binary int16, 1 uV per count)")
     p.add_argument("--preset", choices=["none", "demo"], default="none",
                    help="'demo': patient 2 gets a ventricular run, 3 a pause, 4 tachycardia")
     p.add_argument("--onset-s", type=float, default=25.0, help="event onset for --preset demo")

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from streaming import jsoncodec
 from streaming.errors import InvalidMessage
 
 __all__ = ["ALERT_REASONS", "DEADLETTER_SCHEMA", "DEADLETTER_RAW_MAX", "DeadLetter", "Stream"]
@@ -93,4 +93,4 @@ class DeadLetter:
         return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return jsoncodec.dumps(self.to_dict())

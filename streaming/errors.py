@@ -6,11 +6,11 @@
     └── InvalidMessage            (a message rejected at the boundary; has .reason)
         ├── MalformedMessage      malformed_json, empty_payload, oversized_payload,
         │                         unsupported_schema, key_mismatch,
-        │                         missing_key
+        │                         missing_key, bad_payload_length (binary)
         ├── FieldError            missing_field, wrong_type
         ├── ValueOutOfRange       non_finite_sample, bad_sample_rate, bad_hr, bad_rr,
         │                         bad_quality, bad_samples_length, bad_units,
-        │                         bad_timestamp, bad_seq
+        │                         bad_timestamp, bad_seq, bad_scale (binary)
         └── SequenceError         duplicate_seq, out_of_order_ts
     PolicyConfigError             a bad alert-policy setting (also a ValueError)
     StateDecodeError              a stored per-patient stream state that cannot be
@@ -46,6 +46,9 @@ REASONS = (
     "key_mismatch", "missing_key", "missing_field", "wrong_type", "non_finite_sample", "bad_sample_rate",
     "bad_hr", "bad_rr", "bad_quality", "bad_samples_length", "bad_units", "duplicate_seq",
     "out_of_order_ts", "bad_timestamp", "bad_seq", "processing_error",
+    # cardiowatch.ecg/2 (binary): a payload shorter or longer than its header says, and a
+    # scale (mV per count) out of range
+    "bad_payload_length", "bad_scale",
 )
 
 

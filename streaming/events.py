@@ -8,11 +8,11 @@ clock, except ``produced_wall_ms`` which records when the worker emitted an aler
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from streaming import jsoncodec
 from streaming.errors import AlertDecodeError
 
 __all__ = [
@@ -72,9 +72,14 @@ class ScoredBeat:
     ae_score: float | None = None
 
     def to_json(self) -> bytes:
-        d = asdict(self)
+        # every field is a scalar: a flat dict, not asdict's recursive deep copy (hot path,
+        # one record per beat)
+        d = {name: getattr(self, name) for name in _SCORE_FIELDS}
         d["schema"] = SCORE_SCHEMA
-        return json.dumps(d, separators=(",", ":")).encode()
+        return jsoncodec.dumps(d)
+
+
+_SCORE_FIELDS = tuple(f.name for f in fields(ScoredBeat))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +208,7 @@ class AlertEvent:
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return jsoncodec.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlertEvent:
@@ -235,7 +240,7 @@ class AlertEvent:
     def from_json(cls, raw: bytes | str) -> AlertEvent:
         """Decode one alert record; :class:`AlertDecodeError` for anything that is not one."""
         try:
-            d = json.loads(raw)
+            d = jsoncodec.loads(raw)
         except (ValueError, TypeError, RecursionError) as e:  # not JSON, not UTF-8, None, too deep
             raise AlertDecodeError(f"an alert must be UTF-8 JSON: {str(e)[:120]}") from None
         return cls.from_dict(d)

@@ -15,15 +15,19 @@ One batch of consumed messages goes through::
 
 Per-patient state is a small dataclass that packs to bytes, so the worker keeps it in
 a Faust table backed by a changelog topic and a restarted worker resumes where it was.
+It is written for every patient in every batch, so it is packed compactly (see
+:func:`_pack_compact`): the front end keeps its signal on a 1 µV grid
+(:data:`SIGNAL_QUANTUM_MV`), the signal buffer is stored once, as int16 counts (the alert
+strip is its tail), and the whole record is deflated. Older layouts still load.
 Event time always comes from the messages (``ts_ms``); the only wall clock used is
 the ``now_wall_ms`` the caller passes for ``produced_wall_ms`` and no-data ticks.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_type_hints
@@ -36,6 +40,7 @@ from models.ecg.beatfeatures import BeatContextState
 from models.ecg.scorer import BeatScorer
 from models.ecg.vf import VFDetector, due_windows, window_features
 from models.hr.af import AFDetector
+from streaming import jsoncodec
 # DeadLetter lives in its own module (the dispatcher writes the same schema); kept here for callers
 from streaming.deadletter import DEADLETTER_RAW_MAX, DEADLETTER_SCHEMA, DeadLetter
 from streaming.errors import MalformedMessage, SequenceError, StateDecodeError
@@ -63,6 +68,7 @@ __all__ = [
     "HRScorer",
     "DEADLETTER_SCHEMA",
     "DEADLETTER_RAW_MAX",
+    "SIGNAL_QUANTUM_MV",
 ]
 
 Stream = Literal["ecg", "hr"]
@@ -70,6 +76,10 @@ Stream = Literal["ecg", "hr"]
 # kept for callers of the old name: see streaming.position.STITCH_TOLERANCE_MS
 GAP_TOLERANCE_MS = STITCH_TOLERANCE_MS
 STRIP_S = 6.0
+#: The front end's model-rate signal is kept on this grid (mV): 1 µV, the resolution of
+#: ecg/1 (rounded to 0.001 mV), of ecg/2 at its usual scale and of alert strips. The
+#: signal buffer in every stored state is then int16 counts, half the bytes, losslessly.
+SIGNAL_QUANTUM_MV = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +95,13 @@ class InMessage:
 def _pack(header: dict[str, Any], blobs: Mapping[str, bytes]) -> bytes:
     """Pack a JSON header and named binary blobs into one compact value."""
     header = dict(header, _blobs=[[k, len(v)] for k, v in blobs.items()])
-    h = json.dumps(header, separators=(",", ":")).encode()
+    h = jsoncodec.dumps(header)
     return struct.pack("<I", len(h)) + h + b"".join(blobs.values())
 
 
 def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     (n,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + n])
+    header = jsoncodec.loads(raw[4:4 + n])
     pos, blobs = 4 + n, {}
     for name, size in header.pop("_blobs"):
         blobs[name] = raw[pos:pos + size]
@@ -99,28 +109,108 @@ def _unpack(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     return header, blobs
 
 
+# Compact states: magic (which table), version byte, the length of the deflated text part
+# (u32), the deflated text part (the header's JSON and the JSON blobs), then the binary
+# blobs. An older state starts with its header's length (< 2**24 here, so its fourth byte
+# is 0, never a magic's).
+ECG_STATE_MAGIC, HR_STATE_MAGIC = b"CWSE", b"CWSH"
+ECG_STATE_VERSION, HR_STATE_VERSION = 4, 3
+_ZLEVEL = 6
+_MAX_STATE_BYTES = 4 * 1024 * 1024  # a state inflating to more is corrupt (or hostile)
+
+
+def _pack_compact(magic: bytes, version: int, header: dict[str, Any], text: Mapping[str, bytes],
+                  binary: Mapping[str, bytes]) -> bytes:
+    """Magic, version, then ``header`` and the ``text`` blobs deflated, then the ``binary``
+    blobs as they are.
+
+    Only the JSON is deflated: its keys and 13-digit event times shrink to less than half
+    for ~10 µs, while the binary parts (the one-byte signal steps of
+    :meth:`models.beats.SegmenterState.to_bytes`, float16 beat templates) would gain a
+    few percent for several times that."""
+    z = zlib.compress(_pack(dict(header, _bin=[[k, len(v)] for k, v in binary.items()]), text), _ZLEVEL)
+    return b"".join([magic, bytes([version]), struct.pack("<I", len(z)), z, *binary.values()])
+
+
+def _unpack_any(raw: bytes, magic: bytes, version: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Header and blobs of a compact state of this table, or of an older layout."""
+    if raw[:4] in (ECG_STATE_MAGIC, HR_STATE_MAGIC):
+        if raw[:4] != magic:
+            raise ValueError(f"state magic is {raw[:4]!r}, this table's is {magic!r} (a state of the other stream?)")
+        if len(raw) < 5 or raw[4] != version:
+            raise ValueError(f"state version must be {version}, got {raw[4] if len(raw) > 4 else None}")
+        (n,) = struct.unpack_from("<I", raw, 5)
+        z = zlib.decompressobj()
+        try:
+            body = z.decompress(raw[9:9 + n], _MAX_STATE_BYTES)
+        except zlib.error as e:
+            raise ValueError(f"the state's deflated part ({n} bytes) is corrupt ({e})") from None
+        if z.unconsumed_tail or not z.eof or z.unused_data:
+            raise ValueError(f"the state's deflated part ({n} bytes) is cut, longer, or inflates beyond 4 MiB")
+        h, b = _unpack(body)
+        pos = 9 + n
+        for name, size in h.pop("_bin"):
+            if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"state blob {name!r:.30} has size {size!r:.30}")
+            b[name] = raw[pos:pos + size]
+            pos += size
+        if pos != len(raw):
+            raise ValueError(f"state is {len(raw)} bytes, its parts add up to {pos}")
+        h["v"] = version
+        return h, b
+    return _unpack(raw)
+
+
 _POSITION_HINTS = get_type_hints(StreamPosition)
 _ECG_HEADER_HINTS: dict[str, Any] = {
     **_POSITION_HINTS, "patient_id": str, "device_id": str, "sample_rate_hz": float | None,
-    "seg_t0_ms": float, "strip_end_ms": float, "gaps": int, "beats_scored": int, "art_run": int}
+    "seg_t0_ms": float, "strip_end_ms": float, "gaps": int, "beats_scored": int, "art_run": int,
+    "strip_n": int}
 _HR_HEADER_HINTS: dict[str, Any] = {
-    **_POSITION_HINTS, "patient_id": str, "device_id": str, "rr_ms": list[float], "new_rr": int}
+    **_POSITION_HINTS, "patient_id": str, "device_id": str, "rr_ms": list[float], "new_rr": int,
+    "rr_decimals": int}
 _REQUIRED_HEADER = ("patient_id", "device_id", "last_seq", "last_ts_ms", "last_offset")
+_COMPACT_ONLY = ("strip_n", "rr_decimals")
+
+
+def _counter(v: Any, name: str) -> int:
+    """A count from a state header (int, or a float the header check let through) as an
+    int in [0, 2**63), which is what is written back."""
+    n = int(v)
+    if not 0 <= n < 2**63:
+        raise ValueError(f"state header {name!r} must be a count in [0, 2**63), got {v!r:.40}")
+    return n
+
+
+def _position_header(pos: StreamPosition) -> dict[str, Any]:
+    """The position's header, without ``held`` when there is no held message (it loads as
+    None): a state header without a null is written by orjson alone."""
+    h = pos.to_header()
+    if h.get("held") is None:
+        del h["held"]
+    return h
 
 
 def _decode_state(what: str, raw: bytes, hints: Mapping[str, Any],
-                  build: Callable[[dict[str, Any], dict[str, bytes]], Any]) -> Any:
+                  build: Callable[[dict[str, Any], dict[str, bytes]], Any],
+                  magic: bytes, version: int) -> Any:
     """Unpack a stored patient state, check its header's types, build it; every failure
     is a :class:`StateDecodeError` naming the problem (a changelog record may be
     truncated, from another release, or corrupt)."""
     try:
-        h, b = _unpack(raw)
+        h, b = _unpack_any(raw, magic, version)
     except (struct.error, ValueError, TypeError, KeyError, RecursionError, AttributeError) as e:
         raise StateDecodeError(f"{what} state is not a packed state: {type(e).__name__}: {str(e)[:120]}") from None
     if not isinstance(h, dict):
         raise StateDecodeError(f"{what} state header must be an object, got {type(h).__name__}")
-    for k in (*_REQUIRED_HEADER, *(k for k in hints if k in ("rr_ms", "new_rr", "seg_t0_ms", "strip_end_ms",
-                                                              "gaps", "beats_scored", "sample_rate_hz"))):
+    # what each layout must have: a compact state holds its strip length and RR decimals,
+    # an older one its RR history in the header
+    compact = raw[:4] == magic
+    kind = [k for k in ("new_rr", "seg_t0_ms", "strip_end_ms", "gaps", "beats_scored", "sample_rate_hz",
+                        "strip_n", "rr_decimals") if k in hints and (compact or k not in _COMPACT_ONLY)]
+    if "new_rr" in hints and not compact:
+        kind.append("rr_ms")
+    for k in (*_REQUIRED_HEADER, *kind):
         if k not in h:
             raise StateDecodeError(f"{what} state header lacks {k!r}")
     for k, v in h.items():
@@ -157,42 +247,67 @@ class ECGPatientState:
     # artefact windows above threshold in a row, up to the last window scored
     art_run: int = 0
 
-    def to_bytes(self, policy: AlertPolicy) -> bytes:
-        # v3: the position's runs and held message (streaming.position); v2 loads
+    def to_bytes(self, policy: AlertPolicy, quantum_mv: float | None = SIGNAL_QUANTUM_MV) -> bytes:
+        """Pack compactly (version 4): the signal buffer as int16 counts when it is on the
+        ``quantum_mv`` grid (as :class:`ECGPipeline` keeps it; float32 otherwise), the strip
+        not at all when it is the buffer's tail (it always is in the pipeline), the whole
+        deflated. Versions 1-3 (JSON header, float32 buffer and strip) still load."""
+        strip = np.asarray(self.strip, np.float32)
+        buf = self.front.seg.buf if self.front is not None else None
+        n = strip.shape[0]
+        in_buf = n == 0 or (buf is not None and n <= buf.shape[0]
+                            and buf[buf.shape[0] - n:].view(np.uint32).tobytes() == strip.view(np.uint32).tobytes())
         header = {
-            "v": 3, "patient_id": self.patient_id, "device_id": self.device_id,
-            **self.pos.to_header(), "sample_rate_hz": self.sample_rate_hz,
+            "patient_id": self.patient_id, "device_id": self.device_id,
+            **_position_header(self.pos), "sample_rate_hz": self.sample_rate_hz,
             "seg_t0_ms": self.seg_t0_ms, "strip_end_ms": self.strip_end_ms,
             "gaps": self.gaps, "beats_scored": self.beats_scored, "art_run": self.art_run,
+            # the strip is the last strip_n samples of the segmenter's buffer; -1: a blob
+            "strip_n": n if in_buf else -1,
         }
-        blobs = {
-            "policy": b"" if self.policy is None else policy.state_to_json(self.policy),
-            "front": b"" if self.front is None else self.front.to_bytes(),
+        binary = {
+            "front": b"" if self.front is None else self.front.to_bytes(quantum_mv),
             "context": self.context.to_bytes(),
-            "strip": self.strip.astype(np.float32).tobytes(),
         }
-        return _pack(header, blobs)
+        if not in_buf:
+            binary["strip"] = strip.tobytes()
+        text = {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)}
+        return _pack_compact(ECG_STATE_MAGIC, ECG_STATE_VERSION, header, text, binary)
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> ECGPatientState:
         """Inverse of :meth:`to_bytes`; :class:`~streaming.errors.StateDecodeError` (or
         its :class:`~streaming.errors.PolicyStateError`) for anything else."""
         return _decode_state("ECG patient", raw, _ECG_HEADER_HINTS,  # type: ignore[no-any-return]
-                             lambda h, b: cls._build(h, b, policy))
+                             lambda h, b: cls._build(h, b, policy), ECG_STATE_MAGIC, ECG_STATE_VERSION)
 
     @classmethod
     def _build(cls, h: dict[str, Any], b: dict[str, bytes], policy: AlertPolicy) -> ECGPatientState:
         pstate = policy.state_from_json(b["policy"]) if b["policy"] else None
+        front = FrontEndState.from_bytes(b["front"]) if b["front"] else None
+        n = int(h.get("strip_n", -1))  # versions 1-3: always a blob
+        if n < 0:
+            strip = np.frombuffer(b["strip"], np.float32).copy()
+        elif n == 0:
+            strip = np.zeros(0, np.float32)
+        else:
+            if front is None or n > front.seg.buf.shape[0]:
+                raise ValueError(f"strip_n is {n} but the front end holds "
+                                 f"{0 if front is None else front.seg.buf.shape[0]} samples")
+            strip = front.seg.buf[-n:].copy()
         return cls(
             patient_id=h["patient_id"], device_id=h["device_id"],
             pos=StreamPosition.from_header(h), sample_rate_hz=h["sample_rate_hz"], seg_t0_ms=h["seg_t0_ms"],
-            front=FrontEndState.from_bytes(b["front"]) if b["front"] else None,
+            front=front,
             # a version-1 state (before the beat context) starts a new context: it
             # relearns the patient's dominant beat within its first eight beats
             context=BeatContextState.from_bytes(b["context"]) if b.get("context") else BeatContextState(),
-            policy=pstate, strip=np.frombuffer(b["strip"], np.float32).copy(),
-            strip_end_ms=h["strip_end_ms"], gaps=h["gaps"], beats_scored=h["beats_scored"],
-            art_run=int(h.get("art_run", 0)),  # a state from before the artefact detector: 0
+            policy=pstate, strip=strip,
+            # counters: the header check lets numbers be int or float (times pass through
+            # float arithmetic); a counter read back as 3.0 is still the integer 3
+            strip_end_ms=h["strip_end_ms"], gaps=_counter(h["gaps"], "gaps"),
+            beats_scored=_counter(h["beats_scored"], "beats_scored"),
+            art_run=_counter(h.get("art_run", 0), "art_run"),  # a state from before the artefact detector: 0
         )
 
 
@@ -297,12 +412,18 @@ class ECGPipeline:
         above its threshold is reported noisy (its
         :class:`~streaming.events.QualityObservation` has ``noisy`` set), so the policy
         suppresses the ECG conditions across it. None: chunk quality alone decides.
+    signal_quantum_mv : float or None
+        The front end's model-rate signal is rounded to multiples of this (default
+        :data:`SIGNAL_QUANTUM_MV`, 1 µV), so the state stores it as int16 counts; None
+        keeps it float (the states then store float32, twice the bytes).
     """
 
     def __init__(self, scorer: BeatScorer, model_version: str, policy: AlertPolicy, spec: BeatSpec,
                  clock_ms: Callable[[], int], vf_detector: VFDetector | None = None,
-                 artefact_detector: VFDetector | None = None) -> None:
+                 artefact_detector: VFDetector | None = None,
+                 signal_quantum_mv: float | None = SIGNAL_QUANTUM_MV) -> None:
         self.scorer = scorer
+        self.signal_quantum_mv = signal_quantum_mv
         self.model_version = model_version
         self.policy = policy
         self.spec = spec
@@ -329,7 +450,8 @@ class ECGPipeline:
     def front_end(self, sample_rate_hz: float) -> ECGFrontEnd:
         fe = self._front_ends.get(sample_rate_hz)
         if fe is None:
-            fe = self._front_ends[sample_rate_hz] = ECGFrontEnd(sample_rate_hz, self.spec)
+            fe = self._front_ends[sample_rate_hz] = ECGFrontEnd(sample_rate_hz, self.spec,
+                                                                quantum_mv=self.signal_quantum_mv)
         return fe
 
     def new_state(self, patient_id: str) -> ECGPatientState:
@@ -663,18 +785,65 @@ class HRPatientState:
     policy: Any = None
 
     def to_bytes(self, policy: AlertPolicy) -> bytes:
-        # v2: the position's runs and held message (streaming.position); v1 loads
-        header = {"v": 2, "patient_id": self.patient_id, "device_id": self.device_id,
-                  **self.pos.to_header(), "rr_ms": self.rr_ms, "new_rr": self.new_rr}
-        return _pack(header, {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)})
+        """Pack compactly (version 3): the RR history as integers in the fewest decimals
+        that hold every value exactly (0.1 ms as wearables report it), as int16 steps
+        (see :func:`_rr_pack`), the header and policy JSON deflated. Versions 1-2 (RR in
+        the JSON header) load."""
+        decimals, rr = _rr_pack(self.rr_ms)
+        header = {"patient_id": self.patient_id, "device_id": self.device_id,
+                  **_position_header(self.pos), "new_rr": self.new_rr, "rr_decimals": decimals}
+        return _pack_compact(HR_STATE_MAGIC, HR_STATE_VERSION, header,
+                             {"policy": b"" if self.policy is None else policy.state_to_json(self.policy)},
+                             {"rr": rr})
 
     @classmethod
     def from_bytes(cls, raw: bytes, policy: AlertPolicy) -> HRPatientState:
         """Inverse of :meth:`to_bytes`; see :meth:`ECGPatientState.from_bytes`."""
+        def build(h: dict[str, Any], b: dict[str, bytes]) -> HRPatientState:
+            rr = list(h["rr_ms"]) if "rr_decimals" not in h else _rr_unpack(h["rr_decimals"], b["rr"])
+            return cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h), rr,
+                       _counter(h["new_rr"], "new_rr"),
+                       policy.state_from_json(b["policy"]) if b["policy"] else None)
         return _decode_state("heart-rate patient", raw, _HR_HEADER_HINTS,  # type: ignore[no-any-return]
-                             lambda h, b: cls(h["patient_id"], h["device_id"], StreamPosition.from_header(h),
-                                              list(h["rr_ms"]), h["new_rr"],
-                                              policy.state_from_json(b["policy"]) if b["policy"] else None))
+                             build, HR_STATE_MAGIC, HR_STATE_VERSION)
+
+
+def _rr_pack(rr_ms: Sequence[float]) -> tuple[int, bytes]:
+    """(decimals, bytes) of an RR history, exactly.
+
+    The values as integers ``rr * 10**decimals`` for the fewest decimals (0-3) that give
+    back every value exactly: ``b"s"``, the first as int32 and the steps between
+    neighbours as int16 when they all fit (RR changes by less than 3.2 s from beat to
+    beat), else ``b"i"`` and every value as int32. No decimals fit: ``b"f"``, float64,
+    decimals -1."""
+    a = np.asarray(rr_ms, np.float64)
+    for d in range(4):
+        k = np.rint(a * 10**d)
+        if (np.abs(k) < 2**31).all() and np.array_equal(k / 10**d, a):
+            ki = k.astype(np.int64)
+            steps = np.diff(ki)
+            if ki.shape[0] and (np.abs(steps) < 2**15).all():
+                return d, b"s" + struct.pack("<i", int(ki[0])) + steps.astype("<i2").tobytes()
+            return d, b"i" + ki.astype("<i4").tobytes()
+    return -1, b"f" + a.astype("<f8").tobytes()
+
+
+def _rr_unpack(decimals: int, raw: bytes) -> list[float]:
+    kind, body = raw[:1], raw[1:]
+    if kind == b"f" and decimals == -1:
+        return np.frombuffer(body, "<f8").tolist()  # type: ignore[no-any-return]
+    if not 0 <= decimals <= 3:
+        raise ValueError(f"rr_decimals must be -1..3, got {decimals}")
+    if kind == b"s":
+        if len(body) < 4 or len(body) % 2:
+            raise ValueError(f"RR steps take 4 + 2n bytes, got {len(body)}")
+        k = np.concatenate([np.frombuffer(body, "<i4", 1), np.frombuffer(body, "<i2", offset=4)]).astype(np.int64)
+        k = np.cumsum(k)
+    elif kind == b"i":
+        k = np.frombuffer(body, "<i4")
+    else:
+        raise ValueError(f"RR history kind must be s, i or f (f with decimals -1), got {kind!r} with {decimals}")
+    return (k.astype(np.float64) / 10**decimals).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

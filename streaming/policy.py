@@ -84,7 +84,6 @@ time.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -109,6 +108,7 @@ from streaming.conditions import (
     bounded,
     check_settings,
 )
+from streaming import jsoncodec
 from streaming.errors import PolicyConfigError, PolicyStateError
 from streaming.events import (
     PRIORITY_ORDER,
@@ -836,7 +836,7 @@ class AlertPolicy:
                                 for k, r in state.open_alerts.items()}
         if state.cleared_at_ts_ms:
             d["cleared_at_ts_ms"] = state.cleared_at_ts_ms
-        return json.dumps(d, separators=(",", ":")).encode()
+        return jsoncodec.dumps(d)
 
     def state_from_json(self, raw: bytes | str) -> PatientPolicyState:
         """Inverse of :meth:`state_to_json`; also reads the flat version-1 layout.
@@ -847,7 +847,7 @@ class AlertPolicy:
             Not JSON, another version, or a broken layout.
         """
         try:
-            d = json.loads(raw)
+            d = jsoncodec.loads(raw)
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
             raise PolicyStateError(f"policy state is not JSON: {e}") from None
         if not isinstance(d, dict):

@@ -3,12 +3,16 @@ values) and the alert-policy state inside them.
 
 Property: any bytes end in a state whose fields have their declared types (so the agent
 can go on with it) or a :class:`~streaming.errors.StateDecodeError`; never another
-exception. A decoded state re-encodes, and decodes again to the same bytes."""
+exception. A decoded state re-encodes, and decodes again to the same bytes. Both layouts
+are fuzzed: the compact one every state is written in now (ECG version 4, heart-rate
+version 3) and the older JSON-header one (ECG version 3, heart-rate version 2, as the
+release before wrote them: ``tests/unit/streaming/data``) that still loads."""
 
 from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +24,20 @@ from hypothesis import strategies as st
 from models.beats import ECGFrontEnd
 from streaming.errors import PolicyStateError, StateDecodeError
 from streaming.events import HRObservation, ScoredBeat
-from streaming.pipeline import ECGPatientState, HRPatientState
+from streaming.pipeline import ECG_STATE_MAGIC, HR_STATE_MAGIC, ECGPatientState, HRPatientState
 from streaming.policy import AlertPolicy, PatientPolicyState
 from streaming.position import StreamPosition
 
 TS = 1_767_225_600_000
 POLICY = AlertPolicy()
-_V1 = json.loads((Path(__file__).parents[1] / "unit" / "streaming" / "data" / "policy_state_v1.json").read_text())
+DATA = Path(__file__).parents[1] / "unit" / "streaming" / "data"
+_V1 = json.loads((DATA / "policy_state_v1.json").read_text())
 SEED_POLICY_STATE = POLICY.state_from_json(json.dumps(_V1["state"]))  # migrated: open alerts and all
 POLICY_DOC: dict[str, Any] = json.loads(POLICY.state_to_json(SEED_POLICY_STATE))
 
 
 def _front() -> Any:
-    fe = ECGFrontEnd(250.0)
+    fe = ECGFrontEnd(250.0, quantum_mv=0.001)  # as the stream core runs it: int16 counts
     _, state = fe.process(fe.initial_state(), np.sin(np.linspace(0, 40, 500)))
     return state
 
@@ -41,23 +46,41 @@ def _pos() -> StreamPosition:
     return StreamPosition(3, float(TS), 10, 0, "d-1", [[0, TS, 3, TS + 3000]], [4, TS + 4000, TS + 5000])
 
 
+FRONT = _front()
+# the strip is the buffer's tail, as in the pipeline (stored once); a strip of its own too
 ECG_STATE = ECGPatientState(patient_id="p-1", device_id="d-1", pos=_pos(), sample_rate_hz=250.0,
-                            seg_t0_ms=float(TS), front=_front(), policy=SEED_POLICY_STATE,
-                            strip=np.linspace(-1, 1, 16, dtype=np.float32), strip_end_ms=TS + 1.0,
-                            gaps=1, beats_scored=12)
+                            seg_t0_ms=float(TS), front=FRONT, policy=SEED_POLICY_STATE,
+                            strip=FRONT.seg.buf[-200:].copy(), strip_end_ms=TS + 1.0, gaps=1, beats_scored=12)
+ECG_STATE_OWN_STRIP = ECGPatientState(patient_id="p-1", device_id="d-1", pos=_pos(), sample_rate_hz=250.0,
+                                      seg_t0_ms=float(TS), front=FRONT, policy=SEED_POLICY_STATE,
+                                      strip=np.linspace(-1, 1, 16, dtype=np.float32), strip_end_ms=TS + 1.0,
+                                      gaps=1, beats_scored=12)
 HR_STATE = HRPatientState(patient_id="p-1", device_id="d-1", pos=_pos(), rr_ms=[800.0, 810.5], new_rr=2,
                           policy=SEED_POLICY_STATE)
 ECG_BYTES = ECG_STATE.to_bytes(POLICY)
+ECG_OWN_STRIP_BYTES = ECG_STATE_OWN_STRIP.to_bytes(POLICY)
 HR_BYTES = HR_STATE.to_bytes(POLICY)
+ECG_V3_BYTES = (DATA / "ecg_state_v3.bin").read_bytes()
+HR_V2_BYTES = (DATA / "hr_state_v2.bin").read_bytes()
 
 
-def _split(raw: bytes) -> tuple[dict[str, Any], bytes]:
+def _split(raw: bytes) -> tuple[dict[str, Any], Any]:
+    """(header, the rest) of a stored state of either layout."""
+    if raw[:4] in (ECG_STATE_MAGIC, HR_STATE_MAGIC):
+        (n,) = struct.unpack_from("<I", raw, 5)
+        body = zlib.decompress(raw[9:9 + n])
+        (m,) = struct.unpack_from("<I", body)
+        return json.loads(body[4:4 + m]), (raw[:5], body[4 + m:], raw[9 + n:])
     (n,) = struct.unpack_from("<I", raw)
     return json.loads(raw[4:4 + n]), raw[4 + n:]
 
 
-def _join(header: Any, rest: bytes) -> bytes:
+def _join(header: Any, rest: Any) -> bytes:
     h = json.dumps(header, allow_nan=True).encode()
+    if isinstance(rest, tuple):  # compact: the header goes back into the deflated part
+        prefix, text, binary = rest
+        z = zlib.compress(struct.pack("<I", len(h)) + h + text)
+        return prefix + struct.pack("<I", len(z)) + z + binary
     return struct.pack("<I", len(h)) + h + rest
 
 
@@ -91,12 +114,19 @@ def _check_decoded_state(state: Any, kind: type) -> None:
 
 
 @fuzz_settings(400)
-@given(raw=st.one_of(st.binary(max_size=200), damaged(ECG_BYTES)))
+@given(raw=st.one_of(st.binary(max_size=200), damaged(ECG_BYTES), damaged(ECG_OWN_STRIP_BYTES), damaged(ECG_V3_BYTES)))
 @example(raw=_join({**_split(ECG_BYTES)[0], "gaps": "1"}, _split(ECG_BYTES)[1]))   # regression: accepted
 @example(raw=_join({**_split(ECG_BYTES)[0], "held": [1]}, _split(ECG_BYTES)[1]))   # regression: IndexError later
 @example(raw=_join({**_split(ECG_BYTES)[0], "held": []}, _split(ECG_BYTES)[1]))    # found at 3000 cases
 @example(raw=ECG_BYTES[:3])                                                        # regression: struct.error
 @example(raw=_join([], b""))                                                       # regression: TypeError
+@example(raw=_join({**_split(ECG_V3_BYTES)[0], "gaps": "1"}, _split(ECG_V3_BYTES)[1]))  # the older layout too
+@example(raw=_join({**_split(ECG_BYTES)[0], "strip_n": 10**6}, _split(ECG_BYTES)[1]))   # a strip longer than the buffer
+@example(raw=_join({**_split(ECG_BYTES)[0], "_bin": [["front", -1]]}, _split(ECG_BYTES)[1]))
+@example(raw=HR_BYTES)                                                             # the other table's state
+@example(raw=ECG_BYTES[:4] + b"\x09" + ECG_BYTES[5:])                              # another version
+@example(raw=_join({**_split(ECG_BYTES)[0], "gaps": 0.0}, _split(ECG_BYTES)[1]))      # found: a float counter kept
+@example(raw=_join({**_split(ECG_BYTES)[0], "gaps": 2.0**63}, _split(ECG_BYTES)[1]))  # found: written back unreadable
 def test_ecg_state_decoder(raw: bytes) -> None:
     try:
         state = ECGPatientState.from_bytes(raw, POLICY)
@@ -108,9 +138,12 @@ def test_ecg_state_decoder(raw: bytes) -> None:
 
 
 @fuzz_settings(400)
-@given(raw=st.one_of(st.binary(max_size=200), damaged(HR_BYTES)))
+@given(raw=st.one_of(st.binary(max_size=200), damaged(HR_BYTES), damaged(HR_V2_BYTES)))
 @example(raw=_join({**_split(HR_BYTES)[0], "rr_ms": ["800"]}, _split(HR_BYTES)[1]))  # regression: accepted
 @example(raw=_join({**_split(HR_BYTES)[0], "rr_ms": 5}, _split(HR_BYTES)[1]))        # regression: TypeError
+@example(raw=_join({**_split(HR_V2_BYTES)[0], "rr_ms": 5}, _split(HR_V2_BYTES)[1]))  # the older layout
+@example(raw=_join({**_split(HR_BYTES)[0], "rr_decimals": 7}, _split(HR_BYTES)[1]))
+@example(raw=ECG_BYTES)                                                            # the other table's state
 def test_hr_state_decoder(raw: bytes) -> None:
     try:
         state = HRPatientState.from_bytes(raw, POLICY)
@@ -148,6 +181,10 @@ def test_policy_state_decoder(doc: Any) -> None:
 
 def test_seed_states_decode() -> None:
     """The fuzzers start from real, decodable states (else they would test errors only)."""
-    assert ECGPatientState.from_bytes(ECG_BYTES, POLICY).to_bytes(POLICY) == ECG_BYTES
+    for raw in (ECG_BYTES, ECG_OWN_STRIP_BYTES):
+        assert ECGPatientState.from_bytes(raw, POLICY).to_bytes(POLICY) == raw
     assert HRPatientState.from_bytes(HR_BYTES, POLICY).to_bytes(POLICY) == HR_BYTES
+    assert ECGPatientState.from_bytes(ECG_V3_BYTES, POLICY).front is not None
+    assert HRPatientState.from_bytes(HR_V2_BYTES, POLICY).rr_ms
+    assert len(ECG_BYTES) < len(ECG_OWN_STRIP_BYTES)  # the tail strip is not stored twice
     assert SEED_POLICY_STATE.open_alerts and POLICY_DOC["conditions"]

@@ -1,5 +1,5 @@
-"""Fuzz the wire decoders of every schema a process reads: ECG and heart-rate messages
-(worker), alert events (dispatcher), ack records (dispatcher).
+"""Fuzz the wire decoders of every schema a process reads: ECG messages (JSON and binary)
+and heart-rate messages (worker), alert events (dispatcher), ack records (dispatcher).
 
 Property: any bytes end in a validated value or a typed error (for wearable messages an
 :class:`~streaming.errors.InvalidMessage` whose reason is a known code, whose dead
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,18 @@ from streaming.errors import REASONS, InvalidMessage
 from streaming.events import AlertDecodeError, AlertEvent
 from streaming.pipeline import DeadLetter, InMessage
 from streaming.schemas import (
+    ECG2_HEADER,
+    ECG2_MAGIC,
     ECG_SCHEMA,
     HR_RANGE_BPM,
     HR_SCHEMA,
     SAMPLE_RATE_RANGE_HZ,
+    SCALE_RANGE_MV,
     ECGChunk,
     HRSample,
     decode_ecg,
     decode_hr,
+    pack_ecg2,
 )
 
 TS = 1_767_225_600_000
@@ -99,8 +104,75 @@ def test_ecg_decoder(raw: bytes, key: bytes | None) -> None:
     assert c.samples_mv.shape[0] == len(c.leads) and c.n_samples >= 1
     assert np.isfinite(c.samples_mv).all()
     assert SAMPLE_RATE_RANGE_HZ[0] <= c.sample_rate_hz <= SAMPLE_RATE_RANGE_HZ[1]
-    doc = json.loads(raw)  # an accepted message held numbers only, never text
-    assert not any(isinstance(v, str) for lead in doc["samples"] for v in lead)
+    if raw[:4] != ECG2_MAGIC:
+        doc = json.loads(raw)  # an accepted message held numbers only, never text
+        assert not any(isinstance(v, str) for lead in doc["samples"] for v in lead)
+
+
+# -- cardiowatch.ecg/2 (binary) -----------------------------------------------------------
+_ids = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF).filter(str.isprintable), min_size=1, max_size=12)
+
+
+@st.composite
+def ecg2_payloads(draw: st.DrawFn) -> bytes:
+    """A valid binary chunk (small), as a device would send it."""
+    n_leads, n = draw(st.integers(1, 3)), draw(st.integers(1, 40))
+    leads = tuple(draw(st.lists(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=5),
+                                min_size=n_leads, max_size=n_leads)))
+    counts = np.array(draw(st.lists(st.integers(-32768, 32767), min_size=n_leads * n, max_size=n_leads * n)),
+                      np.int16).reshape(n_leads, n)
+    return pack_ecg2(draw(_ids), draw(_ids), draw(st.integers(0, 2**63 - 1)), draw(st.integers(TS, TS + 10**9)),
+                     draw(st.sampled_from([50.0, 128.0, 250.0, 360.0, 2000.0])), counts,
+                     draw(st.floats(*SCALE_RANGE_MV)), leads)
+
+
+_HEADER_FIELDS = [("version", "B"), ("flags", "B"), ("n_leads", "B"), ("len_patient_id", "B"),
+                  ("len_device_id", "B"), ("reserved", "B"), ("n_samples", "H"), ("seq", "q"), ("ts_ms", "q"),
+                  ("sample_rate_hz", "d"), ("scale_mv", "d")]
+
+
+@st.composite
+def damaged_ecg2(draw: st.DrawFn) -> bytes:
+    """A valid chunk with one header field set to any value of its type, bytes flipped, or
+    the payload cut or grown: the defects a broken device or gateway makes."""
+    raw = bytearray(draw(ecg2_payloads()))
+    kind = draw(st.sampled_from(["field", "field", "bytes", "cut", "grow"]))
+    if kind == "field":
+        i = draw(st.integers(0, len(_HEADER_FIELDS) - 1))
+        fmt = _HEADER_FIELDS[i][1]
+        value: Any = (draw(st.floats(allow_nan=True, allow_infinity=True)) if fmt == "d"
+                      else draw(st.integers(-(2**63), 2**63 - 1)) if fmt == "q"
+                      else draw(st.integers(0, 2 ** (8 * struct.calcsize(fmt)) - 1)))
+        off = 4 + struct.calcsize("<" + "".join(f for _, f in _HEADER_FIELDS[:i]))
+        struct.pack_into("<" + fmt, raw, off, value)
+    elif kind == "bytes":
+        for _ in range(draw(st.integers(1, 6))):
+            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+    elif kind == "cut":
+        raw = raw[:draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += draw(st.binary(min_size=1, max_size=20))
+    return bytes(raw)
+
+
+@fuzz_settings(600)
+@given(raw=st.one_of(ecg2_payloads(), damaged_ecg2(), st.builds(lambda b: ECG2_MAGIC + b, st.binary(max_size=120))),
+       key=keys)
+@example(raw=ECG2_MAGIC, key=None)
+@example(raw=ECG2_MAGIC + b"\x02" + b"\x00" * 39, key=None)  # a header of zeros: ids of length 0
+def test_ecg2_decoder(raw: bytes, key: bytes | None) -> None:
+    c = _check_wearable(decode_ecg, "ecg", raw, key)
+    if c is None:
+        return
+    assert isinstance(c, ECGChunk)
+    assert c.samples_mv.dtype == np.float64 and c.samples_mv.shape[0] == len(c.leads) and c.n_samples >= 1
+    assert np.isfinite(c.samples_mv).all()
+    assert SAMPLE_RATE_RANGE_HZ[0] <= c.sample_rate_hz <= SAMPLE_RATE_RANGE_HZ[1]
+    assert c.n_samples <= int(c.sample_rate_hz * 10) and all(c.leads)
+    # an accepted chunk is exactly what a producer writes for its values
+    scale = ECG2_HEADER.unpack_from(raw)[-1]
+    counts = np.rint(c.samples_mv / scale).astype(np.int16)
+    assert pack_ecg2(c.patient_id, c.device_id, c.seq, c.ts_ms, c.sample_rate_hz, counts, scale, c.leads) == raw
 
 
 @fuzz_settings(500)

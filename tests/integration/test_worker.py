@@ -33,9 +33,10 @@ pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000
 
 
-def stream_for(patients: dict[str, list[Event]], seconds: int, seed_base: int = 0):
+def stream_for(patients: dict[str, list[Event]], seconds: int, seed_base: int = 0, wire: str = "ecg/1"):
     """ECG and HR messages of simulated wearables, in send order: (pid, ecg, hr|None)."""
-    ws = [Wearable(pid, f"dev-{pid}", SyntheticPatient(pid, 250, hr_bpm=62 + 5 * i, events=evs), T0)
+    ws = [Wearable(pid, f"dev-{pid}", SyntheticPatient(pid, 250, hr_bpm=62 + 5 * i, events=evs), T0,
+                   wire=wire)  # type: ignore[arg-type]
           for i, (pid, evs) in enumerate(patients.items())]
     out = []
     for _ in range(seconds):
@@ -45,9 +46,9 @@ def stream_for(patients: dict[str, list[Event]], seconds: int, seed_base: int = 
     return out
 
 
-def reference(messages: list[tuple[str, bytes]]):
+def reference(messages: list[tuple[str, bytes]], runtime: str = "keras"):
     """Beat ids, raised alerts and the scored beats by id, from the same core in this process."""
-    pipe = build_ecg_pipeline(load_ecg_bundle(DEFAULT_MODEL_DIR, "keras"), build_policy(None))
+    pipe = build_ecg_pipeline(load_ecg_bundle(DEFAULT_MODEL_DIR, runtime), build_policy(None))
     states: dict = {}
     ids, alerts, beats = set(), [], {}
     offsets: Counter = Counter()
@@ -172,6 +173,38 @@ def test_malformed_messages_reach_dead_letter_and_valid_chunks_are_all_scored(
     assert kept == sent
     got_ids = {d["beat_id"] for _, d in scores}
     assert got_ids == expected_ids, f"missing {len(expected_ids - got_ids)}, extra {len(got_ids - expected_ids)}"
+
+
+def test_binary_ecg2_chunks_are_scored_as_the_same_signal_in_ecg1(kafka_broker, make_topics, worker_factory):
+    """Wearables sending ``cardiowatch.ecg/2`` (int16, 1 µV per count): the worker scores
+    the same beats, with the same flags and scores, as the core scores the same signal
+    sent as ``cardiowatch.ecg/1``; a broken binary chunk goes to the dead-letter topic
+    with its reason and the stream goes on."""
+    from streaming.schemas import ECG2_HEADER
+
+    topics = make_topics(partitions=4)
+    patients = {"p-0001": [Event("pvc", 15), Event("pvc", 27)], "p-0002": []}
+    binary = stream_for(patients, 40, wire="ecg/2")
+    as_json = stream_for(patients, 40)
+    assert all(e[:4] == b"CWEC" for _, e, _ in binary)
+    expected_ids, _, expected = reference([(pid, e) for pid, e, _ in as_json], runtime="tflite")
+    assert len(expected_ids) > 60
+    bad_pid, good, _ = binary[5]
+    bad = good[:36] + ECG2_HEADER.pack(*ECG2_HEADER.unpack_from(good)[:-1], 0.0)[36:] + good[44:]  # scale 0
+    records = [(topics.ecg, pid.encode(), e) for pid, e, _ in binary]
+    records.insert(20, (topics.ecg, bad_pid.encode(), bad))
+    worker_factory(topics, extra_env={"CARDIOWATCH_RUNTIME": "tflite"})
+    produce(kafka_broker.bootstrap, records)
+    scores = read_until(kafka_broker.bootstrap, topics.scores,
+                        lambda r: {d["beat_id"] for _, d in r} >= expected_ids, 180)
+    dead = read_until(kafka_broker.bootstrap, topics.deadletter, lambda r: len(r) >= 1, 60)
+    got = {d["beat_id"]: d for _, d in scores}
+    assert set(got) == expected_ids
+    for bid, want in expected.items():
+        assert (got[bid]["flagged"], got[bid]["beat_class"]) == (want.flagged, want.beat_class), bid
+        assert got[bid]["score"] == pytest.approx(want.score, rel=1e-6), bid
+    assert [(d["reason"], d["source_offset"] >= 0) for _, d in dead] == [("bad_scale", True)]
+    assert "got 0.0" in dead[0][1]["detail"]
 
 
 SLOW_CHANGELOG = Path(__file__).parent / "slow_changelog"

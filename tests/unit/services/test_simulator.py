@@ -155,3 +155,38 @@ def test_the_policy_stays_quiet_through_annotated_noise():
     # before the fix the strap reported the 3 s holes as RR: HR ~20 bpm, a HIGH bradycardia
     low = [o for o in res.hr if o.hr_bpm < 30]
     assert low == []
+
+
+def test_a_wearable_on_ecg2_sends_binary_chunks_of_the_same_signal():
+    import numpy as np
+
+    from services.simulator import parse_args
+    from streaming.schemas import ECG2_MAGIC, decode_ecg
+
+    def source():
+        return SyntheticPatient("p-1", 250, events=[Event("pvc", 3)], seed=2)
+
+    a, b = Wearable("p-1", "dev-1", source(), T0), Wearable("p-1", "dev-1", source(), T0, wire="ecg/2")
+    for _ in range(6):
+        (ea, ha), (eb, hb) = a.step(), b.step()
+        assert eb[:4] == ECG2_MAGIC and len(eb) * 2 < len(ea) and ha == hb
+        ca, cb = decode_ecg(ea, b"p-1"), decode_ecg(eb, b"p-1")
+        assert (ca.seq, ca.ts_ms, ca.sample_rate_hz, ca.leads) == (cb.seq, cb.ts_ms, cb.sample_rate_hz, cb.leads)
+        np.testing.assert_allclose(ca.samples_mv, cb.samples_mv, rtol=0, atol=1e-12)
+    assert parse_args(["--wire", "ecg/2"]).wire == "ecg/2" and parse_args([]).wire == "ecg/1"
+    with pytest.raises(SystemExit):
+        parse_args(["--wire", "ecg/3"])
+
+
+def test_the_bench_load_generator_sends_either_wire_format():
+    import numpy as np
+
+    from services.bench_stream import _FastWearable, _Template
+    from streaming.schemas import decode_ecg
+
+    t = _Template(3, 4)
+    a, b = _FastWearable("p-0001", t, T0, 1), _FastWearable("p-0001", t, T0, 1, "ecg/2")
+    for _ in range(5):
+        ca, cb = decode_ecg(a.step()[0], b"p-0001"), decode_ecg(b.step()[0], b"p-0001")
+        assert (ca.seq, ca.ts_ms, ca.device_id, ca.leads) == (cb.seq, cb.ts_ms, cb.device_id, cb.leads)
+        np.testing.assert_allclose(ca.samples_mv, cb.samples_mv, rtol=0, atol=1e-12)

@@ -177,17 +177,19 @@ def test_state_with_a_held_chunk_round_trips_and_old_states_load(bundle):
     blob = st.to_bytes(pipe.policy)
     back = ECGPatientState.from_bytes(blob, pipe.policy)
     assert back.pos == st.pos and back.to_bytes(pipe.policy) == blob
-    # a version-2 state (before runs and held messages) still loads
-    import json
-    import struct
+    # a version-2 state (before runs and held messages) still loads; written in the
+    # layout of its time (JSON header, float32 front end and strip), which the compact
+    # writer of version 4 no longer writes
+    from streaming.pipeline import _pack
 
-    (n,) = struct.unpack_from("<I", blob)
-    head = json.loads(blob[4:4 + n])
-    for k in ("runs", "held"):
-        head.pop(k)
-    head["v"] = 2
-    h = json.dumps(head, separators=(",", ":")).encode()
-    old = ECGPatientState.from_bytes(struct.pack("<I", len(h)) + h + blob[4 + n:], pipe.policy)
+    head = {"v": 2, "patient_id": st.patient_id, "device_id": st.device_id, "last_seq": st.pos.last_seq,
+            "last_ts_ms": st.pos.last_ts_ms, "last_offset": st.pos.last_offset,
+            "last_partition": st.pos.last_partition, "sample_rate_hz": st.sample_rate_hz,
+            "seg_t0_ms": st.seg_t0_ms, "strip_end_ms": st.strip_end_ms, "gaps": st.gaps,
+            "beats_scored": st.beats_scored}
+    v2 = _pack(head, {"policy": pipe.policy.state_to_json(st.policy), "front": st.front.to_bytes(),
+                      "context": st.context.to_bytes(), "strip": st.strip.tobytes()})
+    old = ECGPatientState.from_bytes(v2, pipe.policy)
     assert old.pos.runs == [] and old.pos.held is None and old.pos.last_seq == st.pos.last_seq
 
 

@@ -144,6 +144,7 @@ VALID_ECG = [
 INVALID_ECG = [
     ecg_doc(schema="cardiowatch.ecg/0"), ecg_doc(schema=_DROP), ecg_doc(patient_id=_DROP), ecg_doc(patient_id=None),
     ecg_doc(patient_id=""), ecg_doc(patient_id="x" * 129), ecg_doc(patient_id="p\n1"), ecg_doc(device_id="d\x7f"),
+    ecg_doc(device_id="\n"), ecg_doc(patient_id="p-1\n"),  # found drawn: Python's $ matched before a final newline
     ecg_doc(device_id="d\u00a0"), ecg_doc(patient_id=7), ecg_doc(seq=-1), ecg_doc(seq="3"), ecg_doc(seq=True),
     ecg_doc(seq=3.5), ecg_doc(ts_ms=1_767_225_600), ecg_doc(ts_ms=TS_RANGE_MS[1] + 1), ecg_doc(sample_rate_hz=49.9),
     ecg_doc(sample_rate_hz=2001), ecg_doc(sample_rate_hz="250"), ecg_doc(sample_rate_hz=True), ecg_doc(leads=[]),
