@@ -42,6 +42,7 @@ __all__ = [
     "LocalBroker",
     "create_topics",
     "free_port",
+    "kafka_jars_cached",
     "main",
     "topic_partitions",
     "wait_ready",
@@ -281,6 +282,12 @@ def _run_script(args: Sequence[str], timeout_s: float) -> subprocess.CompletedPr
                               env=env, check=False)
     except subprocess.TimeoutExpired as exc:
         raise BrokerError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s") from exc
+
+
+def kafka_jars_cached(timeout_s: float = 30.0) -> bool:
+    """Whether the pinned Kafka jars are in the cache, so a start downloads nothing
+    (``kafka.sh fetch --check``: the same test ``fetch`` makes before downloading)."""
+    return _run_script(["fetch", "--check"], timeout_s).returncode == 0
 
 
 class LocalBroker:
