@@ -42,6 +42,7 @@ from services.screenshot import ScreenshotError, find_browser, screenshot
 from services.settings import REPO_ROOT, Topics, without_kafka_security
 from services.simulator import Simulation, build_wearables, make_producer
 from services.simulator import parse_args as simulator_args
+from models.cli_help import HelpFormatter
 
 __all__ = ["main"]
 
@@ -153,7 +154,7 @@ def _stop(proc: subprocess.Popen | None, name: str, timeout_s: float = 20.0) -> 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cardiowatch demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--patients", type=int, default=6, help="simulated patients (>= 4; default 6)")
     p.add_argument("--seconds", type=float, default=70.0, help="signal time to simulate (default 70)")
     p.add_argument("--onset-s", type=float, default=30.0, help="when the injected events start")

@@ -71,6 +71,7 @@ from streaming.events import AlertEvent
 from streaming.kafka_security import KafkaSecurity, check_connection
 from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "DELIVERY_FAILURE",
@@ -1016,8 +1017,9 @@ async def _consume(st: _State, consumer: AIOKafkaConsumer, stop: asyncio.Event,
 
 def main(argv: list[str] | None = None) -> int:
     """``cardiowatch dispatch``: settings from ``CARDIOWATCH_*``; stops on SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="cardiowatch dispatch", description=__doc__.splitlines()[0])
-    p.add_argument("--log-level", default="INFO")
+    p = argparse.ArgumentParser(prog="cardiowatch dispatch", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--log-level", default="INFO", help="Python logging level (DEBUG, INFO, WARNING, ERROR)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = DispatcherSettings.from_env()
