@@ -97,6 +97,14 @@ def _routing(url: str, secret: str, token_hash: str) -> dict:
     }
 
 
+def _alert_line(body: dict, delay_s: float, injected: str | None) -> str:
+    """One alert as the receiver got it (the README's demo output shows these lines)."""
+    what = f"{injected} injected" if injected else "no injected event"
+    return (f"  ALERT  {body.get('patient_id')}  {body.get('condition'):<20} "
+            f"{str(body.get('priority')).upper():<6} {body.get('action'):<9} {delay_s:6.1f} s after onset "
+            f"({what})  rule: {body.get('rule')}")
+
+
 def _scrape(port: int, name: str) -> float | None:
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
@@ -215,10 +223,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         if (pid in expected and b.get("condition") == want and b.get("action") == "raised"
                 and pid not in first_alert):
             first_alert[pid] = delay
-        what = f"{evs[0]['kind']} injected" if evs else "no injected event"
-        print(f"  ALERT  {pid}  {b.get('condition'):<20} {str(b.get('priority')).upper():<6} "
-              f"{b.get('action'):<9} {delay:6.1f} s after onset ({what})  rule: {b.get('rule')}",
-              flush=True)
+        print(_alert_line(b, delay, evs[0]["kind"] if evs else None), flush=True)
 
     broker = worker = dispatcher = console = None
     sim: Simulation | None = None
