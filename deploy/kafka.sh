@@ -5,7 +5,7 @@
 # `cardiowatch broker ...`) calls this script. Readiness checks and topic creation go the
 # other way, through `python -m services.broker wait-ready|create-topics` (kafka-python).
 #
-#   deploy/kafka.sh fetch  [--force]
+#   deploy/kafka.sh fetch  [--force | --check]
 #   deploy/kafka.sh start  [--port P] [--data-dir D] [--timeout-s T] [--owner-pid PID] [--fresh]
 #                          [--security plaintext|sasl_ssl] [--mtls-port P2]
 #   deploy/kafka.sh certs  --dir D [--san DNS:name,IP:addr,...]
@@ -65,11 +65,20 @@ py_admin() {
 
 pom_stamp() { sha256sum "$KAFKA_CONF_DIR/pom.xml" | cut -d' ' -f1; }
 
+# True when the cache holds the jars of the current deploy/kafka/pom.xml.
+libs_current() {
+    local stamp_file="$LIBS_DIR/.pom.sha256"
+    [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$(pom_stamp)" \
+       && -f "$LIBS_DIR/kafka_2.13-$KAFKA_VERSION.jar" ]]
+}
+
 cmd_fetch() {
     local force=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --force) force=1; shift ;;
+            # exit 0 if the jars are cached, 1 if a fetch would download them; fetch nothing
+            --check) libs_current; return ;;
             *) die "fetch: unknown argument '$1'" ;;
         esac
     done
@@ -77,9 +86,7 @@ cmd_fetch() {
     # One fetch at a time: parallel test sessions may all ask for the jars.
     exec 9>"$CACHE_ROOT/kafka/.fetch.lock"
     flock 9
-    local stamp_file="$LIBS_DIR/.pom.sha256"
-    if [[ $force == 0 && -f "$stamp_file" && "$(cat "$stamp_file")" == "$(pom_stamp)" \
-          && -f "$LIBS_DIR/kafka_2.13-$KAFKA_VERSION.jar" ]]; then
+    if [[ $force == 0 ]] && libs_current; then
         log "Kafka $KAFKA_VERSION jars already in $LIBS_DIR"
         return 0
     fi

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from models.errors import CardiowatchError
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "TOKEN_HASH_PREFIX",
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     history would keep it); ``--new`` makes a fresh 256-bit token and prints it once,
     with its hash; ``--from-tokens-file`` converts an old plain ``token: user`` file.
     """
-    p = argparse.ArgumentParser(prog="cardiowatch token hash", description=(main.__doc__ or "").splitlines()[0])
+    p = argparse.ArgumentParser(prog="cardiowatch token hash", description=(main.__doc__ or "").splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--new", action="store_true", help="generate a new token and print it with its hash")
     p.add_argument("--from-tokens-file", metavar="FILE",
                    help="old plain 'token: user' YAML/JSON file to convert into a routing 'tokens:' block")

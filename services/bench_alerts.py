@@ -49,6 +49,7 @@ from services.settings import DispatcherSettings, KafkaSettings, Topics
 from streaming.events import AlertEvent
 from streaming.kafka_security import KafkaSecurity
 from streaming.metrics import DispatcherMetrics
+from models.cli_help import HelpFormatter
 
 __all__ = ["LATENCY_TARGET_P99_MS", "bench", "main"]
 
@@ -241,7 +242,8 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cardiowatch bench alerts``."""
-    p = argparse.ArgumentParser(prog="cardiowatch bench alerts", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cardiowatch bench alerts", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rate", type=float, default=50.0,
                    help="steady phase: offered alerts per second (default 50)")
@@ -250,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=2.0, help="steady phase: unmeasured seconds first")
     p.add_argument("--alerts", type=int, default=2000,
                    help="saturated phase: backlog size (0 skips it; default 2000)")
-    p.add_argument("--patients", type=int, default=50)
-    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--patients", type=int, default=50, help="patients the alerts are spread over")
+    p.add_argument("--partitions", type=int, default=8, help="partitions of each topic on the benchmark's broker")
     p.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     a = p.parse_args(argv)
     for name in ("patients", "partitions"):

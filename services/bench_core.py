@@ -36,6 +36,7 @@ from streaming.schemas import decode_ecg
 from services.pipelines import build_ecg_pipeline, build_policy, load_ecg_bundle
 from services.settings import DEFAULT_MODEL_DIR
 from services.simulator import Wearable, patient_ids
+from models.cli_help import HelpFormatter
 
 __all__ = ["main", "run", "run_codec"]
 
@@ -192,13 +193,13 @@ def run_codec(patients: int, seconds: int, warmup_s: int, model: Path, runtime: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch bench core", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--patients", type=int, default=300)
+                                formatter_class=HelpFormatter)
+    p.add_argument("--patients", type=int, default=300, help="simulated patients")
     p.add_argument("--seconds", type=int, default=10, help="measured chunks per patient")
-    p.add_argument("--warmup-s", type=int, default=12)
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--warmup-s", type=int, default=12, help="chunks per patient before measuring")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="ECG model bundle")
+    p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"], help="model runtime")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of indented JSON")
     p.add_argument("--codec", action="store_true",
                    help="measure bytes per patient-second (wire, changelogs) and codec CPU time instead")
     p.add_argument("--record", type=Path, help="--codec: replay this WFDB record (path without extension)")

@@ -39,6 +39,7 @@ from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topic
 from services.simulator import ECG2_SCALE_MV, Simulation, Wearable, Wire, make_producer, patient_ids, slot_offset_ms
 from streaming.kafka_security import KafkaSecurity
 from streaming.schemas import ECG2_HEADER
+from models.cli_help import HelpFormatter
 
 __all__ = ["main", "model_ceiling"]
 
@@ -323,16 +324,16 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch bench stream", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--patients", type=int, default=100)
+                                formatter_class=HelpFormatter)
+    p.add_argument("--patients", type=int, default=100, help="simulated wearables")
     p.add_argument("--seconds", type=float, default=60.0, help="measured window (after warm-up)")
-    p.add_argument("--warmup-s", type=float, default=15.0)
+    p.add_argument("--warmup-s", type=float, default=15.0, help="seconds streamed before measuring")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"])
-    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="ECG model bundle")
+    p.add_argument("--runtime", default="keras", choices=["keras", "tflite", "tflite-int8"], help="model runtime")
+    p.add_argument("--partitions", type=int, default=8, help="partitions of each topic on the benchmark's broker")
     p.add_argument("--wire", choices=["ecg/1", "ecg/2"], default="ecg/1",
-                   help="ECG wire format the load generator sends (default ecg/1, JSON)")
+                   help="ECG wire format the load generator sends (ecg/1 is JSON)")
     p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     args = p.parse_args(argv)
     if args.patients < 1:

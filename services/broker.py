@@ -35,6 +35,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from models.errors import CardiowatchError
 from services.settings import REPO_ROOT, KafkaSettings, SettingsError, Topics, kafka_security_from_env
 from streaming.kafka_security import KafkaSecurity
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "BrokerError",
@@ -42,6 +43,7 @@ __all__ = [
     "LocalBroker",
     "create_topics",
     "free_port",
+    "kafka_jars_cached",
     "main",
     "topic_partitions",
     "wait_ready",
@@ -281,6 +283,12 @@ def _run_script(args: Sequence[str], timeout_s: float) -> subprocess.CompletedPr
                               env=env, check=False)
     except subprocess.TimeoutExpired as exc:
         raise BrokerError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s") from exc
+
+
+def kafka_jars_cached(timeout_s: float = 30.0) -> bool:
+    """Whether the pinned Kafka jars are in the cache, so a start downloads nothing
+    (``kafka.sh fetch --check``: the same test ``fetch`` makes before downloading)."""
+    return _run_script(["fetch", "--check"], timeout_s).returncode == 0
 
 
 class LocalBroker:
@@ -564,27 +572,30 @@ class LocalBroker:
 # -- CLI: `cardiowatch broker ...` and the script's call-backs ------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cardiowatch broker",
-                                description="Local single-node Apache Kafka (deploy/kafka.sh).")
+                                description="Local single-node Apache Kafka (deploy/kafka.sh).",
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="fetch the Kafka jars into the cache")
-    start = sub.add_parser("start", help="start the broker in the background and create topics")
+    sub.add_parser("fetch", help="fetch the Kafka jars into the cache", formatter_class=HelpFormatter)
+    start = sub.add_parser("start", help="start the broker in the background and create topics",
+                           formatter_class=HelpFormatter)
     start.add_argument("--port", type=int, default=None,
                        help="client port (default: from CARDIOWATCH_BOOTSTRAP, else 9092)")
     start.add_argument("--data-dir", type=Path, default=None, help="broker state folder")
     start.add_argument("--timeout-s", type=float, default=120.0, help="readiness timeout")
     start.add_argument("--fresh", action="store_true", help="wipe existing broker data first")
     for name, text in (("stop", "stop the broker"), ("status", "is the broker running?")):
-        sp = sub.add_parser(name, help=text)
+        sp = sub.add_parser(name, help=text, formatter_class=HelpFormatter)
         sp.add_argument("--data-dir", type=Path, default=None, help="broker state folder")
-    ct = sub.add_parser("create-topics", help="create the project topics (idempotent)")
+    ct = sub.add_parser("create-topics", help="create the project topics (idempotent)", formatter_class=HelpFormatter)
     ct.add_argument("--bootstrap", default=None, help="host:port (default CARDIOWATCH_BOOTSTRAP)")
     ct.add_argument("--partitions", type=int, default=None,
                     help="partitions per topic (default CARDIOWATCH_PARTITIONS, else 8)")
-    wr = sub.add_parser("wait-ready", help="wait until a broker answers (used by kafka.sh)")
-    wr.add_argument("--bootstrap", required=True)
-    wr.add_argument("--timeout-s", type=float, default=90.0)
-    wr.add_argument("--pid", type=int, default=None)
-    wr.add_argument("--log", type=Path, action="append", default=[])
+    wr = sub.add_parser("wait-ready", help="wait until a broker answers (used by kafka.sh)", formatter_class=HelpFormatter)
+    wr.add_argument("--bootstrap", required=True, help="host:port of the broker")
+    wr.add_argument("--timeout-s", type=float, default=90.0, help="give up after this many seconds")
+    wr.add_argument("--pid", type=int, default=None, help="the broker's process id: fail at once if it exits")
+    wr.add_argument("--log", type=Path, action="append", default=[],
+                    help="a log whose tail goes into the error (repeatable)")
     return p
 
 

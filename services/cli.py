@@ -1,11 +1,13 @@
 """CLI: the ``cardiowatch`` console command; each subcommand's ``main`` is imported lazily.
 
-Lazy imports keep ``cardiowatch edge run`` free of TensorFlow and make ``--help`` fast.
+Lazy imports keep ``cardiowatch edge run`` free of TensorFlow and make ``--help`` fast;
+TensorFlow's start-up notices are kept off the terminal (:mod:`services.quiet_tf`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["main", "COMMANDS"]
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in COMMANDS:
             from streaming.kafka_security import KafkaConnectError
 
+            from services.quiet_tf import quiet_tensorflow
+
+            # the CLI is the edge: TensorFlow's own variable, set for this process and its children
+            quiet_tensorflow(os.environ)
             module = importlib.import_module(COMMANDS[name][0])
             try:
                 rc = module.main(args[width:])

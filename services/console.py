@@ -57,6 +57,7 @@ from services.dispatcher import DELIVERY_FAILURE, log_behind, open_log_reader
 from services.routing import load_routing
 from services.settings import ConsoleSettings, SettingsError
 from streaming.kafka_security import check_connection
+from models.cli_help import HelpFormatter
 
 __all__ = ["STATIC_DIR", "READY_JS", "ConsoleServer", "run_console", "main"]
 
@@ -391,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                     "with their ECG strips, and acknowledge/resolve buttons that go through the "
                     "dispatcher's acknowledgement API. Settings: CARDIOWATCH_BOOTSTRAP, "
                     "CARDIOWATCH_ACK_API_URL (default http://127.0.0.1:8088), CARDIOWATCH_CONSOLE_PORT "
-                    "(default 8090), CARDIOWATCH_CONSOLE_BIND (default 127.0.0.1).")
+                    "(default 8090), CARDIOWATCH_CONSOLE_BIND (default 127.0.0.1).",
+        formatter_class=HelpFormatter)
     p.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -42,6 +42,7 @@ from models.records import list_records
 from services.evaluate import evaluate, format_pooled_table, hr_fold_map
 from services.settings import DEFAULT_HR_MODEL_DIR
 from services.subgroups import format_subgroups_table
+from models.cli_help import HelpFormatter
 
 __all__ = ["assign_folds", "main"]
 
@@ -59,16 +60,17 @@ def assign_folds(patients: list[str], folds: int, seed: int) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch crossval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--records", type=Path, nargs="+", required=True, help="annotated WFDB folders to train and test on")
     p.add_argument("--eval-records", type=Path, nargs="*", default=[], help="folders only tested on")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for the fold bundles, scores and REPORT.json")
+    p.add_argument("--folds", type=int, default=5, help="leave-patient-out folds")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fold assignment and training")
     p.add_argument("--epochs", type=int, default=8, help="autoencoder epochs per fold")
-    p.add_argument("--stream", choices=["ecg", "both"], default="both")
-    p.add_argument("--runtime", choices=["keras", "tflite", "tflite-int8"], default="keras")
-    p.add_argument("--hr-model", type=Path, default=DEFAULT_HR_MODEL_DIR)
+    p.add_argument("--stream", choices=["ecg", "both"], default="both", help="evaluate the ECG stream, or also the heart rate")
+    p.add_argument("--runtime", choices=["keras", "tflite", "tflite-int8"], default="keras",
+                   help="model runtime of the fold bundles")
+    p.add_argument("--hr-model", type=Path, default=DEFAULT_HR_MODEL_DIR, help="heart-rate bundle for --stream both")
     p.add_argument("--hr-fold-bundles", type=Path, metavar="DIR",
                    help="per-fold heart-rate bundles (cardiowatch train hr --fold-bundles), so the AF "
                         "figures are held out too")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                    "here (default <out>/windows)")
     p.add_argument("--fold-bundles", type=Path, metavar="DIR",
                    help="read fold k's bundle from DIR/fold-<k> when there (e.g. models/crossval/ecg-5fold)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

@@ -6,7 +6,9 @@ simulated patients of whom some have events (a ventricular run, a pause, sustain
 tachycardia). It prints the console's URL and a token to acknowledge with, progress, and
 every alert as it reaches the receiver, with its delay from the injected event's onset.
 Once every injected event has its alert it photographs the console with headless
-Chromium (``docs/console.png``; skipped, saying so, without chromium). Then it stops
+Chromium into the demo's output folder (``runs/demo/console.png``, or ``console.png`` in
+``--workdir``; ``--screenshot PATH`` writes it elsewhere, e.g. ``docs/console.png``;
+skipped, saying so, without chromium) and prints the path. Then it stops
 everything it started, or, with ``--keep-running``, leaves the console up with the
 patients still streaming until Ctrl-C.
 
@@ -34,12 +36,13 @@ from pathlib import Path
 import yaml
 
 from services.access import hash_token
-from services.broker import LocalBroker, free_port
+from services.broker import LocalBroker, free_port, kafka_jars_cached
 from services.receiver import Arrival, WebhookReceiver
 from services.screenshot import ScreenshotError, find_browser, screenshot
 from services.settings import REPO_ROOT, Topics, without_kafka_security
 from services.simulator import Simulation, build_wearables, make_producer
 from services.simulator import parse_args as simulator_args
+from models.cli_help import HelpFormatter
 
 __all__ = ["main"]
 
@@ -50,6 +53,11 @@ DEADLINE_S = {"vrun": 10.0, "pause": 10.0, "tachy": 45.0, "brady": 45.0}
 # The alert each injected event must produce (another alert for the patient does not count).
 EXPECTED_CONDITION = {"vrun": "ventricular_run", "pause": "pause", "tachy": "tachycardia",
                       "brady": "bradycardia"}
+
+
+# Where the demo leaves what outlives it (the console screenshot) without --workdir;
+# git ignores /runs/.
+DEFAULT_OUTPUT_DIR = REPO_ROOT / "runs" / "demo"
 
 
 def _log(msg: str) -> None:
@@ -89,6 +97,14 @@ def _routing(url: str, secret: str, token_hash: str) -> dict:
     }
 
 
+def _alert_line(body: dict, delay_s: float, injected: str | None) -> str:
+    """One alert as the receiver got it (the README's demo output shows these lines)."""
+    what = f"{injected} injected" if injected else "no injected event"
+    return (f"  ALERT  {body.get('patient_id')}  {body.get('condition'):<20} "
+            f"{str(body.get('priority')).upper():<6} {body.get('action'):<9} {delay_s:6.1f} s after onset "
+            f"({what})  rule: {body.get('rule')}")
+
+
 def _scrape(port: int, name: str) -> float | None:
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
@@ -114,19 +130,22 @@ def _console_state(url: str) -> dict | None:
         return None
 
 
-def _photograph(url: str, out: Path) -> None:
-    """Write a screenshot of the console once it shows every alert it holds."""
+def _photograph(url: str, out: Path) -> bool:
+    """Write a screenshot of the console once it shows every alert it holds; True if written."""
     if find_browser() is None:
         _log(f"no chromium/chromedriver: screenshot {out} skipped (apt-get install chromium chromium-driver)")
-        return
+        return False
     from services.console import READY_JS
 
     state = _console_state(url) or {"alerts": []}
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         screenshot(url, out, ready_js=READY_JS, ready_args=[len(state["alerts"])], timeout_s=30)
         _log(f"console screenshot written to {out}")
+        return True
     except ScreenshotError as e:
         _log(f"console screenshot not taken: {e}")
+        return False
 
 
 def _stop(proc: subprocess.Popen | None, name: str, timeout_s: float = 20.0) -> None:
@@ -143,7 +162,7 @@ def _stop(proc: subprocess.Popen | None, name: str, timeout_s: float = 20.0) -> 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cardiowatch demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--patients", type=int, default=6, help="simulated patients (>= 4; default 6)")
     p.add_argument("--seconds", type=float, default=70.0, help="signal time to simulate (default 70)")
     p.add_argument("--onset-s", type=float, default=30.0, help="when the injected events start")
@@ -153,12 +172,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the summary, keep the console up with the patients streaming until Ctrl-C")
     p.add_argument("--console-port", type=int, default=0,
                    help="port of the console on 127.0.0.1 (default: a free one)")
-    p.add_argument("--screenshot", type=Path, default=REPO_ROOT / "docs" / "console.png",
+    p.add_argument("--screenshot", type=Path, default=None, metavar="PATH",
                    help="where to write a PNG of the console once the alerts are in "
-                        "(default: docs/console.png; needs chromium and chromedriver)")
-    p.add_argument("--no-screenshot", dest="screenshot", action="store_const", const=None,
-                   help="take no screenshot")
+                        "(default: console.png in --workdir, else runs/demo/console.png; "
+                        "needs chromium and chromedriver)")
+    p.add_argument("--no-screenshot", action="store_true", help="take no screenshot")
     args = p.parse_args(argv)
+    # the demo's own output folder, never a tracked file: docs/console.png only when asked
+    if args.no_screenshot:
+        args.screenshot = None
+    elif args.screenshot is None:
+        args.screenshot = (args.workdir or DEFAULT_OUTPUT_DIR) / "console.png"
     if not 0 <= args.console_port <= 65535:
         p.error(f"--console-port must be in [0, 65535], got {args.console_port}")
     if args.patients < 4:
@@ -199,18 +223,19 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         if (pid in expected and b.get("condition") == want and b.get("action") == "raised"
                 and pid not in first_alert):
             first_alert[pid] = delay
-        what = f"{evs[0]['kind']} injected" if evs else "no injected event"
-        print(f"  ALERT  {pid}  {b.get('condition'):<20} {str(b.get('priority')).upper():<6} "
-              f"{b.get('action'):<9} {delay:6.1f} s after onset ({what})  rule: {b.get('rule')}",
-              flush=True)
+        print(_alert_line(b, delay, evs[0]["kind"] if evs else None), flush=True)
 
     broker = worker = dispatcher = console = None
     sim: Simulation | None = None
     streaming: threading.Thread | None = None
     receiver = _ReceiverThread(secret, on_arrival)
     summary: tuple[bool, list[str]] | None = None
+    shot = False  # the console screenshot was written to args.screenshot
     try:
-        _log("starting the local Kafka broker (first run downloads it with Maven)...")
+        if kafka_jars_cached():
+            _log("starting the local Kafka broker...")
+        else:
+            _log("starting the local Kafka broker (downloading its jars with Maven first)...")
         broker = LocalBroker(partitions=4, data_dir=work / "broker").start()
         _log(f"broker ready at {broker.bootstrap}")
         url = receiver.start()
@@ -280,7 +305,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             if not photographed and expected <= set(first_alert):
                 photographed = True  # while the patients still stream: the grid is live
                 time.sleep(2.0)  # the last alert's strip onto the page
-                _photograph(console_url, args.screenshot)
+                shot = _photograph(console_url, args.screenshot)
             if args.keep_running and el >= args.seconds:
                 break
         end = time.monotonic() + args.grace_s
@@ -288,9 +313,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             time.sleep(0.5)
         time.sleep(2.0)
         if not photographed:
-            _photograph(console_url, args.screenshot)
+            shot = _photograph(console_url, args.screenshot)
         if args.keep_running:
-            summary = _summary(args, truth, expected, first_alert, arrivals, work)
+            summary = _summary(args, truth, expected, first_alert, arrivals, work, shot)
             print("\n".join(summary[1]), flush=True)
             print(f"\nThe console stays up at {console_url} (acknowledge as demo-nurse with the token "
                   f"{nurse_token}); the patients keep streaming. Press Ctrl-C to stop.", flush=True)
@@ -319,14 +344,14 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         if broker is not None:
             broker.stop()
     if summary is None:
-        summary = _summary(args, truth, expected, first_alert, arrivals, work)
+        summary = _summary(args, truth, expected, first_alert, arrivals, work, shot)
         print()
         print("\n".join(summary[1]))
     return 0 if summary[0] else 1
 
 
 def _summary(args: argparse.Namespace, truth: dict, expected: set[str], first_alert: dict[str, float],
-             arrivals: list[tuple[Arrival, dict]], work: Path) -> tuple[bool, list[str]]:
+             arrivals: list[tuple[Arrival, dict]], work: Path, shot: bool = False) -> tuple[bool, list[str]]:
     """(every injected event alerted in time, the summary's lines)."""
     lines = ["Summary", f"  alerts received: {len(arrivals)} (signed, verified by the receiver)"]
     ok = True
@@ -346,6 +371,8 @@ def _summary(args: argparse.Namespace, truth: dict, expected: set[str], first_al
     fp = sorted({b.get("patient_id") for _, b in arrivals if b.get("patient_id") in normal
                  and b.get("category") == "physiological"})
     lines.append(f"  patients without events: {len(normal)}; with a physiological alert: {fp or 'none'}")
+    if shot:
+        lines.append(f"  console screenshot: {args.screenshot}")
     if args.workdir:
         lines.append(f"  logs: {work}")
     return ok, lines

@@ -97,6 +97,7 @@ from streaming.events import AlertEvent
 from streaming.kafka_security import check_connection
 from streaming.logread import LogReader
 from streaming.metrics import DispatcherMetrics
+from models.cli_help import HelpFormatter
 
 # The transport, the delivery policy and the log-backed state live in their own modules;
 # their public names stay importable from here, where callers have always found them.
@@ -601,8 +602,9 @@ async def _consume(st: _State, consumer: AIOKafkaConsumer, stop: asyncio.Event,
 
 def main(argv: list[str] | None = None) -> int:
     """``cardiowatch dispatch``: settings from ``CARDIOWATCH_*``; stops on SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="cardiowatch dispatch", description=__doc__.splitlines()[0])
-    p.add_argument("--log-level", default="INFO")
+    p = argparse.ArgumentParser(prog="cardiowatch dispatch", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--log-level", default="INFO", help="Python logging level (DEBUG, INFO, WARNING, ERROR)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = DispatcherSettings.from_env()

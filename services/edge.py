@@ -24,6 +24,7 @@ from streaming.events import AlertEvent
 from services.pipelines import build_ecg_pipeline, build_policy
 from services.replay import BASE_TS_MS, replay
 from services.simulator import RecordSource
+from models.cli_help import HelpFormatter
 
 __all__ = ["main", "run_edge"]
 
@@ -78,11 +79,11 @@ def run_edge(model: Path, record: Path, policy_file: Path | None = None, threads
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch edge run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="a .tflite file inside a model bundle folder")
     p.add_argument("--record", type=Path, required=True, help="WFDB record path without extension")
     p.add_argument("--policy", type=Path, help="alert policy YAML (default: built-in)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     a = p.parse_args(argv)
     if a.model.suffix != ".tflite" or not a.model.is_file():

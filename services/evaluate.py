@@ -42,6 +42,7 @@ from services.replay import BASE_TS_MS, replay
 from services.settings import DEFAULT_HR_MODEL_DIR, DEFAULT_MODEL_DIR
 from services.simulator import RecordSource, RRSource
 from services.subgroups import format_subgroups_table, plot_subgroups, record_demographics, subgroups_section
+from models.cli_help import HelpFormatter
 
 __all__ = ["EVALUATION_SCHEMA", "RecordRef", "alert_spans", "discover_records", "evaluate",
            "format_pooled_table", "main"]
@@ -507,16 +508,18 @@ def _channel(v: str) -> int | str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--records", type=Path, nargs="+", required=True,
                    help="folder(s) of WFDB records, pooled")
     p.add_argument("--out", type=Path, required=True, help="REPORT.json to write")
     p.add_argument("--scores-dir", type=Path, required=True, help="per-record score CSVs go here")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="ECG model bundle")
     p.add_argument("--hr-model", type=Path, default=DEFAULT_HR_MODEL_DIR, help="heart-rate model bundle")
-    p.add_argument("--stream", choices=["ecg", "hr", "both"], default="ecg")
+    p.add_argument("--stream", choices=["ecg", "hr", "both"], default="ecg",
+                   help="which stream to replay: the ECG, the heart rate derived from its beats, or both")
     p.add_argument("--plots", type=Path, help="write score traces, ROC curves and alert timelines here")
-    p.add_argument("--runtime", choices=["keras", "tflite", "tflite-int8"], default="keras")
+    p.add_argument("--runtime", choices=["keras", "tflite", "tflite-int8"], default="keras",
+                   help="model runtime of the bundle")
     p.add_argument("--record-names", help="comma-separated subset of records")
     p.add_argument("--annotation", default="atr",
                    help="reference annotation extension: atr (default), ecg (nsr2db, chf2db)")

@@ -14,12 +14,14 @@ import subprocess
 import sys
 
 from services.settings import REPO_ROOT
+from models.cli_help import HelpFormatter
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="cardiowatch fuzz", description=(__doc__ or "").splitlines()[0])
+    p = argparse.ArgumentParser(prog="cardiowatch fuzz", description=(__doc__ or "").splitlines()[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--cases", type=int, default=100_000, help="cases per fuzz target (default 100000)")
     p.add_argument("-k", dest="select", default=None, help="only targets matching this pytest -k expression")
     args = p.parse_args(argv)

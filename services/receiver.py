@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 from aiohttp import web
 
 from services.signing import SignatureError, WebhookSecret, verify
+from models.cli_help import HelpFormatter
 
 __all__ = ["ReceiverMode", "Arrival", "WebhookReceiver", "summarise", "main"]
 
@@ -230,11 +231,13 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``cardiowatch receiver --port P --secret S [--mode ok|500|hang|close|down]``."""
-    p = argparse.ArgumentParser(prog="cardiowatch receiver", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8801)
+    p = argparse.ArgumentParser(prog="cardiowatch receiver", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8801, help="port to listen on")
     p.add_argument("--secret", required=True, help="Standard Webhooks secret whsec_...")
-    p.add_argument("--mode", default="ok", choices=_MODES)
+    p.add_argument("--mode", default="ok", choices=_MODES,
+                   help="how to answer: ok (200), 500, hang (never answer), close (drop the connection), down")
     args = p.parse_args(argv)
     try:
         WebhookSecret.parse(args.secret)

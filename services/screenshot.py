@@ -1,6 +1,7 @@
 """Demo support: a PNG of a web page from Debian's headless Chromium, through chromedriver.
 
-``cardiowatch demo`` photographs the console with it (``docs/console.png``). It speaks
+``cardiowatch demo`` photographs the console with it (``runs/demo/console.png``, or the
+``--screenshot`` path, e.g. ``docs/console.png``). It speaks
 chromedriver's W3C WebDriver protocol with ``urllib`` (a session, a page, a script that
 says when the page is ready, a screenshot), so nothing beyond the system's ``chromium``
 and ``chromedriver`` (Debian's ``chromium`` and ``chromium-driver`` packages) is needed at

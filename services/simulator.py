@@ -31,6 +31,7 @@ from streaming.kafka_security import KafkaSecurity, check_connection
 from streaming.schemas import encode_ecg, encode_ecg2, encode_hr
 
 from services.settings import KafkaSettings
+from models.cli_help import HelpFormatter
 
 if TYPE_CHECKING:
     from models.records import BeatAnnotations, Record
@@ -410,21 +411,24 @@ def build_wearables(args: argparse.Namespace, start_ts_ms: int) -> tuple[list[We
 
 
 def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="cardiowatch simulate", description=__doc__)
-    p.add_argument("--patients", type=int, default=10, help="number of wearables (default 10)")
-    p.add_argument("--synthetic", action="store_true", help="synthetic ECG (the default without --records)")
+    p = argparse.ArgumentParser(prog="cardiowatch simulate", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--patients", type=int, default=10, help="number of wearables")
+    p.add_argument("--synthetic", action="store_true", help="synthetic ECG (what runs without --records)")
     p.add_argument("--records", type=Path, help="replay the WFDB records in this folder, one per wearable")
-    p.add_argument("--record-names", help="comma-separated records to replay (default: all)")
+    p.add_argument("--record-names", help="comma-separated records to replay (default: all in --records)")
     p.add_argument("--seconds", type=float, help="stop after this much signal time (default: forever)")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 10 = ten times faster, 0 = flat out")
-    p.add_argument("--chunk-s", type=float, default=1.0)
-    p.add_argument("--sample-rate", type=float, default=250.0)
+    p.add_argument("--chunk-s", type=float, default=1.0, help="seconds of ECG per message (and per heart-rate sample)")
+    p.add_argument("--sample-rate", type=float, default=250.0, help="synthetic ECG sample rate in Hz (records keep theirs)")
     p.add_argument("--wire", choices=get_args(Wire), default="ecg/1",
-                   help="ECG wire format: ecg/1 (JSON, the default) or ecg/2 (binary int16, 1 uV per count)")
+                   help="ECG wire format: ecg/1 (JSON) or ecg/2 (binary int16, 1 uV per count)")
     p.add_argument("--preset", choices=["none", "demo"], default="none",
-                   help="'demo': patient 2 gets a ventricular run, 3 a pause, 4 tachycardia")
-    p.add_argument("--onset-s", type=float, default=25.0, help="event onset for --preset demo")
-    p.add_argument("--events", default="", help="e.g. 'p-0002=vrun@40:5,pvc@20;p-0003=pause@50:5'")
+                   help="'demo': p-0002 gets a ventricular run, p-0003 a pause, p-0004 tachycardia")
+    p.add_argument("--onset-s", type=float, default=25.0, help="seconds into the stream when the --preset demo events start")
+    p.add_argument("--events", default="", metavar="SPEC",
+                   help="events to inject, PATIENT=kind@start_s[:duration_s],...;... e.g. "
+                        "'p-0002=vrun@40:5,pvc@20;p-0003=pause@50:5' (default: none)")
     p.add_argument("--start-ms", type=int, help="event time of the first sample (default: now)")
     p.add_argument("--truth", type=Path, help="write each patient's injected events (JSON) here")
     p.add_argument("--bootstrap", help="Kafka bootstrap (default: CARDIOWATCH_BOOTSTRAP)")

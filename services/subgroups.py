@@ -47,6 +47,7 @@ import numpy as np
 from models.ecg.train import patient_of
 from models.evaluation import RecordEvaluation, evaluate_record, pool
 from models.records import Demographics, load_annotations, read_demographics
+from models.cli_help import HelpFormatter
 
 __all__ = ["AGE_BANDS", "DEFAULT_RESAMPLES", "FIGURES", "MIN_PATIENTS", "PatientTable", "SUBGROUPS_SCHEMA",
            "age_band", "beats_from_scores", "format_subgroups_table", "main", "patient_table", "plot_subgroups",
@@ -541,7 +542,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cardiowatch subgroups", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--report", type=Path, required=True, help="REPORT.json of cardiowatch evaluate or crossval")
     p.add_argument("--records", type=Path, nargs="*", default=None,
                    help="record folders (default: the report's own); matched to the report's by folder name")
@@ -550,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plots", type=Path, help="write subgroups.png here")
     p.add_argument("--out", type=Path, help="report to write (default: --report, rewritten with the section)")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples over patients")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the patient bootstrap")
     a = p.parse_args(argv)
     for folder in a.records or ():
         if not folder.is_dir():

@@ -37,6 +37,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.errors import CardiowatchError
 from services.settings import KafkaSettings, SettingsError
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "CONFIG_KEYS",
@@ -370,11 +371,12 @@ def format_plan(specs: Sequence[TopicSpec]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cardiowatch topics", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cardiowatch topics", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("plan", "print every topic the system uses, from CARDIOWATCH_* settings"),
                        ("apply", "create the missing topics; report (never change) the ones that differ")):
-        sp = sub.add_parser(name, help=text)
+        sp = sub.add_parser(name, help=text, formatter_class=HelpFormatter)
         sp.add_argument("--bootstrap", help="Kafka bootstrap servers (default: CARDIOWATCH_BOOTSTRAP)")
         sp.add_argument("--app-id", default=None, help="the worker's app id (default: CARDIOWATCH_APP_ID)")
     sub.choices["plan"].add_argument("--json", action="store_true", help="one JSON object per topic")

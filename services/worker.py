@@ -15,6 +15,7 @@ from streaming.metrics import WorkerMetrics
 from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_policy, load_ecg_bundle
 from services.settings import KafkaSettings, WorkerSettings
 from services.topics import TopicLayoutError, check_topics
+from models.cli_help import HelpFormatter
 
 __all__ = ["main", "run"]
 
@@ -22,13 +23,13 @@ log = logging.getLogger("cardiowatch.worker")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="cardiowatch worker", description=__doc__)
+    p = argparse.ArgumentParser(prog="cardiowatch worker", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: CARDIOWATCH_BOOTSTRAP)")
     p.add_argument("--model", type=Path, help="ECG model bundle folder (default: the shipped bundle)")
     p.add_argument("--web-port", type=int, help="port of /metrics (default: CARDIOWATCH_METRICS_PORT)")
     p.add_argument("--data-dir", type=Path, help="Faust data folder")
     p.add_argument("--app-id", help="Faust app id / consumer group")
-    p.add_argument("--loglevel", default="info")
+    p.add_argument("--loglevel", default="info", help="Faust worker log level (debug, info, warning, error)")
     return p.parse_args(argv)
 
 

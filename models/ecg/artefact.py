@@ -51,6 +51,7 @@ import numpy as np
 
 from models.ecg.vf import FEATURE_NAMES, WINDOW_S as _WINDOW_S, VFDetector, VFSettings, load_window_detector
 from models.ecg.vf_train import training_data_hash
+from models.cli_help import HelpFormatter
 
 __all__ = ["DEFAULT_CONSECUTIVE", "DEFAULT_FPR", "DEFAULT_NOISE_SPAN_S", "DEFAULT_SNRS_DB", "EXTRA_KEY", "FILE_NAME",
            "ArtefactTrainResult", "load_artefact_detector", "main", "train_artefact", "window_rates_bpm"]
@@ -235,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.ecg.vf_train import collect_windows
 
     ap = argparse.ArgumentParser(prog="cardiowatch train artefact",
-                                 description="Train the artefact (noise) detector and add it to an ECG bundle.")
+                                 description="Train the artefact (noise) detector and add it to an ECG bundle.",
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--records", nargs="+", required=True, type=Path, metavar="DIR", help="WFDB record folders")
     ap.add_argument("--bundle", required=True, type=Path, metavar="BUNDLE_DIR",
                     help="ECG bundle to add artefact_detector.npz to (changed atomically)")
@@ -245,10 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="part of the noise records to use (default: the first 5 minutes, which nstdb never uses)")
     ap.add_argument("--fpr", type=float, default=DEFAULT_FPR, help="share of clean windows called noisy")
     ap.add_argument("--exclude-patients", default="", help="comma-separated patients never trained on")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the logistic detector")
     ap.add_argument("--cache-dir", type=Path, help="keep each source's features here")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
     a = ap.parse_args(argv)
     try:
         snrs = [float(v) for v in a.snrs.split(",") if v.strip()]

@@ -25,6 +25,7 @@ from models.autoencoder import LSTMAutoencoder, validate_fpr
 from models.ecg.beatfeatures import FEATURE_NAMES
 from models.ecg.scorer import CLASSIFIER_FILE
 from models.ecg.features import BEAT_LENGTH, N_CHANNELS, ECGInput, ECGScore, Normaliser, make_model_input
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "LabelledBeats",
@@ -562,20 +563,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example: ``cardiowatch train ecg --synthetic 60 --out models/pretrained/ecg-lstm-ae``.
     """
-    ap = argparse.ArgumentParser(prog="cardiowatch train ecg", description="Train the ECG beat LSTM autoencoder and write a model bundle.")
+    ap = argparse.ArgumentParser(prog="cardiowatch train ecg", description="Train the ECG beat LSTM autoencoder and write a model bundle.",
+                                 formatter_class=HelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--records", nargs="+", metavar="DIR", help="WFDB record folders (normal beats used for training)")
     src.add_argument("--synthetic", type=int, metavar="N_PATIENTS", help="train on N synthetic patients instead")
-    ap.add_argument("--out", required=True, metavar="BUNDLE_DIR")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fpr", type=float, default=0.01)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--duration-s", type=float, default=120.0, help="synthetic record length per patient")
-    ap.add_argument("--eval-patients", type=int, default=8)
-    ap.add_argument("--version", default="0.1.0")
+    ap.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="model bundle folder to write (atomically)")
+    ap.add_argument("--epochs", type=int, default=30, help="autoencoder training epochs")
+    ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--fpr", type=float, default=0.01,
+                    help="false-positive rate on held-out normal beats that sets the threshold (0 < fpr < 1)")
+    ap.add_argument("--batch-size", type=int, default=256, help="training batch size (beats)")
+    ap.add_argument("--duration-s", type=float, default=120.0, help="--synthetic: record length per patient in seconds")
+    ap.add_argument("--eval-patients", type=int, default=8,
+                    help="--synthetic: held-out synthetic patients the bundle is measured on")
+    ap.add_argument("--version", default="0.1.0", help="version string written into the bundle")
     ap.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs with tensor cores)")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     a = ap.parse_args(argv)
     try:
         validate_fpr(a.fpr)

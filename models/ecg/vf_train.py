@@ -58,6 +58,7 @@ from models.episodes import Episode, truth_episodes
 from models.noise import NST_LEARNING_S, add_noise, load_noise
 from models.records import has_signal, list_records, load_record
 from models.signal import MODEL_RATE_HZ, preprocess_record
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "DEFAULT_SNRS_DB",
@@ -554,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.bundle import update_extras
 
     ap = argparse.ArgumentParser(prog="cardiowatch train vf",
-                                 description="Train the VF/VFL detector on WFDB records and add it to an ECG bundle.")
+                                 description="Train the VF/VFL detector on WFDB records and add it to an ECG bundle.",
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--records", nargs="+", required=True, type=Path, metavar="DIR", help="WFDB record folders")
     ap.add_argument("--bundle", required=True, type=Path, metavar="BUNDLE_DIR",
                     help="ECG bundle to add vf_detector.npz to (changed atomically)")
@@ -566,12 +568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fpr", type=float, default=5e-4, help="false-positive rate per window on held-out negatives")
     ap.add_argument("--consecutive", type=int, default=VFSettings().consecutive,
                     help="windows above threshold in a row for an alarm (the policy's default)")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--folds", type=int, default=5, help="patient-wise cross-validation folds")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the folds")
+    ap.add_argument("--l2", type=float, default=1.0, help="L2 penalty of the logistic detector")
     ap.add_argument("--cache-dir", type=Path, help="keep each source's features here")
     ap.add_argument("--report", type=Path, help="also write the cross-validated figures per record here (JSON)")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
     a = ap.parse_args(argv)
     try:
         settings = VFSettings(consecutive=a.consecutive)

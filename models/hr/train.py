@@ -37,6 +37,7 @@ import numpy as np
 from models.autoencoder import Detector, LSTMAutoencoder, NotFittedError, validate_fpr
 from models.hr.data import RRSeries, load_rr_folders
 from models.hr.features import N_FEATURES, RR_MAX_S, RR_MIN_S, WINDOW_BEATS, DEFAULT_TRIM, HRInput, HRNormaliser, HRScore, rr_windows
+from models.cli_help import HelpFormatter
 
 __all__ = [
     "HRTrainResult",
@@ -503,18 +504,19 @@ def train_hr(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``cardiowatch train hr --records DIR... | --synthetic N --out DIR [--seed --fpr --epochs]``."""
-    p = argparse.ArgumentParser(prog="cardiowatch train hr", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cardiowatch train hr", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--records", nargs="+", metavar="DIR", help="WFDB folders (normal-rhythm stretches are used)")
     src.add_argument("--synthetic", type=int, metavar="N", help="number of synthetic normal-rhythm patients")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate per window (0 < fpr < 1)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--duration-s", type=float, default=1200.0, help="seconds per synthetic patient")
+    p.add_argument("--epochs", type=int, default=30, help="autoencoder training epochs")
+    p.add_argument("--duration-s", type=float, default=1200.0, help="--synthetic: seconds per patient")
     p.add_argument("--eval-patients", type=int, default=0,
                    help="held-out synthetic patients with afib/tachy/brady episodes to measure")
-    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--version", default="0.1.0", help="version string written into the bundle")
     p.add_argument("--fs", type=float, help="annotation sample rate (Hz) for records that give none (ltafdb: 128)")
     p.add_argument("--max-windows-per-patient", type=int, default=400,
                    help="cap on one patient's autoencoder training windows (records)")
@@ -522,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--af-folds", type=int, default=5, help="patient-wise folds of the AF detector")
     p.add_argument("--af-max-false-per-day", type=float, default=0.5,
                    help="false AF alerts per patient-day on held-out patients the AF threshold is chosen for")
-    p.add_argument("--af-trees", type=int, default=150)
+    p.add_argument("--af-trees", type=int, default=150, help="trees of the AF detector's forest")
     p.add_argument("--fold-bundles", metavar="DIR",
                    help="also write one bundle per fold (AF detector held out from that fold's patients)")
     args = p.parse_args(list(argv) if argv is not None else None)

@@ -317,7 +317,7 @@ def test_alert_appears_within_2_s_with_its_strip_and_flagged_beats(stack: Stack,
 
 
 def test_the_demos_screenshot_of_the_console(stack: Stack, browser: Any, tmp_path: Path) -> None:
-    """services.screenshot (what ``cardiowatch demo`` writes docs/console.png with) waits
+    """services.screenshot (what ``cardiowatch demo`` photographs the console with) waits
     for the page to show the alerts, then writes a PNG of the whole page."""
     from services.console import READY_JS
     from services.screenshot import screenshot

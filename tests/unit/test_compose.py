@@ -1,4 +1,6 @@
-"""docker-compose.yml agrees with services/settings.py, Prometheus and the local broker pin."""
+"""docker-compose.yml agrees with services/settings.py, Prometheus and the local broker pin,
+and shows the product: the simulator injects events, the routing file covers its patients,
+every webhook has a listener, the console acknowledges with a hashed token, one partition count."""
 
 from __future__ import annotations
 
@@ -9,11 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from services.settings import DispatcherSettings, KafkaSettings, Topics, WorkerSettings
+from services.access import AckPrincipal, TokenBook
+from services.routing import Endpoint, RoutingConfig, is_loopback_host, load_routing
+from services.settings import ConsoleSettings, DispatcherSettings, KafkaSettings, Topics, WorkerSettings
+from services.signing import WebhookSecret
 from services.topics import plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("worker", "dispatcher", "simulator", "receiver")
+APP_SERVICES = ("worker", "dispatcher", "console", "simulator", "receiver")
+KAFKA_CLIENTS = ("worker", "dispatcher", "console", "simulator")  # every app service but the receiver
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,7 @@ def test_init_service_applies_the_topic_plan_the_worker_and_dispatcher_check(
 def test_app_services_point_at_the_kafka_internal_listener(services: dict[str, dict[str, Any]]) -> None:
     bootstrap = _internal_bootstrap(services["kafka"])
     assert bootstrap == "kafka:19092"
-    for name in ("worker", "dispatcher", "simulator"):
+    for name in KAFKA_CLIENTS:
         env = _env(services[name])
         assert env["CARDIOWATCH_BOOTSTRAP"] == bootstrap, name
         assert KafkaSettings.from_env(env).bootstrap == bootstrap
@@ -121,7 +127,8 @@ def test_app_services_run_the_cli_from_the_project_image(
     expected = {
         "worker": ["cardiowatch", "worker"],
         "dispatcher": ["cardiowatch", "dispatch"],
-        "simulator": ["cardiowatch", "simulate", "--patients", "20", "--synthetic"],
+        "console": ["cardiowatch", "console"],
+        "simulator": ["cardiowatch", "simulate", "--patients", "20", "--synthetic", "--preset", "demo"],
         "receiver": ["cardiowatch", "receiver"],
     }
     for name, argv in expected.items():
@@ -129,12 +136,177 @@ def test_app_services_run_the_cli_from_the_project_image(
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile", name
         assert (REPO_ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
         assert svc["command"][:len(argv)] == argv, name
-    for name in ("worker", "dispatcher", "simulator"):
+    for name in KAFKA_CLIENTS:
         assert services[name]["depends_on"]["kafka-init"]["condition"] == \
             "service_completed_successfully"
-    routing = _env(services["dispatcher"])["CARDIOWATCH_ROUTING_FILE"]
-    assert routing.startswith("/app/")
-    assert (REPO_ROOT / routing.removeprefix("/app/")).is_file(), routing
+    for name in ("dispatcher", "console"):
+        routing = _env(services[name])["CARDIOWATCH_ROUTING_FILE"]
+        assert routing.startswith("/app/")
+        assert (REPO_ROOT / routing.removeprefix("/app/")).is_file(), routing
+
+
+# --- what the stack shows: events, routing, listeners, the console, one partition count ---
+def _routing(services: dict[str, dict[str, Any]]) -> RoutingConfig:
+    """The dispatcher's routing file (the image's /app is the repository root)."""
+    path = _env(services["dispatcher"])["CARDIOWATCH_ROUTING_FILE"]
+    return load_routing(REPO_ROOT / path.removeprefix("/app/"))
+
+
+def _simulated(services: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """patient id -> injected events, exactly as the simulator service's command builds them."""
+    from services.simulator import build_wearables, parse_args
+
+    command = services["simulator"]["command"]
+    assert command[:2] == ["cardiowatch", "simulate"]
+    args = parse_args(command[2:])
+    assert args.records is None, "the compose simulator streams synthetic patients"
+    _, truth = build_wearables(args, 0)
+    return truth
+
+
+def test_simulator_injects_the_demo_events_after_the_worker_has_started(
+        services: dict[str, dict[str, Any]]) -> None:
+    truth = _simulated(services)
+    kinds = {pid: [e["kind"] for e in t["events"]] for pid, t in truth.items() if t["events"]}
+    # the demo preset: a ventricular run, a pause and sustained tachycardia, each alerting
+    assert sorted(k for evs in kinds.values() for k in evs) == ["pause", "tachy", "vrun"], kinds
+    assert len(truth) == 20
+    assert services["simulator"]["depends_on"]["worker"]["condition"] == "service_started"
+    onset_s = min(e["onset_ts_ms"] - t["start_ts_ms"] for t in truth.values() for e in t["events"]) / 1000
+    assert onset_s >= 30, f"events {onset_s:.0f} s in: the worker may still be loading its model"
+
+
+def test_routing_file_covers_exactly_the_simulators_patients(services: dict[str, dict[str, Any]]) -> None:
+    routing = _routing(services)
+    truth = _simulated(services)
+    assert sorted(routing.patients) == sorted(truth), "routing patients != the simulator's patients"
+    team = _env(services["console"])["CARDIOWATCH_CONSOLE_TEAM"]
+    assert {routing.team_for(pid).name for pid in truth} == {team}, "the console shows every simulated patient"
+    for pid, t in truth.items():  # every alert an injected event raises has a route
+        for key in ("high", "medium", "low", "technical"):
+            assert routing.route_for(pid, key).primary.url
+
+
+def _endpoints(routing: RoutingConfig) -> list[Endpoint]:
+    out: list[Endpoint] = []
+    for team in routing.teams.values():
+        for route in team.routes.values():
+            out += [route.primary, *([route.failover] if route.failover else []), *route.escalation]
+    return out
+
+
+def _receivers(services: dict[str, dict[str, Any]]) -> dict[int, tuple[str, str]]:
+    """port -> (receiver service, its --secret) for receivers in the dispatcher's network."""
+    out = {}
+    for name, svc in services.items():
+        command = svc.get("command") or []
+        if command[:2] != ["cardiowatch", "receiver"]:
+            continue
+        assert svc.get("network_mode") == "service:dispatcher", \
+            f"{name}: a webhook to 127.0.0.1 reaches only a receiver in the dispatcher's network"
+        opts = dict(zip(command[2::2], command[3::2]))
+        assert opts.get("--host", "127.0.0.1") in ("127.0.0.1", "0.0.0.0"), name
+        out[int(opts.get("--port", "8801"))] = (name, opts["--secret"])
+    return out
+
+
+def test_every_webhook_the_routing_file_names_has_a_listener_with_its_secret(
+        services: dict[str, dict[str, Any]]) -> None:
+    from urllib.parse import urlparse
+
+    listeners = _receivers(services)
+    assert listeners, "no receiver service"
+    endpoints = _endpoints(_routing(services))
+    assert len(endpoints) >= 3
+    for ep in endpoints:
+        u = urlparse(ep.url)
+        assert is_loopback_host(u.hostname), f"{ep.name}: {ep.url} is not the dispatcher's own network"
+        assert u.port in listeners, f"{ep.name}: nothing listens on port {u.port} ({ep.url})"
+        assert ep.secret.key == WebhookSecret.parse(listeners[u.port][1]).key, \
+            f"{ep.name}: signed with another secret than {listeners[u.port][0]} verifies with"
+
+
+def test_the_receivers_command_accepts_what_the_dispatcher_signs_for_each_route(
+        services: dict[str, dict[str, Any]]) -> None:
+    """The same receiver, started here as the compose service starts it (on a free port)."""
+    import asyncio
+    import json
+    import time
+    from urllib.parse import urlparse
+
+    import aiohttp
+
+    from services.receiver import WebhookReceiver
+    from services.signing import signature_headers
+
+    listeners = _receivers(services)
+    endpoints = _endpoints(_routing(services))
+
+    async def deliver_all() -> list[tuple[str, int]]:
+        statuses = []
+        for port, (_, secret) in listeners.items():
+            async with WebhookReceiver(secret, port=0) as rec, aiohttp.ClientSession() as http:
+                for i, ep in enumerate(e for e in endpoints if urlparse(e.url).port == port):
+                    body = json.dumps({"patient_id": "p-0002", "condition": "ventricular_run"}).encode()
+                    headers = signature_headers(ep.secret, f"msg_{i}", int(time.time()), body)
+                    url = f"http://127.0.0.1:{rec.port}{urlparse(ep.url).path}"
+                    async with http.post(url, data=body, headers={**headers, "content-type": "application/json"},
+                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
+                        statuses.append((ep.name, r.status))
+                assert rec.rejected == 0
+        return statuses
+
+    statuses = asyncio.run(deliver_all())
+    assert len(statuses) == len(endpoints)
+    assert [s for s in statuses if s[1] != 200] == []
+
+
+def _documented_token(text: str) -> tuple[str, str]:
+    """(user, token) from docker-compose.yml's header: 'Acknowledge as USER with the token TOKEN'."""
+    flat = re.sub(r"\n#\s*", " ", text)
+    m = re.search(r"Acknowledge as (\S+) with the token (\S+?)[:;,.]?\s", flat)
+    assert m, "docker-compose.yml does not say which token to acknowledge with"
+    return m.group(1), m.group(2)
+
+
+def test_console_acknowledges_through_the_dispatchers_ack_api_with_a_hashed_token(
+        services: dict[str, dict[str, Any]]) -> None:
+    console_env = _env(services["console"])
+    dispatcher_env = _env(services["dispatcher"])
+    console = ConsoleSettings.from_env(console_env)
+    dispatcher = DispatcherSettings.from_env(dispatcher_env)
+    # the buttons reach the ack API: the dispatcher's service name and ack port, on all interfaces
+    assert console.ack_api_url == f"http://dispatcher:{dispatcher.ack_port}"
+    assert dispatcher.bind_host == "0.0.0.0"
+    assert services["console"]["depends_on"]["dispatcher"]["condition"] == "service_started"
+    # one routing file: the dispatcher checks tokens with it, the console picks its ward by it
+    assert console.routing_file == dispatcher.routing_file
+    # the page is published on the host's loopback only
+    assert console.bind_host == "0.0.0.0"
+    assert services["console"]["ports"] == [f"127.0.0.1:{console.port}:{console.port}"]
+    # the documented demo token is stored hashed, for the console's team
+    routing = _routing(services)
+    user, token = _documented_token((REPO_ROOT / "docker-compose.yml").read_text())
+    assert TokenBook(routing.tokens).lookup(token) == AckPrincipal(user, console.team or "")
+    routing_text = (REPO_ROOT / str(dispatcher.routing_file).removeprefix("/app/")).read_text()
+    assert token not in routing_text, "the routing file must hold the token's hash only"
+    # the old plain token file is refused at start
+    assert all("CARDIOWATCH_ACK_TOKENS_FILE" not in _env(svc) for svc in services.values())
+
+
+def test_the_partition_count_is_one_setting_for_every_service(
+        compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    assert len(re.findall(r"^\s*CARDIOWATCH_PARTITIONS:", text, flags=re.MULTILINE)) == 1, \
+        "CARDIOWATCH_PARTITIONS must be set once (x-kafka-env), not per service"
+    shared = compose["x-kafka-env"]["CARDIOWATCH_PARTITIONS"]
+    users = [n for n, svc in services.items() if (svc.get("command") or [None])[0] == "cardiowatch"
+             and svc["command"][1] != "receiver"]
+    assert set(users) == {"kafka-init", *KAFKA_CLIENTS}
+    for name in users:
+        assert _env(services[name]).get("CARDIOWATCH_PARTITIONS") == shared, name
+        assert KafkaSettings.from_env(_env(services[name])).partitions == int(shared), name
+    assert "CARDIOWATCH_PARTITIONS" not in (REPO_ROOT / "docker-compose.secure.yml").read_text()
 
 
 def test_kafka_image_matches_the_local_broker_pin(services: dict[str, dict[str, Any]]) -> None:
@@ -173,7 +345,10 @@ def test_secure_variant_services_log_in_with_settings_keys(
                     "-keyout", str(tmp_path / "ca.key"), "-out", str(ca)], check=True, capture_output=True)
     pw.write_text("pw\n")
     known = _settings_keys()
-    for name in ("worker", "dispatcher", "simulator"):
+    clients = [n for n, svc in services.items() if "CARDIOWATCH_BOOTSTRAP" in _env(svc) and n != "kafka-init"]
+    assert sorted(clients) == sorted(KAFKA_CLIENTS)
+    for name in clients:
+        assert name in secure, f"{name} talks to Kafka but docker-compose.secure.yml leaves it plaintext"
         env = {**_env(services[name]), **_env(secure[name])}  # compose merges environment by key
         unknown = [k for k in env if k.startswith("CARDIOWATCH_") and k not in known]
         assert unknown == [], (name, unknown)
