@@ -144,6 +144,9 @@ class AlertBook:
         self.max_finished = max_finished
         self.retention_ms = retention_ms
         self.dropped: list[str] = []  # ids the max_finished cap dropped, for the caller to collect
+        # the latest forget() cutoff: events of unknown alerts from before it are replays
+        # of forgotten ones and must not bring them back as open
+        self._horizon_ms: int | None = None
 
     def _settle(self, alert_id: str, now_ms: int) -> None:
         st = self._alerts[alert_id]
@@ -166,6 +169,8 @@ class AlertBook:
         cur = self._alerts.get(ev.alert_id)
         if cur is not None and cur.status in FINISHED:
             return  # finished is final: later events of it (replays, echoes) change nothing
+        if cur is None and self._horizon_ms is not None and now_ms <= self._horizon_ms:
+            return  # a replayed record of an alert forgotten after the retention
         if ev.action == "cleared":
             self._cleared.add(ev.alert_id)
         elif ev.action in ("raised", "updated"):
@@ -198,7 +203,9 @@ class AlertBook:
 
     def forget(self, now_ms: int) -> list[str]:
         """Drop the finished alerts that finished ``retention_ms`` or more before
-        ``now_ms`` (and any the ``max_finished`` cap dropped since the last call).
+        ``now_ms`` (and any the ``max_finished`` cap dropped since the last call). From
+        then on an event of an unknown alert logged at or before that cutoff (a replay of
+        a forgotten alert) is ignored.
 
         Returns
         -------
@@ -206,6 +213,7 @@ class AlertBook:
             The alert ids forgotten; unfinished alerts are never among them.
         """
         cutoff = now_ms - self.retention_ms
+        self._horizon_ms = cutoff if self._horizon_ms is None else max(self._horizon_ms, cutoff)
         gone = [a for a, t in self._finished.items() if t <= cutoff]
         for a in gone:
             del self._finished[a]

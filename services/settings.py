@@ -322,6 +322,8 @@ class DispatcherSettings:
     alert_retention_hours: float = 24.0
     # the start-up rebuild must reach the end of what it reads in this time, or start-up fails
     rebuild_timeout_s: float = 30.0
+    # ... and the whole-log replay (a cluster without alert state yet) may hold at most this many records
+    rebuild_max_records: int = 1_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
@@ -347,6 +349,8 @@ class DispatcherSettings:
                                          0.001, 87_600.0),
             rebuild_timeout_s=_float(env, "CARDIOWATCH_DISPATCH_REBUILD_TIMEOUT_S", cls.rebuild_timeout_s,
                                      0.1, 3600.0),
+            rebuild_max_records=_int(env, "CARDIOWATCH_DISPATCH_REBUILD_MAX_RECORDS", cls.rebuild_max_records,
+                                     1, 100_000_000),
         )
 
 

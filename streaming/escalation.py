@@ -104,6 +104,9 @@ class EscalationTracker:
         self._open: dict[str, dict[str, Any]] = {}
         # finished alert_id -> when it finished (now_ms); insertion order ~ oldest first
         self._closed: dict[str, int] = {}
+        # the latest forget() cutoff: an event of an alert not held from before it belongs
+        # to an alert already forgotten (or finished longer ago), and must not reopen it
+        self._horizon_ms: int | None = None
 
     # ------------------------------------------------------------------ inputs
     def observe(self, event: AlertEvent, now_ms: int) -> None:
@@ -117,6 +120,8 @@ class EscalationTracker:
         if event.alert_id in self._closed:
             return  # finished is final: replays and echoes of it change nothing
         rec = self._open.get(event.alert_id)
+        if rec is None and self._horizon_ms is not None and now_ms <= self._horizon_ms:
+            return  # a replayed record of an alert forgotten after the retention
         if event.action == "resolved":
             self._close(event.alert_id, now_ms)
             return
@@ -186,7 +191,9 @@ class EscalationTracker:
     def forget(self, now_ms: int) -> list[str]:
         """Drop the finished alerts that finished ``retention_ms`` or more before ``now_ms``.
 
-        Open alerts (acknowledged or not, latched or not) are never dropped.
+        Open alerts (acknowledged or not, latched or not) are never dropped. From then
+        on, an event of an alert not held whose ``now_ms`` is at or before that cutoff
+        (a replay of a forgotten alert's records) is ignored.
 
         Returns
         -------
@@ -194,6 +201,7 @@ class EscalationTracker:
             The alert ids forgotten.
         """
         cutoff = now_ms - self.retention_ms
+        self._horizon_ms = cutoff if self._horizon_ms is None else max(self._horizon_ms, cutoff)
         gone = [a for a, t in self._closed.items() if t <= cutoff]
         for a in gone:
             del self._closed[a]

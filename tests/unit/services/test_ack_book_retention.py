@@ -74,3 +74,15 @@ def test_export_restore_round_trips_an_entry() -> None:
     assert other.get(ev(1, "raised").alert_id).status == "closed"  # the latch came along
     with pytest.raises(ValueError, match="status must be"):
         other.restore({**book.export(ev(1, "raised").alert_id), "status": "gone"})  # type: ignore[dict-item]
+
+
+def test_a_replay_of_a_forgotten_alert_does_not_bring_it_back() -> None:
+    book = AlertBook(retention_ms=HOUR_MS)
+    a = ev(1, "raised").alert_id
+    book.observe(ev(1, "raised"), T0)
+    book.apply(AckRecord(a, "resolve", "nurse", T0 + 10))
+    assert book.forget(T0 + 10 + HOUR_MS) == [a]
+    book.observe(ev(1, "raised"), T0)  # the consume loop re-reads the old record
+    assert book.get(a) is None and len(book) == 0
+    book.observe(ev(2, "raised"), T0 + 11 + HOUR_MS)
+    assert book.get(ev(2, "raised").alert_id).status == "open"

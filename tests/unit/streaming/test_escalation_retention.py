@@ -69,3 +69,15 @@ def test_export_restore_round_trips_open_and_closed() -> None:
 def test_retention_must_be_a_non_negative_integer() -> None:
     with pytest.raises(ValueError, match="retention_ms must be a non-negative integer, got -1"):
         EscalationTracker(retention_ms=-1)
+
+
+def test_a_replay_of_a_forgotten_alert_does_not_bring_it_back() -> None:
+    t = EscalationTracker(EscalationConfig(), retention_ms=HOUR_MS)
+    a = ev(1, "raised").alert_id
+    t.observe(ev(1, "raised"), T0)
+    t.resolve(a, T0 + 5, "nurse")
+    assert t.forget(T0 + 5 + HOUR_MS) == [a]
+    t.observe(ev(1, "raised"), T0)  # the consume loop re-reads the old record
+    assert len(t) == 0 and t.open_alerts() == []
+    t.observe(ev(2, "raised"), T0 + 6 + HOUR_MS)  # a new alert after the cutoff opens as ever
+    assert [x.alert_id for x in t.open_alerts()] == [ev(2, "raised").alert_id]
