@@ -117,12 +117,13 @@ class _AlertChurn(threading.Thread):
         self.topics, self.rate, self.patients = topics, rate_per_s, patients
         self.stop_flag = threading.Event()
         self.raised = self.finished = 0
+        self.error: BaseException | None = None
 
     def _send_alert(self, alert: dict[str, Any], action: str, revision: int) -> None:
         from streaming.events import AlertEvent
 
-        ev = AlertEvent.from_dict({**alert, "action": action, "revision": revision,
-                                   "produced_wall_ms": int(time.time() * 1000)})
+        ev = AlertEvent(**{**alert, "action": action, "revision": revision,
+                           "produced_wall_ms": int(time.time() * 1000)})
         self.producer.send(self.topics.alerts, ev.to_json(), key=ev.patient_id.encode())
 
     def _send_ack(self, alert_id: str, action: str) -> None:
@@ -132,6 +133,13 @@ class _AlertChurn(threading.Thread):
         self.producer.send(self.topics.acks, rec.to_json(), key=alert_id.encode())
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # the soak checks it and fails, naming it
+            self.error = e
+            raise
+
+    def _run(self) -> None:
         pending: list[tuple[float, dict[str, Any], int]] = []  # (finish at, alert, kind)
         i, nxt = 0, time.monotonic()
         while not self.stop_flag.is_set():
@@ -254,7 +262,8 @@ def run_soak(minutes: float, patients: int, *, out_dir: Path, sample_s: float = 
                            "deadletter": f"{stamp}.{d.deadletter}"})
         from services.broker import create_topics
         create_topics(bootstrap, [topics.alerts, topics.acks, topics.alerts_deadletter, topics.alert_state,
-                                  topics.scores, topics.deadletter], partitions, security=security)
+                                  topics.scores, topics.deadletter], partitions, security=security,
+                      compact=[topics.alert_state])
         topic_env = {"CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
                      "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
                      "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
@@ -302,6 +311,8 @@ def run_soak(minutes: float, patients: int, *, out_dir: Path, sample_s: float = 
         t0 = time.monotonic()
         while True:
             el = time.monotonic() - t0
+            if churn.error is not None:
+                raise RuntimeError(f"the alert churn failed: {churn.error!r}")
             w_kib, d_kib = read_rss_kib(worker.pid), read_rss_kib(dispatcher.pid)
             if w_kib is None or d_kib is None:
                 raise RuntimeError(f"{'worker' if w_kib is None else 'dispatcher'} exited during the soak:\n"
@@ -314,13 +325,15 @@ def run_soak(minutes: float, patients: int, *, out_dir: Path, sample_s: float = 
                 s.update(worker_lag=wm.get("cardiowatch_consumer_lag_messages"),
                          beats_scored=wm.get("cardiowatch_beats_scored_total"),
                          deliveries=dm.get("cardiowatch_deliveries_total"),
-                         open_alerts=dm.get("cardiowatch_open_alerts"))
+                         open_alerts=dm.get("cardiowatch_open_alerts"),
+                         alerts_held=dm.get("cardiowatch_dispatch_alerts_held"))
             except OSError:
                 pass
             s.update(alerts_raised=churn.raised, alerts_finished=churn.finished)
             samples.append(s)
             say(f"t={el / 60:5.1f} min worker {s['worker_rss_mib']:7.1f} MiB  dispatcher "
-                f"{s['dispatcher_rss_mib']:6.1f} MiB  lag {s.get('worker_lag')}  open alerts {s.get('open_alerts')}")
+                f"{s['dispatcher_rss_mib']:6.1f} MiB  lag {s.get('worker_lag')}  open alerts {s.get('open_alerts')}  "
+                f"held (book + tracker) {s.get('alerts_held')}")
             if el >= total_s:
                 break
             time.sleep(max(0.0, min(sample_s, total_s - el) - (time.monotonic() - t0 - el)))
@@ -358,11 +371,16 @@ def run_soak(minutes: float, patients: int, *, out_dir: Path, sample_s: float = 
 
 def format_table(result: dict[str, Any]) -> str:
     """The samples and the growth figures as text."""
-    lines = [f"{'t (min)':>8}  {'worker MiB':>10}  {'dispatcher MiB':>14}  {'open alerts':>11}  {'lag':>6}"]
+    lines = [f"{'t (min)':>8}  {'worker MiB':>10}  {'dispatcher MiB':>14}  {'open alerts':>11}  "
+             f"{'alerts held':>11}  {'lag':>6}"]
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0f}"
+
     for s in result["samples"]:
-        oa, lag = s.get("open_alerts"), s.get("worker_lag")
         lines.append(f"{s['t_s'] / 60:8.1f}  {s['worker_rss_mib']:10.1f}  {s['dispatcher_rss_mib']:14.1f}  "
-                     f"{'-' if oa is None else f'{oa:.0f}':>11}  {'-' if lag is None else f'{lag:.0f}':>6}")
+                     f"{num(s.get('open_alerts')):>11}  {num(s.get('alerts_held')):>11}  "
+                     f"{num(s.get('worker_lag')):>6}")
     lines.append("")
     for name, g in result["growth"].items():
         lines.append(f"{name}: after warm-up (first {100 * result['warmup_frac']:.0f} %) {g['baseline_mib']} MiB "

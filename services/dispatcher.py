@@ -302,6 +302,8 @@ class _State:
         observed_ms = sum(max(hour_ms, hi - lo) for lo, hi in self.patient_span_ms.values())
         if observed_ms:
             self.metrics.alerts_per_patient_day.set(self.raised / (observed_ms / 86_400_000))
+        self.metrics.alerts_held.labels(store="book").set(len(self.book))
+        self.metrics.alerts_held.labels(store="tracker").set(len(self.tracker))
         self.metrics.in_flight.set(self.offsets.in_flight)
         self.metrics.held_bytes.set(self.held_bytes)
         if self.breaker is not None:

@@ -78,7 +78,7 @@ def make_topics(kafka_broker: LocalBroker, request: pytest.FixtureRequest) -> Ca
             acks=f"{prefix}.{d.acks}",
             alert_state=f"{prefix}.{d.alert_state}",
         )
-        kafka_broker.create_topics(topics.all(), partitions)
+        kafka_broker.create_topics(topics.all(), partitions, compact=[topics.alert_state])
         return topics
 
     return make
