@@ -147,7 +147,7 @@ class _AlertChurn(threading.Thread):
             if now >= nxt:
                 pid = self.patients[i % len(self.patients)]
                 onset = int(time.time() * 1000)
-                alert = dict(alert_id=f"{pid}:soak_pause:{onset}", revision=0, action="raised",
+                alert: dict[str, Any] = dict(alert_id=f"{pid}:soak_pause:{onset}", revision=0, action="raised",
                              patient_id=pid, device_id=f"dev-{pid}", condition="pause",
                              category="physiological", priority=("high", "medium", "low")[i % 3],
                              onset_ts_ms=onset, detected_ts_ms=onset, rule="soak: RR > 3 s",
@@ -299,7 +299,9 @@ def run_soak(minutes: float, patients: int, *, out_dir: Path, sample_s: float = 
         start_ms = int(time.time() * 1000)
         wearables = [_FastWearable(pid, templates[i % len(templates)], start_ms + slot_offset_ms(i), (i * 37) % 300)
                      for i, pid in enumerate(patient_ids(patients))]
-        sim = Simulation(wearables, make_producer(bootstrap, security), topics.ecg, topics.hr, start_ms=start_ms)
+        # _FastWearable is a Wearable by duck typing (bench stream's load generator)
+        sim = Simulation(wearables, make_producer(bootstrap, security), topics.ecg, topics.hr,  # type: ignore[arg-type]
+                         start_ms=start_ms)
         total_s = minutes * 60.0
         say(f"streaming {patients} patients and {alert_rate:g} alerts/s for {minutes:g} min; "
             f"RSS every {sample_s:g} s")

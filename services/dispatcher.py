@@ -622,9 +622,12 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         # The rebuild read every partition to its end: its state is complete up to there
         # for all of them, so it is written now (the first time, everything the raw replay found).
         st.forget(int(time.time() * 1000))
-        n = await write_state(st, set(rebuilt.alerts_end), rebuilt.alerts_end)
-        log.info("wrote %d alert-state record(s) to %r after the %s rebuild", n, st.topics.alert_state,
-                 rebuilt.mode)
+        try:
+            n = await write_state(st, set(rebuilt.alerts_end), rebuilt.alerts_end)
+            log.info("wrote %d alert-state record(s) to %r after the %s rebuild", n, st.topics.alert_state,
+                     rebuilt.mode)
+        except Exception:  # the state stays marked; the escalation loop's next write tries again
+            log.exception("writing the alert state after the %s rebuild failed; retrying later", rebuilt.mode)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=500, **security.aiokafka_kwargs())
@@ -673,11 +676,13 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         await asyncio.gather(*tasks, *st.workers.values(), return_exceptions=True)
         if consumer is not None:
             await _commit(st, consumer)
-            with contextlib.suppress(Exception):  # what is not written is replayed from the logs
+            # what is not written is replayed from the logs after the last checkpoint
+            with contextlib.suppress(Exception):
                 owned = {tp.partition for tp in consumer.assignment() if tp.topic == st.topics.alerts}
-                await write_state(st, owned, {
+                await asyncio.wait_for(write_state(st, owned, {
                     p: pt for p in owned
-                    if (pt := st.offsets.point(TopicPartition(st.topics.alerts, p))) is not None})
+                    if (pt := st.offsets.point(TopicPartition(st.topics.alerts, p))) is not None}),
+                    timeout=options.stop_grace_s)
             await consumer.stop()
         if acks_consumer is not None:
             await acks_consumer.stop()

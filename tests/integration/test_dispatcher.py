@@ -434,6 +434,7 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(
                    "CARDIOWATCH_DISPATCHER_METRICS_PORT": "0", "CARDIOWATCH_ACK_PORT": "0",
                    "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
                    "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
                    "PYTHONPATH": str(REPO_ROOT)}
 
             def spawn() -> subprocess.Popen[bytes]:

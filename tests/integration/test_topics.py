@@ -64,7 +64,7 @@ def test_apply_creates_the_missing_topics_and_reports_without_changing_the_rest(
     # nothing was altered, and a second apply creates nothing
     again = apply(k, specs)
     assert again.created == ()
-    assert set(again.unchanged) == internal
+    assert set(again.unchanged) == internal | {topics.alert_state}  # made compacted, as planned
     assert again.differing == first.differing
     assert observe(k, topics.all())[topics.ecg].configs["retention.ms"] == "86400000"
 
@@ -157,7 +157,7 @@ def test_dispatcher_refuses_a_replication_factor_below_the_setting(
         _run_dispatcher(_dispatcher_settings(kafka_broker, topics, tmp_path, replication_factor=3))
     assert sorted(err.value.problems) == sorted(
         f"topic {name!r} has replication factor 1 but CARDIOWATCH_REPLICATION_FACTOR is 3"
-        for name in (topics.alerts, topics.acks, topics.alerts_deadletter))
+        for name in (topics.alerts, topics.acks, topics.alerts_deadletter, topics.alert_state))
     # the same topics with the default setting pass the check (and the dispatcher stops)
     _run_dispatcher(_dispatcher_settings(kafka_broker, topics, tmp_path))
 
