@@ -252,6 +252,7 @@ class _State:
     alert_partition: dict[str, int] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     acks_pos: dict[int, int] = field(default_factory=dict)
+    checkpoints: dict[int, Checkpoint] = field(default_factory=dict)  # the last written, per partition
 
     @property
     def topics(self) -> Any:
@@ -373,12 +374,15 @@ async def write_state(st: _State, owned: set[int], points: dict[int, int]) -> in
                 alert_record(alerts, StateEntry(a, p, book, tracker), wall_ms)
             futures.append(await st.producer.send(topic, key=a.encode(), value=value))
         await asyncio.gather(*futures)
-        # only once every alert record has landed: a checkpoint vouches for them
+        # only once every alert record has landed: a checkpoint vouches for them; one that
+        # says what the last one said is not written again (the topic stays small)
         acks = dict(st.acks_pos)
+        fresh = {p: Checkpoint(p, off, acks) for p, off in sorted(points.items())
+                 if p in owned and st.checkpoints.get(p) != Checkpoint(p, off, acks)}
         cps = [await st.producer.send(topic, key=checkpoint_key(alerts, p),
-                                      value=checkpoint_record(alerts, Checkpoint(p, off, acks), wall_ms))
-               for p, off in sorted(points.items()) if p in owned]
+                                      value=checkpoint_record(alerts, cp, wall_ms)) for p, cp in fresh.items()]
         await asyncio.gather(*cps)
+        st.checkpoints.update(fresh)
     except BaseException:
         st.dirty.update(batch)
         raise

@@ -103,6 +103,10 @@ class TopicSpec:
         out = {"cleanup.policy": self.cleanup_policy, "min.insync.replicas": str(self.min_insync_replicas)}
         if self.retention_ms is not None:
             out["retention.ms"] = str(self.retention_ms)
+        if self.role == "state":
+            # the cleaner only compacts closed segments: roll hourly, so the dispatcher's
+            # start-up read of it stays near one record per alert (the default rolls weekly)
+            out["segment.ms"] = str(_MS_PER_HOUR)
         return out
 
 

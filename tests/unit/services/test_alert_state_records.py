@@ -194,3 +194,23 @@ def test_the_schema_accepts_what_the_dispatcher_writes_and_refuses_what_decode_r
         assert not v.is_valid(bad), bad
         with pytest.raises(AlertStateRecordError):
             decode(json.dumps(bad).encode())
+
+
+def test_an_unchanged_checkpoint_is_not_written_again() -> None:
+    prod = _Producer()
+    st = _state(prod)
+    st.observe(ev(1, "raised"), T0, partition=0)
+    asyncio.run(write_state(st, {0}, {0: 1}))
+    assert len(prod.sent) == 2
+    prod.sent.clear()
+    assert asyncio.run(write_state(st, {0}, {0: 1})) == 0 and prod.sent == []
+    st.acks_pos[0] = 4  # an ack applied since: the checkpoint moves
+    asyncio.run(write_state(st, {0}, {0: 1}))
+    assert [k for _, k, _ in prod.sent] == [checkpoint_key(st.topics.alerts, 0)]
+
+
+def test_the_state_topic_is_compacted_and_rolls_hourly() -> None:
+    from services.topics import plan
+
+    spec = {s.name: s for s in plan(KafkaSettings(), "cw")}[KafkaSettings().topics.alert_state]
+    assert spec.configs() == {"cleanup.policy": "compact", "min.insync.replicas": "1", "segment.ms": "3600000"}
