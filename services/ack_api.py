@@ -119,34 +119,58 @@ class AlertState:
 class AlertBook:
     """What the ack API and the gauges need to know: each alert's latest status.
 
-    Alerts not yet finished are all kept (their number is what is really open); of the
-    finished ones (resolved, or acknowledged with their condition over) only the latest
-    ``max_finished`` are, so a dispatcher running for months stays bounded while a late
-    ack of a recent alert still gets 409 rather than 404."""
+    Alerts not yet finished are all kept (their number is what is really open). A
+    finished one (resolved, or acknowledged with its condition over) is kept for
+    ``retention_ms`` after it finished, so a late ack of a recent alert still gets 409
+    rather than 403, then :meth:`forget` drops it; at most ``max_finished`` finished ones
+    are kept in any case (the oldest go first), so a dispatcher running for months stays
+    bounded.
 
-    def __init__(self, max_finished: int = 10_000) -> None:
+    Parameters
+    ----------
+    max_finished : int
+        Cap on finished alerts kept, whatever their age.
+    retention_ms : int
+        How long a finished alert is kept, in milliseconds of event time (the log time of
+        the record that finished it; :meth:`forget` is given the current time).
+    """
+
+    def __init__(self, max_finished: int = 10_000, retention_ms: int = 24 * 3_600_000) -> None:
+        if isinstance(retention_ms, bool) or not isinstance(retention_ms, int) or retention_ms < 0:
+            raise ValueError(f"retention_ms must be a non-negative integer, got {retention_ms!r}")
         self._alerts: dict[str, AlertState] = {}
         self._cleared: set[str] = set()  # condition over, alert still latched
-        self._finished: dict[str, None] = {}  # insertion order = oldest first
+        self._finished: dict[str, int] = {}  # alert_id -> finished at (ms); insertion order = oldest first
         self.max_finished = max_finished
+        self.retention_ms = retention_ms
+        self.dropped: list[str] = []  # ids the max_finished cap dropped, for the caller to collect
+        # the latest forget() cutoff: events of unknown alerts from before it are replays
+        # of forgotten ones and must not bring them back as open
+        self._horizon_ms: int | None = None
 
-    def _settle(self, alert_id: str) -> None:
+    def _settle(self, alert_id: str, now_ms: int) -> None:
         st = self._alerts[alert_id]
         if st.status == "acknowledged" and alert_id in self._cleared:
             st = self._alerts[alert_id] = replace(st, status="closed")
         if st.status in FINISHED:
             self._cleared.discard(alert_id)
             self._finished.pop(alert_id, None)
-            self._finished[alert_id] = None
+            self._finished[alert_id] = now_ms
             while len(self._finished) > self.max_finished:
                 oldest = next(iter(self._finished))
                 del self._finished[oldest]
                 self._alerts.pop(oldest, None)
+                self.dropped.append(oldest)
 
-    def observe(self, ev: AlertEvent) -> None:
+    def observe(self, ev: AlertEvent, now_ms: int | None = None) -> None:
+        """Apply one event of the alerts log; ``now_ms`` is its log time (default: its
+        ``detected_ts_ms``), which starts a finished alert's retention."""
+        now_ms = ev.detected_ts_ms if now_ms is None else now_ms
         cur = self._alerts.get(ev.alert_id)
         if cur is not None and cur.status in FINISHED:
             return  # finished is final: later events of it (replays, echoes) change nothing
+        if cur is None and self._horizon_ms is not None and now_ms <= self._horizon_ms:
+            return  # a replayed record of an alert forgotten after the retention
         if ev.action == "cleared":
             self._cleared.add(ev.alert_id)
         elif ev.action in ("raised", "updated"):
@@ -165,16 +189,72 @@ class AlertBook:
             ev.alert_id, ev.patient_id, ev.condition, ev.category, ev.priority, status,
             ev.onset_ts_ms, max(ev.escalation_level, cur.escalation_level if cur else 0),
             cur.acknowledged_by if cur else None)
-        self._settle(ev.alert_id)
+        self._settle(ev.alert_id, now_ms)
 
     def apply(self, rec: AckRecord) -> None:
+        """Apply an ack record (its ``ts_ms`` starts a finished alert's retention)."""
         cur = self._alerts.get(rec.alert_id)
         if cur is None or cur.status in FINISHED:
             return
         self._alerts[rec.alert_id] = replace(
             cur, status="resolved" if rec.action == "resolve" else "acknowledged",
             acknowledged_by=cur.acknowledged_by or rec.by)
-        self._settle(rec.alert_id)
+        self._settle(rec.alert_id, rec.ts_ms)
+
+    def forget(self, now_ms: int) -> list[str]:
+        """Drop the finished alerts that finished ``retention_ms`` or more before
+        ``now_ms`` (and any the ``max_finished`` cap dropped since the last call). From
+        then on an event of an unknown alert logged at or before that cutoff (a replay of
+        a forgotten alert) is ignored.
+
+        Returns
+        -------
+        list of str
+            The alert ids forgotten; unfinished alerts are never among them.
+        """
+        cutoff = now_ms - self.retention_ms
+        self._horizon_ms = cutoff if self._horizon_ms is None else max(self._horizon_ms, cutoff)
+        gone = [a for a, t in self._finished.items() if t <= cutoff]
+        for a in gone:
+            del self._finished[a]
+            self._alerts.pop(a, None)
+        gone.extend(self.dropped)
+        self.dropped = []
+        return gone
+
+    def export(self, alert_id: str) -> dict[str, Any] | None:
+        """One alert's entry, JSON-safe, for the dispatcher's alert-state topic."""
+        st = self._alerts.get(alert_id)
+        if st is None:
+            return None
+        return {**st.to_dict(), "cleared": alert_id in self._cleared,
+                "finished_ms": self._finished.get(alert_id)}
+
+    def restore(self, d: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`export` (replaces what is held for that alert).
+
+        Raises
+        ------
+        ValueError
+            A missing or mistyped field, named.
+        """
+        fields = AlertState.__dataclass_fields__
+        missing = [k for k in fields if k not in d and k != "acknowledged_by"]
+        if missing:
+            raise ValueError(f"alert book entry lacks {missing}")
+        if d["status"] not in ("open", "acknowledged", "resolved", "closed"):
+            raise ValueError(f"alert book entry status must be open|acknowledged|resolved|closed, "
+                             f"got {d['status']!r}")
+        st = AlertState(**{k: d[k] for k in fields if k in d})
+        a = st.alert_id
+        self._alerts[a] = st
+        self._cleared.discard(a)
+        self._finished.pop(a, None)
+        if d.get("cleared"):
+            self._cleared.add(a)
+        if st.status in FINISHED:
+            t = d.get("finished_ms")
+            self._finished[a] = int(t) if isinstance(t, int) and not isinstance(t, bool) else 0
 
     def __len__(self) -> int:
         return len(self._alerts)

@@ -191,14 +191,17 @@ async def bench(bootstrap: str, n_alerts: int, n_patients: int, partitions: int,
     prefix = f"bench.{uuid.uuid4().hex[:8]}"
     d = Topics()
     topics = Topics(alerts=f"{prefix}.{d.alerts}", acks=f"{prefix}.{d.acks}",
-                    alerts_deadletter=f"{prefix}.{d.alerts_deadletter}")
-    create_topics([topics.alerts, topics.acks, topics.alerts_deadletter], partitions)
+                    alerts_deadletter=f"{prefix}.{d.alerts_deadletter}",
+                    alert_state=f"{prefix}.{d.alert_state}")
+    create_topics([topics.alerts, topics.acks, topics.alerts_deadletter, topics.alert_state], partitions)
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     result: dict[str, Any] = {"benchmark": "alerts", "patients": n_patients, "partitions": partitions}
     sat_topics = Topics(alerts=f"{prefix}.sat.{d.alerts}", acks=f"{prefix}.sat.{d.acks}",
-                        alerts_deadletter=f"{prefix}.sat.{d.alerts_deadletter}")
+                        alerts_deadletter=f"{prefix}.sat.{d.alerts_deadletter}",
+                        alert_state=f"{prefix}.sat.{d.alert_state}")
     if n_alerts > 0:
-        create_topics([sat_topics.alerts, sat_topics.acks, sat_topics.alerts_deadletter], partitions)
+        create_topics([sat_topics.alerts, sat_topics.acks, sat_topics.alerts_deadletter,
+                       sat_topics.alert_state], partitions)
     async with WebhookReceiver(secret) as rec:
         routing = parse_routing({"default_team": "bench", "teams": {"bench": {"routes": {"default": {
             "primary": {"url": rec.url, "secret": secret, "timeout_s": 10}}}}}})

@@ -197,6 +197,7 @@ def create_topics(
     partitions: int = 8,
     timeout_s: float = 30.0,
     security: KafkaSecurity | None = None,
+    compact: Iterable[str] = (),
 ) -> list[str]:
     """Create topics that do not exist yet (replication factor 1); idempotent.
 
@@ -212,6 +213,8 @@ def create_topics(
         Admin request timeout.
     security : KafkaSecurity, optional
         How to connect (default plaintext).
+    compact : iterable of str
+        Those of ``names`` to create with ``cleanup.policy=compact`` (state topics).
 
     Returns
     -------
@@ -237,8 +240,10 @@ def create_topics(
         missing = [n for n in wanted if n not in existing]
         if not missing:
             return []
+        compacted = set(compact)
         response = admin.create_topics(
-            {n: {"num_partitions": partitions, "replication_factor": 1} for n in missing},
+            {n: {"num_partitions": partitions, "replication_factor": 1,
+                 **({"configs": {"cleanup.policy": "compact"}} if n in compacted else {})} for n in missing},
             timeout_ms=int(timeout_s * 1000),
             raise_errors=False,
             wait_for_metadata=True,
@@ -473,7 +478,7 @@ class LocalBroker:
             self._cleanup_data_dir()
             raise BrokerError(f"deploy/kafka.sh start failed:\n{error}")
         try:
-            self.create_topics(self.topics.all(), self.partitions)
+            self.create_topics(self.topics.all(), self.partitions, compact=[self.topics.alert_state])
         except Exception:
             self.stop()
             raise
@@ -531,11 +536,12 @@ class LocalBroker:
         self.start_to_ready_s = time.monotonic() - t0
         self._pid = self.pid
 
-    def create_topics(self, names: Iterable[str], partitions: int | None = None) -> list[str]:
+    def create_topics(self, names: Iterable[str], partitions: int | None = None,
+                      compact: Iterable[str] = ()) -> list[str]:
         """Create the named topics on this broker if missing; see :func:`create_topics`."""
         return create_topics(self.bootstrap, names,
                              self.partitions if partitions is None else partitions,
-                             security=self.admin_security)
+                             security=self.admin_security, compact=compact)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout_s``); idempotent."""

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edge run": ("services.edge", "run detection on a record with only the TFLite runtime"),
     "bench stream": ("services.bench_stream", "benchmark the streaming path on the real broker"),
     "bench alerts": ("services.bench_alerts", "benchmark alert delivery to a local receiver"),
+    "bench soak": ("services.bench_soak", "soak run: RSS of the worker and the dispatcher over time (--minutes M)"),
     "fuzz": ("services.fuzz", "run the property-based fuzz suite with many cases (--cases N)"),
     "bench core": ("services.bench_core", "benchmark the stream core alone, per ECG chunk"),
 }

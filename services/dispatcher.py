@@ -36,7 +36,16 @@ Guarantees
 * Escalation: every alert is fed to an ``EscalationTracker``; due escalations are
   produced to ``alerts`` (the audit log) and delivered from there to the route's
   escalation contact for their level. Acks (``acks`` topic or the ack API) stop them.
-  On start the tracker is rebuilt from the ``alerts`` and ``acks`` topics.
+* Bounded state: the alert book and the tracker forget a finished alert (resolved, or
+  acknowledged with its condition over) ``CARDIOWATCH_ALERT_RETENTION_HOURS`` after it
+  finished; open and unacknowledged ones never. Each alert's latest state is written
+  (about every ``state_flush_s``) to the compacted ``alert_state`` topic, a tombstone
+  once forgotten, with per-partition checkpoints; on start the book and tracker are
+  rebuilt from it and the ``alerts``/``acks`` records after its checkpoints (from the
+  whole logs, once, where it has none yet). A rebuild that cannot read to the end of a
+  topic in ``CARDIOWATCH_DISPATCH_REBUILD_TIMEOUT_S`` fails start-up
+  (:class:`RebuildIncompleteError`, exit status 75) instead of going on with partial
+  state.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from services.access import AccessConfigError, TokenBook
 from services.ack_api import AckApi, AckRecord, AlertBook
 from services.alert_log import (
     EscalationTrackerLike,
+    RebuildIncompleteError,
     apply_tailed_ack as _apply_tailed_ack,
     default_tracker,
     escalate,
@@ -70,6 +80,7 @@ from services.alert_log import (
     rebuild,
     tail_acks,
 )
+from services.alert_state import Checkpoint, StateEntry, alert_record, checkpoint_key, checkpoint_record
 from services.delivery import (
     DELIVERY_FAILURE,
     CircuitBreaker,
@@ -111,8 +122,10 @@ __all__ = [
     "WebhookPoster",
     "HttpxPoster",
     "AiohttpPoster",
+    "EXIT_REBUILD_INCOMPLETE",
     "OffsetBook",
     "EscalationTrackerLike",
+    "RebuildIncompleteError",
     "deliver",
     "delivery_failure_alert",
     "is_delivery_failure",
@@ -126,6 +139,10 @@ __all__ = [
 
 log = logging.getLogger("cardiowatch.dispatcher")
 
+# EX_TEMPFAIL: the start-up rebuild could not read its topics to the end in time; a
+# restart may succeed once the broker answers (or with a longer deadline)
+EXIT_REBUILD_INCOMPLETE = 75
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:
@@ -137,7 +154,10 @@ class DispatchOptions:
     breaker_cooldown_s: float = 30.0
     commit_interval_s: float = 0.5
     rebuild_timeout_s: float = 30.0
+    # the raw replay (a cluster without alert state yet) refuses to hold more records than this
     rebuild_max_records: int = 1_000_000
+    # how often changed alert state and checkpoints are written to the alert-state topic
+    state_flush_s: float = 1.0
     stop_grace_s: float = 10.0
     serve_ack_api: bool = True
 
@@ -179,6 +199,14 @@ class OffsetBook:
                 out[tp] = point
         return out
 
+    def point(self, tp: TopicPartition) -> int | None:
+        """Where ``tp`` is complete up to (every offset below is finished), or ``None``
+        before its first record."""
+        if tp not in self._next:
+            return None
+        pending = self._pending.get(tp)
+        return min(pending) if pending else self._next[tp]
+
     def mark_committed(self, points: dict[TopicPartition, int]) -> None:
         for tp, off in points.items():
             if tp in self._next:
@@ -219,22 +247,45 @@ class _State:
     # ack records this process's ack API is publishing: the acks tail skips them, so the
     # publisher alone applies each one and logs its "acknowledged" event (see _KafkaAckSink)
     own_acks: set[bytes] = field(default_factory=set)
+    # the alert-state topic: each alert's alerts partition, the alerts changed since the last
+    # write, and the next acks offset applied per acks partition (see services.alert_state)
+    alert_partition: dict[str, int] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    acks_pos: dict[int, int] = field(default_factory=dict)
+    checkpoints: dict[int, Checkpoint] = field(default_factory=dict)  # the last written, per partition
 
     @property
     def topics(self) -> Any:
         return self.settings.kafka.topics
 
-    def observe(self, ev: AlertEvent, now_ms: int) -> None:
-        self.book.observe(ev)
+    def observe(self, ev: AlertEvent, now_ms: int, partition: int | None = None) -> None:
+        self.book.observe(ev, now_ms)
         if not is_delivery_failure(ev):
             self.tracker.observe(ev, now_ms)
+        if partition is not None:
+            self.alert_partition.setdefault(ev.alert_id, partition)
+        self.dirty.add(ev.alert_id)
         if ev.category == "physiological":
             lo, hi = self.patient_span_ms.get(ev.patient_id, (ev.onset_ts_ms, ev.detected_ts_ms))
             self.patient_span_ms[ev.patient_id] = (min(lo, ev.onset_ts_ms), max(hi, ev.detected_ts_ms))
             if ev.action == "raised":
                 self.raised += 1
 
+    def restore(self, e: StateEntry) -> None:
+        """One alert's state as the alert-state topic holds it."""
+        if e.book is not None:
+            self.book.restore(e.book)
+        if e.tracker is not None:
+            self.tracker.restore(e.alert_id, e.tracker)
+        self.alert_partition[e.alert_id] = e.partition
+
+    def forget(self, now_ms: int) -> None:
+        """Forget what is past the retention (the next state write tombstones it)."""
+        self.dirty.update(self.book.forget(now_ms))
+        self.dirty.update(self.tracker.forget(now_ms))
+
     def apply_ack(self, rec: AckRecord) -> AlertEvent | None:
+        self.dirty.add(rec.alert_id)
         self.book.apply(rec)
         fn = self.tracker.acknowledge if rec.action == "ack" else self.tracker.resolve
         ev = fn(rec.alert_id, rec.ts_ms, rec.by)
@@ -252,6 +303,8 @@ class _State:
         observed_ms = sum(max(hour_ms, hi - lo) for lo, hi in self.patient_span_ms.values())
         if observed_ms:
             self.metrics.alerts_per_patient_day.set(self.raised / (observed_ms / 86_400_000))
+        self.metrics.alerts_held.labels(store="book").set(len(self.book))
+        self.metrics.alerts_held.labels(store="tracker").set(len(self.tracker))
         self.metrics.in_flight.set(self.offsets.in_flight)
         self.metrics.held_bytes.set(self.held_bytes)
         if self.breaker is not None:
@@ -293,7 +346,49 @@ async def _process(st: _State, item: _Item) -> None:
         st.metrics.delivery_latency.observe(max(0.0, now_ms - ev.produced_wall_ms) / 1000.0)
     st.metrics.deliveries.labels(outcome=result.outcome, priority=ev.priority).inc()
     # escalation clocks run from when the alert entered the log, live and on replay alike
-    st.observe(ev, item.ts_ms)
+    st.observe(ev, item.ts_ms, item.tp.partition)
+
+
+async def write_state(st: _State, owned: set[int], points: dict[int, int]) -> int:
+    """Write the alerts changed since the last write whose alerts partition is in
+    ``owned`` (a tombstone for those forgotten), then a checkpoint for each partition of
+    ``points`` (``{alerts partition: offset below which every record is applied}``),
+    with the acks positions applied; returns the records written.
+
+    Alerts of partitions this process does not own are left to their owner (it sees
+    every record of them; this process only what the rebuild read). On a failed send
+    the changed alerts stay marked and the next write tries again."""
+    topic, alerts = st.topics.alert_state, st.topics.alerts
+    batch, st.dirty = st.dirty, set()
+    wall_ms = int(time.time() * 1000)
+    futures, gone = [], []
+    try:
+        for a in batch:
+            p = st.alert_partition.get(a)
+            book, tracker = st.book.export(a), st.tracker.export(a)
+            if book is None and tracker is None:
+                gone.append(a)
+            if p is None or p not in owned:
+                continue
+            value = None if book is None and tracker is None else \
+                alert_record(alerts, StateEntry(a, p, book, tracker), wall_ms)
+            futures.append(await st.producer.send(topic, key=a.encode(), value=value))
+        await asyncio.gather(*futures)
+        # only once every alert record has landed: a checkpoint vouches for them; one that
+        # says what the last one said is not written again (the topic stays small)
+        acks = dict(st.acks_pos)
+        fresh = {p: Checkpoint(p, off, acks) for p, off in sorted(points.items())
+                 if p in owned and st.checkpoints.get(p) != Checkpoint(p, off, acks)}
+        cps = [await st.producer.send(topic, key=checkpoint_key(alerts, p),
+                                      value=checkpoint_record(alerts, cp, wall_ms)) for p, cp in fresh.items()]
+        await asyncio.gather(*cps)
+        st.checkpoints.update(fresh)
+    except BaseException:
+        st.dirty.update(batch)
+        raise
+    for a in gone:
+        st.alert_partition.pop(a, None)
+    return len(futures) + len(cps)
 
 
 async def _retry_until_stopping(st: _State, step: Callable[[], Awaitable[bool]], what: str,
@@ -507,7 +602,10 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 linger_ms=2, **security.aiokafka_kwargs())
     await producer.start()
-    st = _State(settings, routing, poster, producer, tracker or default_tracker(routing), AlertBook(),
+    retention_ms = int(round(settings.alert_retention_hours * 3_600_000))
+    st = _State(settings, routing, poster, producer,
+                tracker if tracker is not None else default_tracker(routing, retention_ms),
+                AlertBook(retention_ms=retention_ms),
                 metrics, asyncio.Event(), max_held_bytes=options.max_held_bytes,
                 fetcher=LogReader(bootstrap, security=security),
                 breaker=CircuitBreaker(options.breaker_failures, options.breaker_cooldown_s))
@@ -516,10 +614,24 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
     consumer: AIOKafkaConsumer | None = None
     acks_consumer: AIOKafkaConsumer | None = None
     try:
-        acks_consumer = await rebuild(bootstrap, st.topics.alerts, st.topics.acks, security,
-                                      observe=st.observe, apply_ack=st.apply_ack,
-                                      timeout_s=options.rebuild_timeout_s,
-                                      max_records=options.rebuild_max_records)
+        rebuilt = await rebuild(bootstrap, st.topics.alerts, st.topics.acks, security,
+                                observe=st.observe, apply_ack=st.apply_ack,
+                                timeout_s=options.rebuild_timeout_s,
+                                max_records=options.rebuild_max_records,
+                                state_topic=st.topics.alert_state, restore=st.restore)
+        acks_consumer = rebuilt.acks_consumer
+        st.acks_pos.update(rebuilt.acks_end)
+        for a, p in rebuilt.partitions.items():
+            st.alert_partition.setdefault(a, p)
+        # The rebuild read every partition to its end: its state is complete up to there
+        # for all of them, so it is written now (the first time, everything the raw replay found).
+        st.forget(int(time.time() * 1000))
+        try:
+            n = await write_state(st, set(rebuilt.alerts_end), rebuilt.alerts_end)
+            log.info("wrote %d alert-state record(s) to %r after the %s rebuild", n, st.topics.alert_state,
+                     rebuilt.mode)
+        except Exception:  # the state stays marked; the escalation loop's next write tries again
+            log.exception("writing the alert state after the %s rebuild failed; retrying later", rebuilt.mode)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=500, **security.aiokafka_kwargs())
@@ -529,13 +641,29 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
             api = AckApi(st.book, TokenBook(routing.tokens) if tokens is None else tokens, _KafkaAckSink(st),
                          team_of=alert_team(routing), host=settings.bind_host, port=settings.ack_port)
             await api.start()
-        tasks.append(asyncio.create_task(tail_acks(acks_consumer, st.stopping, st.apply_ack, st.own_acks), name="acks"))
+        tasks.append(asyncio.create_task(tail_acks(acks_consumer, st.stopping, st.apply_ack, st.own_acks,
+                                                   st.acks_pos), name="acks"))
 
         async def publish(ev: AlertEvent) -> bool:
             return await _send_until_sent(st, st.topics.alerts, ev.patient_id, ev.to_json())
 
+        last_write = time.monotonic()
+
+        async def housekeep(now_ms: int) -> None:
+            nonlocal last_write
+            st.forget(now_ms)
+            if time.monotonic() - last_write < options.state_flush_s:
+                return
+            assert consumer is not None
+            owned = {tp.partition for tp in consumer.assignment() if tp.topic == st.topics.alerts}
+            points = {p: pt for p in owned
+                      if (pt := st.offsets.point(TopicPartition(st.topics.alerts, p))) is not None}
+            await write_state(st, owned, points)
+            last_write = time.monotonic()
+
         tasks.append(asyncio.create_task(escalate(st.tracker, st.stopping, routing.escalation.poll_s,
-                                                  publish=publish, refresh=st.refresh_gauges),
+                                                  publish=publish, refresh=st.refresh_gauges,
+                                                  housekeep=housekeep),
                                          name="escalate"))
         if on_ready is not None:
             on_ready(api)
@@ -552,6 +680,13 @@ async def run_dispatcher(settings: DispatcherSettings, routing: RoutingConfig, *
         await asyncio.gather(*tasks, *st.workers.values(), return_exceptions=True)
         if consumer is not None:
             await _commit(st, consumer)
+            # what is not written is replayed from the logs after the last checkpoint
+            with contextlib.suppress(Exception):
+                owned = {tp.partition for tp in consumer.assignment() if tp.topic == st.topics.alerts}
+                await asyncio.wait_for(write_state(st, owned, {
+                    p: pt for p in owned
+                    if (pt := st.offsets.point(TopicPartition(st.topics.alerts, p))) is not None}),
+                    timeout=options.stop_grace_s)
             await consumer.stop()
         if acks_consumer is not None:
             await acks_consumer.stop()
@@ -624,7 +759,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = DispatchOptions(max_in_flight=settings.max_in_flight,
                                max_held_bytes=settings.held_mib * 1024 * 1024,
                                breaker_failures=settings.breaker_failures,
-                               breaker_cooldown_s=settings.breaker_cooldown_s)
+                               breaker_cooldown_s=settings.breaker_cooldown_s,
+                               rebuild_timeout_s=settings.rebuild_timeout_s,
+                               rebuild_max_records=settings.rebuild_max_records)
         await run_dispatcher(settings, routing, stop=stop, metrics=DispatcherMetrics(registry),
                              options=opts, on_ready=ready)
 
@@ -633,6 +770,9 @@ def main(argv: list[str] | None = None) -> int:
     except TopicLayoutError as exc:
         print(f"cardiowatch dispatch: error: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG: a restart will not help until the topics or settings change
+    except RebuildIncompleteError as exc:
+        print(f"cardiowatch dispatch: error: {exc}", file=sys.stderr)
+        return EXIT_REBUILD_INCOMPLETE
     return 0
 
 

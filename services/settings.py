@@ -84,6 +84,8 @@ class Topics:
     deadletter: str = "cardiowatch.deadletter"
     alerts_deadletter: str = "cardiowatch.alerts.deadletter"
     acks: str = "cardiowatch.acks"
+    # the dispatcher's compacted alert state (key = alert id, latest state; see services.alert_state)
+    alert_state: str = "cardiowatch.alerts.state"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Topics:
@@ -96,11 +98,12 @@ class Topics:
             deadletter=_get(env, "CARDIOWATCH_TOPIC_DEADLETTER", d.deadletter),
             alerts_deadletter=_get(env, "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER", d.alerts_deadletter),
             acks=_get(env, "CARDIOWATCH_TOPIC_ACKS", d.acks),
+            alert_state=_get(env, "CARDIOWATCH_TOPIC_ALERT_STATE", d.alert_state),
         )
 
     def all(self) -> list[str]:
         return [self.ecg, self.hr, self.scores, self.alerts, self.deadletter,
-                self.alerts_deadletter, self.acks]
+                self.alerts_deadletter, self.acks, self.alert_state]
 
 
 # --- Kafka security (TLS, mutual TLS, SASL) ------------------------------------------
@@ -314,6 +317,13 @@ class DispatcherSettings:
     # circuit breaker: failures in a row that open an endpoint, and for how long
     breaker_failures: int = 3
     breaker_cooldown_s: float = 30.0
+    # a finished alert (resolved, or acknowledged and cleared) is forgotten this long after
+    # it finished; open and unacknowledged alerts never are
+    alert_retention_hours: float = 24.0
+    # the start-up rebuild must reach the end of what it reads in this time, or start-up fails
+    rebuild_timeout_s: float = 30.0
+    # ... and the whole-log replay (a cluster without alert state yet) may hold at most this many records
+    rebuild_max_records: int = 1_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherSettings:
@@ -335,6 +345,12 @@ class DispatcherSettings:
             breaker_failures=_int(env, "CARDIOWATCH_DISPATCH_BREAKER_FAILURES", cls.breaker_failures, 1, 1000),
             breaker_cooldown_s=_float(env, "CARDIOWATCH_DISPATCH_BREAKER_COOLDOWN_S", cls.breaker_cooldown_s,
                                       0.1, 86_400.0),
+            alert_retention_hours=_float(env, "CARDIOWATCH_ALERT_RETENTION_HOURS", cls.alert_retention_hours,
+                                         0.001, 87_600.0),
+            rebuild_timeout_s=_float(env, "CARDIOWATCH_DISPATCH_REBUILD_TIMEOUT_S", cls.rebuild_timeout_s,
+                                     0.1, 3600.0),
+            rebuild_max_records=_int(env, "CARDIOWATCH_DISPATCH_REBUILD_MAX_RECORDS", cls.rebuild_max_records,
+                                     1, 100_000_000),
         )
 
 

@@ -1,7 +1,7 @@
 """Topics: every Kafka topic cardiowatch uses, as a plan a platform team can read and apply.
 
 ``cardiowatch topics plan`` prints the plan (raw streams, outputs, dead letters, acks,
-and the worker's Faust changelogs and leader topic) with partitions, replication factor,
+the dispatcher's compacted alert state, and the worker's Faust changelogs and leader topic) with partitions, replication factor,
 ``cleanup.policy``, retention and ``min.insync.replicas``; ``cardiowatch topics apply``
 creates what is missing and reports what differs, never altering an existing topic.
 
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger("cardiowatch.topics")
 
-Role = Literal["raw", "output", "deadletter", "acks", "changelog", "internal"]
+Role = Literal["raw", "output", "deadletter", "acks", "state", "changelog", "internal"]
 User = Literal["worker", "dispatcher", "simulator"]
 CleanupPolicy = Literal["delete", "compact"]
 #: The topic configs the plan sets and :func:`differences` compares.
@@ -103,6 +103,10 @@ class TopicSpec:
         out = {"cleanup.policy": self.cleanup_policy, "min.insync.replicas": str(self.min_insync_replicas)}
         if self.retention_ms is not None:
             out["retention.ms"] = str(self.retention_ms)
+        if self.role == "state":
+            # the cleaner only compacts closed segments: roll hourly, so the dispatcher's
+            # start-up read of it stays near one record per alert (the default rolls weekly)
+            out["segment.ms"] = str(_MS_PER_HOUR)
         return out
 
 
@@ -154,7 +158,8 @@ def plan(kafka: KafkaSettings, app_id: str = "cardiowatch-worker") -> tuple[Topi
     Returns
     -------
     tuple of TopicSpec
-        Raw topics first, then outputs, dead letters, acks, changelogs, internal.
+        Raw topics first, then outputs, dead letters, acks, the dispatcher's alert
+        state, changelogs, internal.
     """
     from streaming.app import TABLES, changelog_topic, leader_topic
 
@@ -176,6 +181,8 @@ def plan(kafka: KafkaSettings, app_id: str = "cardiowatch-worker") -> tuple[Topi
         spec(t.deadletter, "deadletter", ("worker",)),
         spec(t.alerts_deadletter, "deadletter", ("dispatcher",)),
         spec(t.acks, "acks", ("dispatcher",)),
+        # the dispatcher's latest state per alert, tombstoned when forgotten (services.alert_state)
+        spec(t.alert_state, "state", ("dispatcher",), compact=True),
         *(spec(changelog_topic(app_id, table), "changelog", ("worker",), compact=True, source=raw[stream])
           for table, stream in TABLES),
         # Faust's leader election: one partition, whatever CARDIOWATCH_PARTITIONS says.

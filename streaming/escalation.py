@@ -9,6 +9,12 @@ The tracker is rebuildable: replaying the ``alerts`` topic (``observe``, includi
 ``escalated`` and ``acknowledged`` events this tracker produced and the dispatcher
 logged there) and the ``acks`` topic (``acknowledge`` / ``resolve``) in order, each with
 the wall time it was recorded, reproduces the same state (``to_dict``).
+
+Memory stays bounded: a finished alert (resolved, or acknowledged with its condition
+over) is remembered only as its id and the time it finished, so late echoes of it (a
+replayed ``raised``, a second resolve) cannot reopen it; :meth:`EscalationTracker.forget`
+drops those once ``retention_ms`` has passed. Open alerts, acknowledged or not, latched
+or not, are never forgotten.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from streaming.events import PRIORITY_ORDER, AlertEvent, Priority
 __all__ = ["EscalationConfig", "EscalationTracker"]
 
 STATE_VERSION = 1
+DEFAULT_RETENTION_MS = 24 * 3_600_000
 _PRIORITIES = ("high", "medium", "low")
 
 
@@ -82,12 +89,24 @@ class EscalationTracker:
     ----------
     config
         Escalation timing.
+    retention_ms
+        How long a finished alert's id is remembered (so late events of it change
+        nothing) before :meth:`forget` drops it; milliseconds of the ``now_ms`` clock.
     """
 
-    def __init__(self, config: EscalationConfig | None = None) -> None:
+    def __init__(self, config: EscalationConfig | None = None,
+                 retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+        if isinstance(retention_ms, bool) or not isinstance(retention_ms, int) or retention_ms < 0:
+            raise ValueError(f"retention_ms must be a non-negative integer, got {retention_ms!r}")
         self.config = config if config is not None else EscalationConfig()
+        self.retention_ms = retention_ms
         # alert_id -> record; records are JSON-safe dicts (see to_dict)
         self._open: dict[str, dict[str, Any]] = {}
+        # finished alert_id -> when it finished (now_ms); insertion order ~ oldest first
+        self._closed: dict[str, int] = {}
+        # the latest forget() cutoff: an event of an alert not held from before it belongs
+        # to an alert already forgotten (or finished longer ago), and must not reopen it
+        self._horizon_ms: int | None = None
 
     # ------------------------------------------------------------------ inputs
     def observe(self, event: AlertEvent, now_ms: int) -> None:
@@ -98,9 +117,13 @@ class EscalationTracker:
         ``escalated`` / ``acknowledged`` / ``resolved`` replay this tracker's own outputs.
         Repeats of an event already applied change nothing.
         """
+        if event.alert_id in self._closed:
+            return  # finished is final: replays and echoes of it change nothing
         rec = self._open.get(event.alert_id)
+        if rec is None and self._horizon_ms is not None and now_ms <= self._horizon_ms:
+            return  # a replayed record of an alert forgotten after the retention
         if event.action == "resolved":
-            self._open.pop(event.alert_id, None)
+            self._close(event.alert_id, now_ms)
             return
         if rec is None:
             if event.action == "acknowledged":
@@ -124,7 +147,7 @@ class EscalationTracker:
                 self._arm(rec, now_ms)
             return
         if event.action == "acknowledged":
-            self._ack(rec, str(event.details.get("acknowledged_by", "")))
+            self._ack(rec, str(event.details.get("acknowledged_by", "")), now_ms)
             return
         if event.revision < rec["event"]["revision"]:
             return  # stale or duplicate
@@ -133,7 +156,7 @@ class EscalationTracker:
         if event.action == "cleared":
             rec["cleared"] = True
             if rec["acknowledged"]:
-                del self._open[event.alert_id]  # acknowledged and over: closed
+                self._close(event.alert_id, now_ms)  # acknowledged and over: closed
             return
         if event.action in ("raised", "updated"):
             rec["cleared"] = False
@@ -154,15 +177,66 @@ class EscalationTracker:
         if rec is None or rec["acknowledged"]:
             return None
         ev = self._emit(rec, "acknowledged", now_ms, acknowledged_by=by)
-        self._ack(rec, by)
+        self._ack(rec, by, now_ms)
         return ev
 
     def resolve(self, alert_id: str, now_ms: int, by: str) -> AlertEvent | None:
         """A person closed the alert for good; ``None`` when the id is not open."""
-        rec = self._open.pop(alert_id, None)
+        rec = self._open.get(alert_id)
         if rec is None:
             return None
+        self._close(alert_id, now_ms)
         return self._emit(rec, "resolved", now_ms, resolved_by=by)
+
+    def forget(self, now_ms: int) -> list[str]:
+        """Drop the finished alerts that finished ``retention_ms`` or more before ``now_ms``.
+
+        Open alerts (acknowledged or not, latched or not) are never dropped. From then
+        on, an event of an alert not held whose ``now_ms`` is at or before that cutoff
+        (a replay of a forgotten alert's records) is ignored.
+
+        Returns
+        -------
+        list of str
+            The alert ids forgotten.
+        """
+        cutoff = now_ms - self.retention_ms
+        self._horizon_ms = cutoff if self._horizon_ms is None else max(self._horizon_ms, cutoff)
+        gone = [a for a, t in self._closed.items() if t <= cutoff]
+        for a in gone:
+            del self._closed[a]
+        return gone
+
+    def __len__(self) -> int:
+        """Alerts held: open ones and finished ones not yet forgotten."""
+        return len(self._open) + len(self._closed)
+
+    def is_closed(self, alert_id: str) -> bool:
+        """Whether the alert finished and is still remembered as finished."""
+        return alert_id in self._closed
+
+    def export(self, alert_id: str) -> dict[str, Any] | None:
+        """One alert's state, JSON-safe (``{"open": record}`` or ``{"closed_at_ms": t}``),
+        for the dispatcher's alert-state topic; ``None`` when not held."""
+        if alert_id in self._closed:
+            return {"closed_at_ms": self._closed[alert_id]}
+        rec = self._open.get(alert_id)
+        return None if rec is None else {"open": copy.deepcopy(rec)}
+
+    def restore(self, alert_id: str, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`export` for one alert (replaces what is held for it)."""
+        self._open.pop(alert_id, None)
+        self._closed.pop(alert_id, None)
+        if "closed_at_ms" in state:
+            t = state["closed_at_ms"]
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise ValueError(f"closed_at_ms of {alert_id!r} must be epoch ms, got {t!r}")
+            self._closed[alert_id] = t
+        elif isinstance(state.get("open"), Mapping):
+            self._open[alert_id] = copy.deepcopy(dict(state["open"]))
+        else:
+            raise ValueError(f"tracker state of {alert_id!r} needs 'open' or 'closed_at_ms', "
+                             f"got keys {sorted(state)}")
 
     # ------------------------------------------------------------------ outputs
     def due(self, now_ms: int) -> list[AlertEvent]:
@@ -213,17 +287,19 @@ class EscalationTracker:
     # ------------------------------------------------------------------ state
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe snapshot of the tracked alerts."""
-        return {"version": STATE_VERSION, "open": copy.deepcopy(self._open)}
+        return {"version": STATE_VERSION, "open": copy.deepcopy(self._open),
+                "closed": dict(self._closed)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any],
-                  config: EscalationConfig | None = None) -> EscalationTracker:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: Mapping[str, Any], config: EscalationConfig | None = None,
+                  retention_ms: int = DEFAULT_RETENTION_MS) -> EscalationTracker:
+        """Inverse of :meth:`to_dict` (snapshots without ``closed`` remember none)."""
         if d.get("version") != STATE_VERSION:
             raise ValueError(
                 f"escalation state version must be {STATE_VERSION}, got {d.get('version')!r}")
-        t = cls(config)
+        t = cls(config, retention_ms)
         t._open = copy.deepcopy(dict(d["open"]))
+        t._closed = {str(k): int(v) for k, v in dict(d.get("closed") or {}).items()}
         return t
 
     # ------------------------------------------------------------------ helpers
@@ -239,12 +315,17 @@ class EscalationTracker:
         nxt = now_ms + interval
         rec["deadline_ms"] = nxt if rec["deadline_ms"] is None else min(rec["deadline_ms"], nxt)
 
-    def _ack(self, rec: dict[str, Any], by: str) -> None:
+    def _ack(self, rec: dict[str, Any], by: str, now_ms: int) -> None:
         rec["acknowledged"] = True
         rec["acked_by"] = by
         rec["deadline_ms"] = None
         if rec["cleared"]:
-            self._open.pop(rec["event"]["alert_id"], None)
+            self._close(rec["event"]["alert_id"], now_ms)
+
+    def _close(self, alert_id: str, now_ms: int) -> None:
+        self._open.pop(alert_id, None)
+        self._closed.pop(alert_id, None)
+        self._closed[alert_id] = now_ms
 
     def _emit(self, rec: Mapping[str, Any], action: str, now_ms: int,
               **extra: Any) -> AlertEvent:

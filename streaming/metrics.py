@@ -129,6 +129,11 @@ class DispatcherMetrics:
         self.open_alerts = Gauge(
             "cardiowatch_open_alerts", "Alerts raised and not yet resolved, by priority.",
             ["priority"], registry=registry)
+        self.alerts_held = Gauge(
+            "cardiowatch_dispatch_alerts_held",
+            "Alerts the dispatcher holds in memory, by store (book: the ack API's alert book; "
+            "tracker: escalation), open ones and finished ones not yet past the retention.",
+            ["store"], registry=registry)
         self.unacknowledged = Gauge(
             "cardiowatch_unacknowledged_alerts", "Open alerts nobody has acknowledged, by priority.",
             ["priority"], registry=registry)

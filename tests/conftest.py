@@ -76,8 +76,9 @@ def make_topics(kafka_broker: LocalBroker, request: pytest.FixtureRequest) -> Ca
             deadletter=f"{prefix}.{d.deadletter}",
             alerts_deadletter=f"{prefix}.{d.alerts_deadletter}",
             acks=f"{prefix}.{d.acks}",
+            alert_state=f"{prefix}.{d.alert_state}",
         )
-        kafka_broker.create_topics(topics.all(), partitions)
+        kafka_broker.create_topics(topics.all(), partitions, compact=[topics.alert_state])
         return topics
 
     return make

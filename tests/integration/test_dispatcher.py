@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from services.access import hash_token
+from services.ack_api import AckRecord
+from services.alert_log import default_tracker, rebuild
+from services.alert_state import checkpoint_key
 from services.dispatcher import (
     DispatchOptions,
     log_behind,
@@ -36,6 +40,7 @@ from services.receiver import WebhookReceiver
 from services.routing import RoutingConfig, parse_routing
 from services.settings import REPO_ROOT, DispatcherSettings, KafkaSettings, Topics
 from streaming.events import AlertEvent
+from streaming.kafka_security import KafkaSecurity
 from streaming.metrics import DispatcherMetrics
 from worker_harness import wait_for_no_lag
 
@@ -429,6 +434,7 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(
                    "CARDIOWATCH_DISPATCHER_METRICS_PORT": "0", "CARDIOWATCH_ACK_PORT": "0",
                    "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
                    "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
                    "PYTHONPATH": str(REPO_ROOT)}
 
             def spawn() -> subprocess.Popen[bytes]:
@@ -462,3 +468,143 @@ def test_sigkill_mid_delivery_then_restart_loses_nothing(
             assert {a.webhook_id for a in rec.received} == {e.event_id for e in events}
 
     _run(go())
+
+
+# ----------------------------------------------------------------- the alert-state topic
+
+async def _produce_acks(bootstrap: str, topic: str, recs: list[AckRecord]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await p.start()
+    try:
+        for r in recs:
+            await p.send_and_wait(topic, r.to_json(), key=r.alert_id.encode())
+    finally:
+        await p.stop()
+
+
+async def _read_records(bootstrap: str, topic: str) -> list[tuple[bytes, bytes | None]]:
+    c, tps = await open_log_reader(bootstrap, [topic])
+    try:
+        end = await c.end_offsets(tps)
+        out: list[tuple[bytes, bytes | None]] = []
+        while await log_behind(c, end):
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                out += [(r.key, r.value) for r in recs]
+        return out
+    finally:
+        await c.stop()
+
+
+def _latched_and_finished(bootstrap: str, topics: Topics) -> tuple[list[AlertEvent], list[AckRecord]]:
+    """p0 resolved, p1 acknowledged and cleared (closed), p2 cleared unacknowledged (latched),
+    p3..p5 open; all in the logs before any dispatcher ran."""
+    now = int(time.time() * 1000)
+    raised = [_alert(f"p{j}", j) for j in range(6)]
+    cleared = [dataclasses.replace(raised[j], revision=2, action="cleared", details={"seq": 100 + j})
+               for j in (1, 2)]
+    acks = [AckRecord(raised[0].alert_id, "resolve", "nurse.a", now, None, "c"),
+            AckRecord(raised[1].alert_id, "ack", "nurse.a", now, None, "c")]
+    _run(_produce(bootstrap, topics.alerts, raised))
+    _run(_produce_acks(bootstrap, topics.acks, acks))
+    _run(_produce(bootstrap, topics.alerts, cleared))
+    return raised, acks
+
+
+@pytest.mark.integration
+def test_first_start_rebuilds_from_the_logs_once_then_restarts_from_the_alert_state(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    topics = make_topics(2)
+    raised, _ = _latched_and_finished(kafka_broker.bootstrap, topics)
+    ids = [e.alert_id for e in raised]
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as rec:
+            routing = parse_routing({"default_team": "c", "teams": {"c": {"retry": FAST_RETRY,
+                                     "routes": {"default": {"primary": _ep(rec.url)}}}}})
+            # a cluster with alerts and acks but no alert state yet: the raw logs, once
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d1:
+                await _until(lambda: len(rec.received) >= 8, 30, "all 8 alerts delivered")
+                first = {a: d1.api._book.export(a) for a in ids}
+            assert [first[a]["status"] for a in ids] == ["resolved", "closed", "open", "open", "open", "open"]
+            state = await _read_records(kafka_broker.bootstrap, topics.alert_state)
+            keys = {k for k, _ in state}
+            assert {a.encode() for a in ids} <= keys
+            assert {checkpoint_key(topics.alerts, p) for p in (0, 1)} <= keys
+            # the second start reads the state and replays nothing already in it
+            seen: list[Any] = []
+            done = await rebuild(kafka_broker.bootstrap, topics.alerts, topics.acks, KafkaSecurity(),
+                                 observe=lambda ev, ts, p: seen.append(ev), apply_ack=seen.append,
+                                 timeout_s=30, max_records=1000, state_topic=topics.alert_state,
+                                 restore=seen.append)
+            await done.acks_consumer.stop()
+            assert done.mode == "state" and done.restored == 6 and (done.alerts, done.acks) == (0, 0)
+            async with _Dispatcher(kafka_broker.bootstrap, topics, routing) as d2:
+                again = {a: d2.api._book.export(a) for a in ids}
+            assert again == first
+            # the latched alert is still acknowledgeable, the closed one is not open again
+            assert d2.api._book.get(ids[2]).status == "open"
+
+    _run(go())
+
+
+@pytest.mark.integration
+def test_finished_alerts_are_forgotten_after_the_retention_and_tombstoned(
+        kafka_broker: Any, make_topics: Callable[..., Topics]) -> None:
+    topics = make_topics(2)
+    raised, _ = _latched_and_finished(kafka_broker.bootstrap, topics)
+    ids = [e.alert_id for e in raised]
+
+    async def go() -> None:
+        async with WebhookReceiver(SECRET) as rec:
+            routing = parse_routing({"default_team": "c", "teams": {"c": {"retry": FAST_RETRY,
+                                     "routes": {"default": {"primary": _ep(rec.url)}}}}})
+            tracker = default_tracker(routing, retention_ms=2000)
+            d = _Dispatcher(kafka_broker.bootstrap, topics, routing, tracker=tracker,
+                            options=DispatchOptions(state_flush_s=0.2))
+            d.settings = dataclasses.replace(d.settings, alert_retention_hours=2 / 3600)  # 2 s
+            async with d:
+                book = d.api._book
+                await _until(lambda: len(book) == 4 and len(tracker) == 4, 30,
+                             "the two finished alerts forgotten by the book and the tracker")
+                # the latched and the open ones are never forgotten
+                assert {a.alert_id for a in book.alerts()} == set(ids[2:])
+
+                async def tombstoned() -> bool:
+                    last = dict(await _read_records(kafka_broker.bootstrap, topics.alert_state))
+                    return all(k in last and last[k] is None for k in (ids[0].encode(), ids[1].encode()))
+
+                deadline = time.monotonic() + 20
+                while not await tombstoned():
+                    assert time.monotonic() < deadline, "no tombstones for the forgotten alerts"
+                    await asyncio.sleep(0.2)
+            done = await rebuild(kafka_broker.bootstrap, topics.alerts, topics.acks, KafkaSecurity(),
+                                 observe=lambda ev, ts, p: None, apply_ack=lambda r: None,
+                                 timeout_s=30, max_records=1000, state_topic=topics.alert_state,
+                                 restore=lambda e: None)
+            await done.acks_consumer.stop()
+            assert done.mode == "state" and done.restored == 4
+
+    _run(go())
+
+
+@pytest.mark.integration
+def test_a_rebuild_that_cannot_finish_fails_start_up_naming_topic_and_offsets(
+        kafka_broker: Any, make_topics: Callable[..., Topics], tmp_path: Path) -> None:
+    topics = make_topics(1)
+    _run(_produce(kafka_broker.bootstrap, topics.alerts, [_alert("p0", i) for i in range(50)]))
+    env = {**os.environ, "CARDIOWATCH_BOOTSTRAP": kafka_broker.bootstrap,
+           "CARDIOWATCH_ROUTING_FILE": str(_write_routing(tmp_path, "http://127.0.0.1:9/hook")),
+           "CARDIOWATCH_DISPATCHER_GROUP": f"g-{topics.alerts}",
+           "CARDIOWATCH_DISPATCHER_METRICS_PORT": "0", "CARDIOWATCH_ACK_PORT": "0",
+           "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
+           "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+           "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
+           "CARDIOWATCH_DISPATCH_REBUILD_MAX_RECORDS": "10", "PYTHONPATH": str(REPO_ROOT)}
+    r = subprocess.run([sys.executable, "-m", "services.dispatcher", "--log-level", "WARNING"],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert (f"cardiowatch dispatch: error: start-up rebuild did not reach the end of topic "
+            f"{topics.alerts!r} within 10 records: partition 0 at offset 10 of 50") in r.stderr
+    assert "does not start on partial state" in r.stderr
+    # nothing was delivered or written as if the state were whole
+    assert _run(_read_records(kafka_broker.bootstrap, topics.alert_state)) == []

@@ -195,6 +195,7 @@ def test_two_dispatchers_one_killed_mid_delivery_lose_nothing(kafka_broker, make
                    "CARDIOWATCH_DISPATCHER_GROUP": f"g-{topics.alerts}", "CARDIOWATCH_ACK_PORT": "0",
                    "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
                    "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
                    "PYTHONPATH": str(REPO_ROOT)}
             ds = [_DispatcherProcess(env, tmp_path / f"d{i}.log") for i in (1, 2)]
             try:

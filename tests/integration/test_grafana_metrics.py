@@ -71,6 +71,7 @@ def test_every_dashboard_metric_is_on_the_real_worker_and_dispatcher_pages(kafka
                    "CARDIOWATCH_DISPATCHER_METRICS_PORT": str(port), "CARDIOWATCH_ACK_PORT": "0",
                    "CARDIOWATCH_TOPIC_ALERTS": topics.alerts, "CARDIOWATCH_TOPIC_ACKS": topics.acks,
                    "CARDIOWATCH_TOPIC_ALERTS_DEADLETTER": topics.alerts_deadletter,
+                   "CARDIOWATCH_TOPIC_ALERT_STATE": topics.alert_state,
                    "PYTHONPATH": str(REPO_ROOT)}
             proc = subprocess.Popen([sys.executable, "-m", "services.dispatcher", "--log-level", "WARNING"],
                                     cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL)

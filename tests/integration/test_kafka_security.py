@@ -165,6 +165,7 @@ def _env_of(broker: LocalBroker, topics: Topics, **over: str) -> dict[str, str]:
                CARDIOWATCH_TOPIC_ECG=t.ecg, CARDIOWATCH_TOPIC_HR=t.hr, CARDIOWATCH_TOPIC_SCORES=t.scores,
                CARDIOWATCH_TOPIC_ALERTS=t.alerts, CARDIOWATCH_TOPIC_DEADLETTER=t.deadletter,
                CARDIOWATCH_TOPIC_ALERTS_DEADLETTER=t.alerts_deadletter, CARDIOWATCH_TOPIC_ACKS=t.acks,
+               CARDIOWATCH_TOPIC_ALERT_STATE=t.alert_state,
                PYTHONUNBUFFERED="1", **over)
     return env
 

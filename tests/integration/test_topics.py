@@ -54,7 +54,8 @@ def test_apply_creates_the_missing_topics_and_reports_without_changing_the_rest(
     internal = {s.name for s in specs if s.role in ("changelog", "internal")}
     assert set(first.created) == internal
     # broker.create_topics set no retention: the broker's 24 h differs from the plan's 168 h
-    assert {d.topic for d in first.differing} == set(topics.all())
+    # (but for the compacted alert-state topic, which has none)
+    assert {d.topic for d in first.differing} == set(topics.all()) - {topics.alert_state}
     assert {d.setting for d in first.differing} == {"retention.ms"}
     seen = observe(k, [s.name for s in specs])
     assert seen[f"{app_id}-ecg-state-changelog"].configs["cleanup.policy"] == "compact"
@@ -63,7 +64,7 @@ def test_apply_creates_the_missing_topics_and_reports_without_changing_the_rest(
     # nothing was altered, and a second apply creates nothing
     again = apply(k, specs)
     assert again.created == ()
-    assert set(again.unchanged) == internal
+    assert set(again.unchanged) == internal | {topics.alert_state}  # made compacted, as planned
     assert again.differing == first.differing
     assert observe(k, topics.all())[topics.ecg].configs["retention.ms"] == "86400000"
 
@@ -82,7 +83,8 @@ def test_apply_cli_exits_3_when_something_differs_and_0_when_all_is_as_planned(
     for _ in range(2):
         r = subprocess.run(run, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 3, r.stdout + r.stderr
-        assert r.stdout.count("DIFFERS ") == len(topics.all()) + 1  # + the leader topic (changelogs are compacted)
+        # every topic, less the compacted alert state, plus the leader topic (changelogs are compacted)
+        assert r.stdout.count("DIFFERS ") == len(topics.all()) - 1 + 1
         assert f"topic {topics.ecg!r}: retention.ms is 86400000, the plan says 604800000" in r.stdout
 
 
@@ -155,7 +157,7 @@ def test_dispatcher_refuses_a_replication_factor_below_the_setting(
         _run_dispatcher(_dispatcher_settings(kafka_broker, topics, tmp_path, replication_factor=3))
     assert sorted(err.value.problems) == sorted(
         f"topic {name!r} has replication factor 1 but CARDIOWATCH_REPLICATION_FACTOR is 3"
-        for name in (topics.alerts, topics.acks, topics.alerts_deadletter))
+        for name in (topics.alerts, topics.acks, topics.alerts_deadletter, topics.alert_state))
     # the same topics with the default setting pass the check (and the dispatcher stops)
     _run_dispatcher(_dispatcher_settings(kafka_broker, topics, tmp_path))
 

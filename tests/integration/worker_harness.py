@@ -41,6 +41,7 @@ class WorkerProcess:
             CARDIOWATCH_TOPIC_ECG=t.ecg, CARDIOWATCH_TOPIC_HR=t.hr, CARDIOWATCH_TOPIC_SCORES=t.scores,
             CARDIOWATCH_TOPIC_ALERTS=t.alerts, CARDIOWATCH_TOPIC_DEADLETTER=t.deadletter,
             CARDIOWATCH_TOPIC_ALERTS_DEADLETTER=t.alerts_deadletter, CARDIOWATCH_TOPIC_ACKS=t.acks,
+            CARDIOWATCH_TOPIC_ALERT_STATE=t.alert_state,
             CARDIOWATCH_APP_ID=self.app_id, CARDIOWATCH_DATA_DIR=str(self.workdir / "faust"),
             CARDIOWATCH_METRICS_PORT=str(self.port), CARDIOWATCH_BATCH_WITHIN_S="0.1",
             PYTHONUNBUFFERED="1")

@@ -75,7 +75,7 @@ def test_plan_names_every_topic_the_system_uses() -> None:
 def test_state_is_compacted_and_everything_else_kept_for_the_retention() -> None:
     specs = _by_name(plan(KafkaSettings.from_env(PROD_ENV), "cw"))
     for name, s in specs.items():
-        if s.role == "changelog":
+        if s.role in ("changelog", "state"):
             assert s.cleanup_policy == "compact" and s.retention_ms is None
             assert "retention.ms" not in s.configs()
         else:
@@ -96,7 +96,8 @@ def test_who_uses_what() -> None:
     t = Topics()
     specs = _by_name(plan(KafkaSettings(), "cw"))
     dispatcher = {n for n, s in specs.items() if "dispatcher" in s.used_by}
-    assert dispatcher == {t.alerts, t.acks, t.alerts_deadletter}
+    assert dispatcher == {t.alerts, t.acks, t.alerts_deadletter, t.alert_state}
+    assert specs[t.alert_state].role == "state" and specs[t.alert_state].cleanup_policy == "compact"
     worker = {n for n, s in specs.items() if "worker" in s.used_by}
     assert worker == {t.ecg, t.hr, t.scores, t.alerts, t.deadletter, "cw-ecg-state-changelog",
                       "cw-hr-state-changelog", "cw-__assignor-__leader"}
