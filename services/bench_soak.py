@@ -31,14 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from services.bench_stream import _FastWearable, _Template
+from services.bench_stream import _FastWearable, _scrape, _Template
 from services.broker import LocalBroker, free_port
 from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topics, without_kafka_security
 from services.simulator import Simulation, make_producer, patient_ids, slot_offset_ms
@@ -172,17 +171,6 @@ class _AlertChurn(threading.Thread):
             self.stop_flag.wait(min(0.05, max(0.0, nxt - time.monotonic())))
         self.producer.flush(10)
         self.producer.close(10)
-
-
-def _scrape(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            out[s.name] = out.get(s.name, 0.0) + float(s.value)
-    return out
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float = 180) -> None:
