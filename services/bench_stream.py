@@ -12,7 +12,17 @@ reads every score back from the ``scores`` topic, and reports:
 - consumer lag at the start and end of the measured window and its slope;
 - the model-only ceiling: beats/s the detector scores in batches with no streaming
   around it, measured in the same run, and the ratio of sustained to ceiling;
+- the core-only ceiling: ECG chunks/s the stream core alone processes in this process
+  (``bench core``'s loop), and the ratio of chunks the worker consumed to it;
+- CPU cores kept busy by the worker, the broker and the load generator (this process),
+  the worker's peak RSS, and bytes per patient-second appended to each topic's log
+  segments (raw ECG and heart rate, scores, alerts, the state changelogs; local broker);
 - bytes per patient-second on the raw ECG topic (message values as sent).
+
+``--sweep 100,200,400,...`` runs once per patient count (each on a fresh local broker)
+until a count is not sustained, prints a table, and writes ``sweep.json`` and
+``sweep.png`` (latency and lag slope against patients). Every run's scratch folder is
+removed when it ends (``--keep`` leaves them). Without arguments it prints its usage.
 
 ``--wire ecg/2`` sends the ECG as binary int16 chunks (``cardiowatch.ecg/2``) instead of
 JSON (``cardiowatch.ecg/1``).
@@ -26,14 +36,16 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from services import bench_core
+from services.bench_proc import cpu_seconds, peak_rss_mib, scratch_dir, topic_bytes
 from services.broker import LocalBroker, free_port
 from services.settings import DEFAULT_MODEL_DIR, REPO_ROOT, KafkaSettings, Topics, without_kafka_security
 from services.simulator import ECG2_SCALE_MV, Simulation, Wearable, Wire, make_producer, patient_ids, slot_offset_ms
@@ -203,13 +215,37 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
+def _ecg_chunks_in(port: int) -> float:
+    """ECG chunks the worker has consumed (``cardiowatch_messages_in_total{stream="ecg"}``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(body) for s in fam.samples
+               if s.name == "cardiowatch_messages_in_total" and s.labels.get("stream") == "ecg")
+
+
+def _cpu_now(pids: dict[str, int | None]) -> dict[str, float | None]:
+    return {name: (cpu_seconds(pid) if pid is not None else None) for name, pid in pids.items()}
+
+
 def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | None,
-              model_dir: Path, runtime: str, partitions: int, progress: bool, wire: Wire = "ecg/1") -> dict:
+              model_dir: Path, runtime: str, partitions: int, progress: bool, wire: Wire = "ecg/1",
+              keep: bool = False) -> dict:
+    """One run at ``patients``; its scratch folder (broker data, worker log) is removed
+    afterwards unless ``keep`` (then ``result["kept"]`` names it)."""
+    with scratch_dir("cardiowatch-bench-", keep) as work:
+        res = _run_in(work, patients, seconds, warmup_s, bootstrap, model_dir, runtime, partitions, progress, wire)
+        if keep:
+            res["kept"] = str(work)
+        return res
+
+
+def _run_in(work: Path, patients: int, seconds: float, warmup_s: float, bootstrap: str | None,
+            model_dir: Path, runtime: str, partitions: int, progress: bool, wire: Wire) -> dict:
     def say(msg: str) -> None:
         if progress:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="cardiowatch-bench-"))
     broker = None
     worker = None
     # A given broker: CARDIOWATCH_KAFKA_* say how to reach it (the worker reads the same).
@@ -225,6 +261,9 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         say("measuring the model-only ceiling")
         ceiling = model_ceiling(model_dir, runtime)
         say(f"model-only ceiling: {ceiling:.0f} beats/s")
+        core_patients = max(50, min(patients, 300))
+        core = bench_core.run(core_patients, seconds=5, warmup_s=12, model=model_dir, runtime=runtime)
+        say(f"core-only ceiling: {core['chunks_per_s']:.0f} chunks/s ({core_patients} patients, one process)")
         wport = free_port()
         env = dict(base_env, CARDIOWATCH_BOOTSTRAP=bootstrap, CARDIOWATCH_PARTITIONS=str(partitions),
                    CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
@@ -259,7 +298,12 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
         t = threading.Thread(target=sim.run, args=(total_s, False), daemon=True)
         t.start()
         time.sleep(warmup_s)
+        pids = {"worker": worker.pid, "broker": broker.pid if broker is not None else None,
+                "load_generator": os.getpid()}
+        log_dir = broker.data_dir / "kraft" if broker is not None and broker.data_dir is not None else None
         m0, w0, sent0, bytes0 = _scrape(wport), time.time(), sim.sent_ecg, sim.sent_ecg_bytes
+        cpu0, chunks0 = _cpu_now(pids), _ecg_chunks_in(wport)
+        topics0 = topic_bytes(log_dir) if log_dir is not None else {}
         lags = []
         while t.is_alive():
             t.join(2.0)
@@ -268,6 +312,9 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
             say(f"t={time.time() - w0:5.1f}s in={m.get('cardiowatch_messages_in_total', 0) - m0.get('cardiowatch_messages_in_total', 0):.0f} "
                 f"lag={lags[-1][1]:.0f} beats={m.get('cardiowatch_beats_scored_total', 0):.0f}")
         m1, w1, sent1, bytes1 = _scrape(wport), time.time(), sim.sent_ecg, sim.sent_ecg_bytes
+        cpu1, chunks1 = _cpu_now(pids), _ecg_chunks_in(wport)
+        topics1 = topic_bytes(log_dir) if log_dir is not None else {}
+        peak_rss = peak_rss_mib(worker.pid)
         time.sleep(3.0)
         reader.stop_flag = True
         reader.join(5)
@@ -305,6 +352,18 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
                                       "slope_per_s": round(slope, 2)},
             "model_only_beats_per_s": round(ceiling, 1),
             "streaming_to_model_ratio": round(beats / el / ceiling, 4) if ceiling else None,
+            "core_only_chunks_per_s": core["chunks_per_s"],
+            "ecg_chunks_consumed_per_s": round((chunks1 - chunks0) / el, 1),
+            "streaming_to_core_ratio": (round((chunks1 - chunks0) / el / core["chunks_per_s"], 4)
+                                        if core["chunks_per_s"] else None),
+            # CPU cores each process kept busy over the measured window (1.0 = one core);
+            # the load generator is this process (simulator and score reader threads)
+            "cpu_cores": {k: (round((cpu1[k] - cpu0[k]) / el, 3) if cpu0[k] is not None and cpu1[k] is not None
+                              else None) for k in pids},
+            # bytes appended to each topic's log segments per patient-second (local broker only)
+            "topic_bytes_per_patient_s": {t: round((topics1.get(t, 0) - topics0.get(t, 0)) / el / patients, 1)
+                                          for t in sorted(topics1) if topics1.get(t, 0) > topics0.get(t, 0)},
+            "worker_peak_rss_mib": round(peak_rss, 1) if peak_rss is not None else None,
             "runtime": runtime,
             "cpu_count": os.cpu_count(),
         }
@@ -322,10 +381,103 @@ def run_bench(patients: int, seconds: float, warmup_s: float, bootstrap: str | N
             broker.stop()
 
 
+def parse_counts(text: str) -> list[int]:
+    """``--sweep`` patient counts: comma-separated integers >= 1, strictly increasing."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep takes comma-separated patient counts such as 100,200,400, got {text!r}") from None
+    if not counts or any(c < 1 for c in counts) or any(b <= a for a, b in zip(counts, counts[1:])):
+        raise ValueError(f"--sweep counts must be >= 1 and increasing, got {text!r}")
+    return counts
+
+
+def sweep(counts: list[int], run: Callable[[int], dict], say: Callable[[str], None] = lambda _m: None,
+          keep_going: bool = False) -> dict:
+    """Run ``run(n)`` for each patient count, in order, until one is not sustained (or all
+    of them, ``keep_going``); the largest sustained count is the sweep's answer."""
+    runs: list[dict] = []
+    for n in counts:
+        say(f"sweep: {n} patients")
+        r = run(n)
+        runs.append(r)
+        if not r.get("sustained") and not keep_going:
+            say(f"sweep: {n} patients not sustained; stopping")
+            break
+    ok = [r["patients"] for r in runs if r.get("sustained")]
+    return {"counts": counts, "largest_sustained_patients": max(ok) if ok else None, "runs": runs}
+
+
+def format_sweep(result: dict) -> str:
+    """The sweep as a table a platform team can read (one row per patient count)."""
+    head = ("patients", "sustained", "lag slope/s", "R->score p50 s", "p99 s", "beats/s", "worker cores",
+            "broker cores", "loadgen cores", "worker peak MiB", "stream/model", "stream/core")
+    rows = []
+    for r in result["runs"]:
+        lat, cpu = r.get("event_to_score_latency_s", {}), r.get("cpu_cores", {})
+        rows.append((str(r["patients"]), "yes" if r.get("sustained") else "no",
+                     f"{r['consumer_lag_messages']['slope_per_s']:+.1f}",
+                     *(f"{lat.get(q):.2f}" if lat.get(q) is not None else "-" for q in ("p50", "p99")),
+                     f"{r['beats_scored_per_s']:.0f}",
+                     *(f"{cpu.get(k):.2f}" if cpu.get(k) is not None else "-"
+                       for k in ("worker", "broker", "load_generator")),
+                     f"{r['worker_peak_rss_mib']:.0f}" if r.get("worker_peak_rss_mib") is not None else "-",
+                     f"{r['streaming_to_model_ratio']:.3f}" if r.get("streaming_to_model_ratio") is not None else "-",
+                     f"{r['streaming_to_core_ratio']:.3f}" if r.get("streaming_to_core_ratio") is not None else "-"))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    best = result["largest_sustained_patients"]
+    lines.append(f"largest sustained: {best if best is not None else 'none of ' + ','.join(map(str, result['counts']))}"
+                 " patients at 250 Hz, one worker process")
+    if result["runs"]:
+        last = result["runs"][-1]
+        lines.append("bytes per patient-second by topic (last run): " + ", ".join(
+            f"{t} {b:.0f}" for t, b in last.get("topic_bytes_per_patient_s", {}).items()))
+        lines.append("stage mean ms per batch (last run): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in last.get("worker_stage_mean_ms_per_batch", {}).items()))
+    return "\n".join(lines)
+
+
+def plot_sweep(path: Path, result: dict) -> None:
+    """Latency and consumer-lag slope against patients (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    n = [r["patients"] for r in runs]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for q, style in (("p50", "o-"), ("p99", "s--")):
+        a1.plot(n, [r["event_to_score_latency_s"].get(q) or float("nan") for r in runs], style, label=f"R peak to score {q}")
+    a1.set_xlabel("patients (250 Hz)")
+    a1.set_ylabel("seconds")
+    a1.legend()
+    a1.grid(alpha=0.3)
+    a2.plot(n, [r["consumer_lag_messages"]["slope_per_s"] for r in runs], "o-")
+    for r in runs:
+        a2.annotate("sustained" if r.get("sustained") else "not sustained",
+                    (r["patients"], r["consumer_lag_messages"]["slope_per_s"]), fontsize=8)
+    a2.axhline(0, color="grey", lw=0.8)
+    a2.set_xlabel("patients (250 Hz)")
+    a2.set_ylabel("consumer lag slope (messages/s)")
+    a2.grid(alpha=0.3)
+    fig.suptitle(f"cardiowatch bench stream --sweep: largest sustained {result['largest_sustained_patients']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="cardiowatch bench stream", description=__doc__,
                                 formatter_class=HelpFormatter)
-    p.add_argument("--patients", type=int, default=100, help="simulated wearables")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--patients", type=int, help="simulated wearables (one run)")
+    load.add_argument("--sweep", metavar="N1,N2,...", help="one run per patient count, in order, until one is not "
+                      "sustained; prints a table and writes sweep.json and sweep.png into --out")
     p.add_argument("--seconds", type=float, default=60.0, help="measured window (after warm-up)")
     p.add_argument("--warmup-s", type=float, default=15.0, help="seconds streamed before measuring")
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -335,12 +487,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wire", choices=["ecg/1", "ecg/2"], default="ecg/1",
                    help="ECG wire format the load generator sends (ecg/1 is JSON)")
     p.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    p.add_argument("--keep-going", action="store_true", help="--sweep: run every count, also past the first "
+                   "that is not sustained")
+    p.add_argument("--out", type=Path, help="--sweep: folder for sweep.json and sweep.png (default runs/sweep-<time>)")
+    p.add_argument("--keep", action="store_true", help="keep each run's temporary folder (broker data, worker log)")
+    if not argv:  # a run takes minutes and starts a broker: say how, rather than start one
+        p.print_usage()
+        print("cardiowatch bench stream: give --patients N (one run) or --sweep N1,N2,... (--help for all options)",
+              file=sys.stderr)
+        return 2
     args = p.parse_args(argv)
-    if args.patients < 1:
-        p.error(f"--patients must be >= 1, got {args.patients}")
-    res = run_bench(args.patients, args.seconds, args.warmup_s, args.bootstrap, args.model,
-                    args.runtime, args.partitions, progress=True, wire=args.wire)
-    print(json.dumps(res, indent=None if args.json else 2))
+
+    def one(n: int) -> dict:
+        return run_bench(n, args.seconds, args.warmup_s, args.bootstrap, args.model, args.runtime,
+                         args.partitions, progress=True, wire=args.wire, keep=args.keep)
+
+    if args.sweep is None:
+        if args.patients is None or args.patients < 1:
+            p.error(f"--patients must be >= 1, got {args.patients}")
+        print(json.dumps(one(args.patients), indent=None if args.json else 2))
+        return 0
+    try:
+        counts = parse_counts(args.sweep)
+    except ValueError as exc:
+        p.error(str(exc))
+    out = args.out or REPO_ROOT / "runs" / time.strftime("sweep-%Y%m%d-%H%M%S")
+    result = sweep(counts, one, lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True), args.keep_going)
+    result["settings"] = {"seconds": args.seconds, "warmup_s": args.warmup_s, "runtime": args.runtime,
+                          "partitions": args.partitions, "wire": args.wire, "cpu_count": os.cpu_count()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    plot_sweep(out / "sweep.png", result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_sweep(result))
+        print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
     return 0
 
 
