@@ -42,6 +42,7 @@ __all__ = [
     "Prediction",
     "ReconstructionScore",
     "check_input",
+    "padded_batch",
     "predict_from",
     "threshold_from_scores",
     "validate_fpr",
@@ -50,6 +51,24 @@ __all__ = [
 # Rows per compiled-graph call: bounds peak memory on long inputs; per-row results do
 # not depend on it.
 _SCORE_CHUNK = 4096
+
+
+def padded_batch(n: int) -> int:
+    """The batch size ``n`` inputs are scored at: ``n`` rounded up to a quarter-octave step
+    (1..8 as they are, then multiples of 2, 4, 8 ... with four steps per doubling), at
+    most 25 % padding.
+
+    A streaming worker calls the model with a different number of beats every batch.
+    TensorFlow's CPU kernels (oneDNN) build and keep working memory per input shape, so
+    every new batch size costs memory that is not given back: 2,400 calls at random
+    sizes 1-399 took a process from 725 to 915 MiB and it was still rising; rounded,
+    it levels off at 807 MiB after the first 400 calls. Rounding keeps the shapes to 44
+    for batches up to 4096.
+    """
+    if n <= 8:
+        return max(int(n), 1)
+    step = 1 << (int(n - 1).bit_length() - 3)
+    return -(-int(n) // step) * step
 
 
 class DetectorError(CardiowatchError):
@@ -390,7 +409,10 @@ class LSTMAutoencoder:
         parts = []
         for i in range(0, x.shape[0], _SCORE_CHUNK):
             chunk = x[i : i + _SCORE_CHUNK]
-            out = self._graph_fn(chunk).numpy()
+            n = chunk.shape[0]
+            size = padded_batch(n)
+            feed = chunk if size == n else np.concatenate([chunk, np.zeros((size - n,) + chunk.shape[1:], chunk.dtype)])
+            out = self._graph_fn(feed).numpy()[:n]
             parts.append(out if self.scoring.in_graph else self.scoring.numpy(chunk, out))
         return np.concatenate(parts).astype(np.float32)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.autoencoder import DetectorError, LSTMAutoencoder, NotFittedError, check_input, threshold_from_scores, validate_fpr
+from models.autoencoder import (DetectorError, LSTMAutoencoder, NotFittedError, check_input, padded_batch,
+                                threshold_from_scores, validate_fpr)
 from models.ecg.features import ECGScore
 from models.hr.features import HRScore
 
@@ -55,3 +56,11 @@ def test_fit_validates_before_training() -> None:
         det.fit(x, x, epochs=0, progress=False)
     with pytest.raises(ValueError, match=r"x must have shape \[n, 32, 2\]"):
         det.fit(np.zeros((4, 80, 3), np.float32), x, progress=False)
+
+
+def test_padded_batch_rounds_up_by_at_most_a_quarter_and_keeps_few_shapes() -> None:
+    sizes = {n: padded_batch(n) for n in range(1, 4097)}
+    assert all(n <= p <= max(n, 1.25 * n) for n, p in sizes.items())
+    assert [padded_batch(n) for n in (1, 8, 9, 10, 11, 17, 100, 129, 4096)] == [1, 8, 10, 10, 12, 20, 112, 160, 4096]
+    assert len(set(sizes.values())) == 44  # shapes the CPU kernels keep working memory for
+    assert all(padded_batch(p) == p for p in set(sizes.values()))  # a rounded size stays put

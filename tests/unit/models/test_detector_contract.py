@@ -88,6 +88,16 @@ def test_scores_do_not_depend_on_call_history(make_detector: Callable[[], Detect
     np.testing.assert_allclose(reversed_, one_by_one, rtol=1e-6, atol=1e-8)
 
 
+def test_scores_do_not_depend_on_the_batch_they_come_in(make_detector: Callable[[], Detector], case: Any) -> None:
+    # The Keras runtime pads a batch to a rounded size (models.autoencoder.padded_batch)
+    # and the TFLite runtime to its fixed batch: the padding must never reach a score.
+    det = make_detector()
+    x = _x(case)
+    full = det.score(x[:37])
+    for n in (1, 9, 11, 17, 33, 37):
+        np.testing.assert_allclose(det.score(x[:n]), full[:n], rtol=1e-5, atol=1e-7)
+
+
 def test_bad_input_shape_names_it(make_detector: Callable[[], Detector], case: Any) -> None:
     t, c = case.x_val.shape[1:]
     with pytest.raises(ValueError, match=rf"\(2, {t}, {c - 1}\)"):
