@@ -7,6 +7,8 @@ another exception."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from streaming.policy import PolicyConfig, load_policy_config
 ROUTING_DOC: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy" / "routing.example.yaml").read_text())
 POLICY_DOC: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy" / "policy.example.yaml").read_text())
 _TMP = Path(tempfile.mkdtemp(prefix="cardiowatch-fuzz-"))
+atexit.register(shutil.rmtree, _TMP, True)  # the hypothesis tests share it; removed when pytest exits
 # YAML that PyYAML's safe loader turns into ValueError or RecursionError, not YAMLError
 yaml_traps = st.sampled_from(["a: " + "9" * 5000, "[" * 5000, "a: !!int xyz", "a: !!float xyz",
                               "a: !!timestamp 2020-99-99", "a: &a [*a]", "teams: &t {c: *t}", "? [1]\n: 2"])
