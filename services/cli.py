@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("services.topics", "plan | apply: every Kafka topic the system uses, created from the settings"),
     "train ecg": ("models.ecg.train", "train the ECG beat autoencoder into a model bundle"),
     "train hr": ("models.hr.train", "train the heart-rate autoencoder into a model bundle"),
+    "train classifier": ("models.ecg.classifier_train",
+                         "train an ECG bundle's beat classifier again, optionally with noisy copies of the records"),
     "train vf": ("models.ecg.vf_train", "train the VF/VFL detector and add it to an ECG bundle"),
     "train artefact": ("models.ecg.artefact", "train the artefact (noise) detector and add it to an ECG bundle"),
     "evaluate": ("services.evaluate", "replay WFDB records through the pipeline and report metrics"),

@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                    "here (default <out>/windows)")
     p.add_argument("--fold-bundles", type=Path, metavar="DIR",
                    help="read fold k's bundle from DIR/fold-<k> when there (e.g. models/crossval/ecg-5fold)")
+    p.add_argument("--classifier-noise", type=Path, metavar="NSTDB_DIR",
+                   help="train each fold's beat classifier again with a noisy copy of every training record "
+                        "(noise records bw, em, ma from this folder; models.ecg.noisy_beats), where the fold "
+                        "bundle's classifier was not trained so yet")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                     version=f"0.2.0-fold{k}")
         bundles[k] = out
         folds_doc[str(k)] = {"held_out_patients": held, "bundle": str(out)}
+    if a.classifier_noise is not None:
+        _noisy_classifiers(bundles, labelled, fold_of, [Path(f) for f in a.records], a.classifier_noise,
+                           a.seed, not a.quiet)
     all_folders = [Path(f) for f in a.records] + [Path(f) for f in a.eval_records]
     eval_only = sorted({patient_of(f.name, n) for f in map(Path, a.eval_records) for n in list_records(f)}
                        - set(fold_of))
@@ -137,6 +144,24 @@ def _check_held_out(bundle: Path, held: list[str]) -> None:
         raise SystemExit(f"crossval: {bundle} held out {len(theirs or [])} patients, not this fold's {len(held)} "
                          f"(other --folds, --seed or --records than it was trained with): train it afresh "
                          f"with --out, without --fold-bundles")
+
+
+def _noisy_classifiers(bundles: dict[int, Path], labelled: list, fold_of: dict[str, int], folders: list[Path],
+                       noise_dir: Path, seed: int, progress: bool) -> None:
+    """Train each fold bundle's beat classifier again on its training patients and their
+    noisy copies (:mod:`models.ecg.noisy_beats`), unless it already was."""
+    from models.ecg.noisy_beats import noisy_copies
+    from models.ecg.classifier_train import refit_classifier
+
+    todo = [k for k, out in sorted(bundles.items())
+            if "noise_augmented" not in read_meta(out).extra.get("beat_classifier", {})]
+    if not todo:
+        return
+    noisy = noisy_copies(folders, noise_dir, progress=progress)
+    for k in todo:
+        print(f"crossval: fold {k}: beat classifier with noisy copies", file=sys.stderr, flush=True)
+        refit_classifier(bundles[k], [r for r in labelled if fold_of[r.patient] != k],
+                         [r for r in noisy if fold_of.get(r.patient) != k], seed=seed, progress=progress)
 
 
 def _window_detectors(bundles: dict[int, Path], fold_of: dict[str, int], eval_only: list[str],

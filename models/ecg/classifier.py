@@ -186,6 +186,7 @@ def train_beat_classifier(
     n_trees: int = 300,
     seed: int = 0,
     progress: Any = None,
+    calibrate: np.ndarray | None = None,
 ) -> tuple[BeatClassifier, np.ndarray]:
     """Train the classifier; thresholds from out-of-fold predictions over patient folds.
 
@@ -206,6 +207,10 @@ def train_beat_classifier(
     n_trees, seed : int
     progress : callable, optional
         Called with a message before each of the ``inner_folds + 1`` trainings.
+    calibrate : bool array, optional
+        Rows whose normal beats set the thresholds (default: all). Noise-augmented
+        copies of the records (:mod:`models.ecg.noisy_beats`) train the trees but are
+        left out here, so the operating point stays that of clean normal beats.
 
     Returns
     -------
@@ -238,6 +243,11 @@ def train_beat_classifier(
         progress("beat classifier: final model on all training patients")
     final = train_gbdt(x, y, BEAT_CLASSES, feature_names, sample_weight=class_weights(y), n_trees=n_trees, seed=seed)
     n_oof = y == _N
+    if calibrate is not None:
+        cal = np.asarray(calibrate, dtype=bool)
+        if cal.shape != y.shape:
+            raise ValueError(f"calibrate must be one flag per row ({y.size}), got shape {cal.shape}")
+        n_oof &= cal
     clf = BeatClassifier(final, _quantile(oof[n_oof, _V], ventricular_fpr), float(ventricular_fpr),
                          _quantile(oof[n_oof, _S], supraventricular_fpr), float(supraventricular_fpr))
     return clf, oof

@@ -526,29 +526,39 @@ def fit_ecg(
 
 
 def _fit_classifier(det: Any, normaliser: Normaliser, patients: Sequence[LabelledBeats], seed: int,
-                    ventricular_fpr: float, supraventricular_fpr: float, progress: bool) -> tuple[Any, dict[str, Any]]:
+                    ventricular_fpr: float, supraventricular_fpr: float, progress: bool,
+                    noisy: Sequence[LabelledBeats] = ()) -> tuple[Any, dict[str, Any]]:
     """Train the beat classifier on every beat of ``patients`` (their context features and
-    the autoencoder's score); report its out-of-fold figures over patient folds."""
+    the autoencoder's score) and of their ``noisy`` copies (:mod:`models.ecg.noisy_beats`;
+    they train, only the clean beats set the thresholds); report its out-of-fold figures
+    over patient folds, on the clean beats."""
     from models.ecg.classifier import train_beat_classifier
     from models.ecg.scorer import AE_FEATURE, classifier_features
     from models.evaluation import auroc
 
-    rows, labels, groups = [], [], []
-    for p in _progress(list(patients), progress, "autoencoder scores"):
+    rows, labels, groups, clean = [], [], [], []
+    for p, is_clean in _progress([(p, True) for p in patients] + [(p, False) for p in noisy], progress,
+                                 "autoencoder scores"):
         if not len(p.labels):
             continue
         ae = det.score(make_model_input(p.waveforms, p.rr_context, normaliser))
         rows.append(classifier_features(p.features, ae))
         labels.append(p.labels)
         groups.extend([p.patient or p.name] * len(p.labels))
-    x, lab = np.concatenate(rows), np.concatenate(labels)
+        clean.append(np.full(len(p.labels), is_clean))
+    x, lab, cal = np.concatenate(rows), np.concatenate(labels), np.concatenate(clean)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
     clf, oof = train_beat_classifier(x, lab, groups, FEATURE_NAMES + (AE_FEATURE,), ventricular_fpr=ventricular_fpr,
-                                     supraventricular_fpr=supraventricular_fpr, seed=seed, progress=say)
+                                     supraventricular_fpr=supraventricular_fpr, seed=seed, progress=say,
+                                     calibrate=cal if noisy else None)
+    oof, lab = oof[cal], lab[cal]
     p_abn = np.maximum(oof[:, 2] / clf.ventricular_threshold, oof[:, 1] / clf.supraventricular_threshold)
     n = lab == "N"
-    out: dict[str, Any] = {"source": "out-of-fold predictions, 3 patient folds of the training patients",
+    out: dict[str, Any] = {"source": "out-of-fold predictions, 3 patient folds of the training patients"
+                                     + (" (clean beats; trained with a noisy copy of each record)" if noisy else ""),
                            "n_beats": {c: int(np.sum(lab == c)) for c in ("N", "S", "V", "F", "Q", "X")}}
+    if noisy:
+        out["noisy_copies"] = len(noisy)
     for key, pos in (("auroc_V_vs_N", ["V"]), ("auroc_S_vs_N", ["S"]), ("auroc_SVF_vs_N", ["S", "V", "F"])):
         out[key] = float(auroc(p_abn[np.isin(lab, pos)], p_abn[n]))
     out["flagged_fraction"] = {c: float(np.mean(p_abn[lab == c] > 1.0)) for c in ("N", "S", "V")

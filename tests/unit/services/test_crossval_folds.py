@@ -47,3 +47,30 @@ def test_a_reused_fold_bundle_must_hold_out_the_folds_patients(tmp_path):
 def test_a_bundle_not_made_by_crossval_is_refused_as_a_fold_bundle(tmp_path):
     with pytest.raises(SystemExit, match="held out 0 patients"):
         _check_held_out(_fold_bundle(tmp_path, None), ["mitdb/106"])
+
+
+def test_noisy_classifiers_refit_each_fold_on_its_training_patients_once(tmp_path, monkeypatch):
+    """--classifier-noise: fold k's classifier sees neither fold k's patients nor their
+    noisy copies, and a bundle already trained so is left alone."""
+    from types import SimpleNamespace
+
+    import models.ecg.classifier_train as ct
+    import models.ecg.noisy_beats as nb
+    from services import crossval
+
+    done = _fold_bundle(tmp_path, None)
+    meta = json.loads((done / "bundle.json").read_text())
+    meta["extra"]["beat_classifier"]["noise_augmented"] = {"copies": 3}
+    (done / "bundle.json").write_text(json.dumps(meta))
+    todo = tmp_path / "fold-2"
+    shutil.copytree(SHIPPED, todo)
+    rec = lambda name, patient: SimpleNamespace(name=name, patient=patient)  # noqa: E731
+    labelled = [rec("a", "p1"), rec("b", "p2"), rec("c", "p3")]
+    fold_of = {"p1": 1, "p2": 2, "p3": 1}
+    calls = []
+    monkeypatch.setattr(nb, "noisy_copies", lambda folders, noise_dir, progress: [rec("a+em12", "p1"),
+                                                                                   rec("b+ma6", "p2")])
+    monkeypatch.setattr(ct, "refit_classifier", lambda b, patients, noisy, seed, progress: calls.append(
+        (b, [p.name for p in patients], [p.name for p in noisy])))
+    crossval._noisy_classifiers({1: done, 2: todo}, labelled, fold_of, [tmp_path], tmp_path, 0, False)
+    assert calls == [(todo, ["a", "c"], ["a+em12"])]

@@ -116,3 +116,20 @@ def test_scorer_without_classifier_flags_on_the_autoencoder_threshold() -> None:
     out, _ = scorer.score([("a", scorer.initial_context(), beats(4))])
     assert out[0].threshold == 0.5 and out[0].flagged.all() and out[0].beat_class == ("?",) * 4
     assert out[0].p_ventricular is None
+
+
+def test_only_the_calibrate_rows_set_the_thresholds() -> None:
+    """Noise-augmented rows train the trees; the operating point stays that of the
+    calibrate rows' normal beats (models.ecg.noisy_beats)."""
+    x, y, g = data(seed=3)
+    rng = np.random.default_rng(5)
+    noisy = rng.random(len(y)) < 0.5
+    x = x.copy()
+    x[noisy & (y == "N"), 13] -= 2.5  # "noisy" normal beats look a little ventricular
+    clf, oof = train_beat_classifier(x, y, g, NAMES, ventricular_fpr=0.02, supraventricular_fpr=0.05,
+                                     inner_folds=3, n_trees=40, seed=1, calibrate=~noisy)
+    clean_n = (y == "N") & ~noisy
+    assert np.mean(oof[clean_n, 2] > clf.ventricular_threshold) == pytest.approx(0.02, abs=0.004)
+    assert np.mean(oof[(y == "N") & noisy, 2] > clf.ventricular_threshold) > 0.03  # not what sets it
+    with pytest.raises(ValueError, match="one flag per row"):
+        train_beat_classifier(x, y, g, NAMES, n_trees=5, calibrate=~noisy[:-1])
