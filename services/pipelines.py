@@ -23,7 +23,7 @@ from streaming.pipeline import SIGNAL_QUANTUM_MV, ECGPipeline, HRPipeline, HRSco
 from streaming.policy import AlertPolicy, PolicyConfig, load_policy_config
 
 __all__ = ["beat_spec", "build_ecg_pipeline", "build_hr_pipeline", "build_policy", "load_af_detector",
-           "load_ecg_bundle", "wall_clock_ms"]
+           "load_ecg_bundle", "wall_clock_ms", "warn_if_af_rule_differs"]
 
 log = logging.getLogger("cardiowatch.pipelines")
 HR_STEP = 8  # new RR intervals between heart-rate windows, as the HR bundle was validated
@@ -82,9 +82,29 @@ def build_hr_pipeline(hr_model_dir: Path | None, policy: AlertPolicy, runtime: s
         # pause rule covers them, the model sees them clipped.
         return spec.make_input(np.clip(np.asarray(rr_ms, dtype=np.float64) / 1000.0, lo, hi)[None, :])
 
+    af = load_af_detector(bundle)
+    if af is not None:
+        warn_if_af_rule_differs(af, policy, bundle.path)
     # A window of `window` beats is scored every HR_STEP new beats (the bundle's rule).
     return HRPipeline(HRScorer(bundle.detector, spec.window_beats, make_window), policy, step=HR_STEP,
-                      clock_ms=clock_ms, af=load_af_detector(bundle))
+                      clock_ms=clock_ms, af=af)
+
+
+def warn_if_af_rule_differs(af: AFDetector, policy: AlertPolicy, where: Path) -> bool:
+    """Log a warning (and say True) when the policy's ``atrial_fibrillation`` timings are not
+    the ones the AF detector's threshold was chosen for: the alert still works, but its
+    false-alert rate and sensitivity are no longer the ones the model card states."""
+    settings = policy.config.conditions.get("atrial_fibrillation")
+    if settings is None:
+        return False
+    ours = (float(settings.sustain_s), float(settings.clear_s))
+    theirs = (float(af.rule.sustain_s), float(af.rule.clear_s))
+    if ours == theirs:
+        return False
+    log.warning("policy atrial_fibrillation sustain_s/clear_s %g/%g s differ from the %g/%g s the AF detector of "
+                "%s was calibrated for: its threshold's held-out figures do not apply (retrain with the policy's "
+                "timings, or set them back)", *ours, *theirs, where)
+    return True
 
 
 def load_af_detector(bundle: Bundle) -> AFDetector | None:

@@ -755,8 +755,8 @@ class AtrialFibrillationSettings:
     for (``models.hr.af.AFAlertRule``; a unit test keeps them equal)."""
 
     section: ClassVar[str] = "atrial_fibrillation"
-    sustain_s: float = bounded(20.0, 0.0, 3600.0)
-    clear_s: float = bounded(90.0, 0.0, 3600.0)
+    sustain_s: float = bounded(30.0, 0.0, 3600.0)
+    clear_s: float = bounded(180.0, 0.0, 3600.0)
 
     def __post_init__(self) -> None:
         check_settings(self)

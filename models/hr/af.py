@@ -233,10 +233,17 @@ class AFAlertRule:
     ``max_gap_s`` apart); clears when it has stayed below for ``clear_s``; after a clear the
     alert does not re-open for ``cooldown_s`` (the policy's ``alarms.cooldown_s``). The
     defaults are the condition's and the policy's (a unit test keeps them equal).
+
+    Why 30 s and 180 s: AF is an episode of 30 s or more, and a clear that waits 3 min
+    keeps one alert across the brief dips of the probability inside an episode. Against
+    20 s / 90 s, on held-out patients (nested thresholds, 5 patient folds over nsr2db,
+    chf2db, ltafdb, DS1 and svdb) it alerted 72 of 74 AF episodes instead of 67, covered
+    98 % of AF time instead of 97 %, and gave 0.72 false AF alerts per patient-day on
+    nsr2db + chf2db instead of 1.17 (of the grid 20/30/45 s by 90/120/180/240 s).
     """
 
-    sustain_s: float = 20.0
-    clear_s: float = 90.0
+    sustain_s: float = 30.0
+    clear_s: float = 180.0
     cooldown_s: float = 60.0
     max_gap_s: float = 10.0
 

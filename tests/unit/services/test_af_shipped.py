@@ -64,3 +64,25 @@ def test_shipped_bundle_opens_af_when_an_ltafdb_episode_starts_and_clears_after_
     assert not [1 for r, c in spans.values() if c is None]  # nothing left open in sinus rhythm
     probs = np.array([o.af_probability for o in res.hr if o.af_probability is not None])
     assert probs.size > 0.9 * len(res.hr)
+
+
+def test_shipped_af_detector_was_calibrated_for_the_default_policy_timings(caplog) -> None:
+    """The shipped threshold holds for the policy's default sustain_s/clear_s; a policy
+    with other timings runs, but the worker says that the card's figures no longer apply."""
+    import logging
+
+    from services.pipelines import load_af_detector, warn_if_af_rule_differs
+    from models.bundle import load_bundle
+    from streaming.conditions import AtrialFibrillationSettings
+    from streaming.policy import AlertPolicy, PolicyConfig
+
+    af = load_af_detector(load_bundle(DEFAULT_HR_MODEL_DIR, runtime="keras", kind="hr"))
+    assert af is not None
+    default = build_policy(None)
+    with caplog.at_level(logging.WARNING, logger="cardiowatch.pipelines"):
+        assert not warn_if_af_rule_differs(af, default, DEFAULT_HR_MODEL_DIR)
+    assert caplog.records == []
+    other = AlertPolicy(PolicyConfig(conditions={"atrial_fibrillation": AtrialFibrillationSettings(clear_s=60.0)}))
+    with caplog.at_level(logging.WARNING, logger="cardiowatch.pipelines"):
+        assert warn_if_af_rule_differs(af, other, DEFAULT_HR_MODEL_DIR)
+    assert "30/60 s differ from the 30/180 s" in caplog.text

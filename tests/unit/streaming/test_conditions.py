@@ -299,7 +299,7 @@ def test_atrial_fibrillation_condition_is_the_rule_its_threshold_was_chosen_for(
     assert rule.cooldown_s == cfg.alarms.cooldown_s and rule.max_gap_s == cfg.signal.hr_max_gap_s
     rng = random.Random(4)
     t, p, now, level = [], [], 0, 0.1
-    for _ in range(8000):
+    for _ in range(16000):
         u = rng.random()  # mostly 1 Hz, sometimes 2 s, rarely a gap beyond hr_max_gap_s
         now += 1 if u < 0.97 else 2 if u < 0.99 else 12
         if rng.random() < 0.006:  # episodes of ~170 s, with dips below the threshold

@@ -444,8 +444,8 @@ def test_af_opens_when_af_starts_and_clears_when_it_ends() -> None:
     for i in range(300, 500):  # sinus again
         _af(s, T0 + i * 1000, 0.1)
     got = [(e.condition, e.action, e.priority, e.detected_ts_ms - T0) for e in s.events]
-    assert got == [("atrial_fibrillation", "raised", "medium", 80_000),  # 20 s sustained
-                   ("atrial_fibrillation", "cleared", "medium", 390_000)]  # 90 s below
+    assert got == [("atrial_fibrillation", "raised", "medium", 90_000),  # 30 s sustained
+                   ("atrial_fibrillation", "cleared", "medium", 480_000)]  # 180 s below
     raised = s.events[0]
     assert raised.onset_ts_ms == T0 + 60_000 and raised.score == 0.95 and raised.threshold == 0.8
     assert "AF probability" in s.events[1].rule
@@ -465,7 +465,7 @@ def test_af_reopens_for_a_second_episode_never_one_alert_per_record() -> None:
 
 def test_af_short_excursions_and_dips_do_not_open_or_clear() -> None:
     s = Sim()
-    for i in range(600):  # 15 s above in every 40 s: never sustained for 20 s
+    for i in range(600):  # 15 s above in every 40 s: never sustained for 30 s
         _af(s, T0 + i * 1000, 0.9 if i % 40 < 15 else 0.2)
     assert s.events == []
     for i in range(600, 700):
@@ -483,7 +483,7 @@ def test_af_without_a_probability_or_with_an_unusable_reading_raises_nothing() -
     for i in range(100, 200):  # a strap reporting poor quality: suppressed
         _af(s, T0 + i * 1000, 0.99, quality=0.0)
     assert s.events == []
-    evs = [_af(s, T0 + i * 1000, 0.99) for i in range(200, 221)]
+    evs = [_af(s, T0 + i * 1000, 0.99) for i in range(200, 231)]  # sustain_s 30
     assert [e.action for ev in evs for e in ev] == ["raised"]
 
 
