@@ -265,9 +265,10 @@ def _run_in(work: Path, patients: int, seconds: float, warmup_s: float, bootstra
         core = bench_core.run(core_patients, seconds=5, warmup_s=12, model=model_dir, runtime=runtime)
         say(f"core-only ceiling: {core['chunks_per_s']:.0f} chunks/s ({core_patients} patients, one process)")
         wport = free_port()
+        app_id = f"bench-{os.getpid()}-{int(time.time())}"
         env = dict(base_env, CARDIOWATCH_BOOTSTRAP=bootstrap, CARDIOWATCH_PARTITIONS=str(partitions),
                    CARDIOWATCH_METRICS_PORT=str(wport), CARDIOWATCH_DATA_DIR=str(work / "worker"),
-                   CARDIOWATCH_APP_ID=f"bench-{os.getpid()}-{int(time.time())}",
+                   CARDIOWATCH_APP_ID=app_id,
                    CARDIOWATCH_MODEL_DIR=str(model_dir), CARDIOWATCH_RUNTIME=runtime)
         worker = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--loglevel", "warning"],
                                   env=env, cwd=REPO_ROOT, stdout=open(work / "worker.log", "w"),
@@ -361,7 +362,9 @@ def _run_in(work: Path, patients: int, seconds: float, warmup_s: float, bootstra
             "cpu_cores": {k: (round((cpu1[k] - cpu0[k]) / el, 3) if cpu0[k] is not None and cpu1[k] is not None
                               else None) for k in pids},
             # bytes appended to each topic's log segments per patient-second (local broker only)
-            "topic_bytes_per_patient_s": {t: round((topics1.get(t, 0) - topics0.get(t, 0)) / el / patients, 1)
+            # (the worker's changelog topics are named for its app id: shown as <app>-...)
+            "topic_bytes_per_patient_s": {t.replace(app_id, "<app>"):
+                                          round((topics1.get(t, 0) - topics0.get(t, 0)) / el / patients, 1)
                                           for t in sorted(topics1) if topics1.get(t, 0) > topics0.get(t, 0)},
             "worker_peak_rss_mib": round(peak_rss, 1) if peak_rss is not None else None,
             "runtime": runtime,
