@@ -135,16 +135,17 @@ class _FastWearable:
         return ecg, hr
 
 
-def _histogram_quantile(port: int, name: str, q: float) -> float | None:
-    """Quantile of a Prometheus histogram by linear interpolation inside its bucket."""
+def _samples(port: int) -> list:
+    """Every sample on the worker's ``/metrics`` page, parsed by prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    buckets = []
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            if s.name == name + "_bucket":
-                buckets.append((float(s.labels["le"]), s.value))
+    return [s for fam in text_string_to_metric_families(body) for s in fam.samples]
+
+
+def _histogram_quantile(port: int, name: str, q: float) -> float | None:
+    """Quantile of a Prometheus histogram by linear interpolation inside its bucket."""
+    buckets = [(float(s.labels["le"]), s.value) for s in _samples(port) if s.name == name + "_bucket"]
     buckets.sort()
     if not buckets or buckets[-1][1] == 0:
         return None
@@ -161,28 +162,20 @@ def _histogram_quantile(port: int, name: str, q: float) -> float | None:
 
 def _stage_means(port: int) -> dict[str, float]:
     """Mean wall time per batch of each worker stage (ms), from its histogram."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body):
-        for smp in fam.samples:
-            if smp.name == "cardiowatch_stage_latency_seconds_sum":
-                sums[smp.labels["stage"]] = smp.value
-            elif smp.name == "cardiowatch_stage_latency_seconds_count":
-                counts[smp.labels["stage"]] = smp.value
+    for smp in _samples(port):
+        if smp.name == "cardiowatch_stage_latency_seconds_sum":
+            sums[smp.labels["stage"]] = smp.value
+        elif smp.name == "cardiowatch_stage_latency_seconds_count":
+            counts[smp.labels["stage"]] = smp.value
     return {k: round(1000 * sums[k] / counts[k], 2) for k in sums if counts.get(k)}
 
 
 def _scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    for s in _samples(port):
+        out[s.name] = out.get(s.name, 0.0) + float(s.value)
     return out
 
 
@@ -217,10 +210,7 @@ def _round(x: float | None) -> float | None:
 
 def _ecg_chunks_in(port: int) -> float:
     """ECG chunks the worker has consumed (``cardiowatch_messages_in_total{stream="ecg"}``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(s.value for fam in text_string_to_metric_families(body) for s in fam.samples
+    return sum(s.value for s in _samples(port)
                if s.name == "cardiowatch_messages_in_total" and s.labels.get("stream") == "ecg")
 
 
