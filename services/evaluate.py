@@ -34,7 +34,7 @@ from models.episodes import AlertSpan, EpisodeEvaluation, EpisodeRules, evaluate
 from models.evaluation import RecordEvaluation, auroc, evaluate_record, pool, roc_curve
 from models.noise import NoiseSpec, add_noise, load_noise, parse_noise_specs
 from models.records import BeatAnnotations, has_signal, list_annotated, list_records, load_annotations, load_record
-from streaming.events import AlertEvent
+from streaming.events import AlertEvent, ScoredBeat
 from streaming.policy import HR_CONDITIONS, AlertPolicy
 
 from services.pipelines import build_ecg_pipeline, build_hr_pipeline, build_policy, load_ecg_bundle
@@ -232,11 +232,7 @@ def _evaluate_one(ref: RecordRef, key: str, cond: NoiseSpec, setup: _Setup) -> _
         t = np.array([(s.r_ts_ms - BASE_TS_MS) / 1000.0 for s in res.scored])
         sc = np.array([s.score for s in res.scored])
         fl = np.array([s.flagged for s in res.scored], dtype=bool)
-        with open(u.scores_dir / f"{stem}.csv", "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["time_s", "score", "flagged"])
-            for a, b, c in zip(t, sc, fl):
-                wr.writerow([f"{a:.3f}", f"{b:.6f}", int(c)])
+        _write_scores(u.scores_dir / f"{stem}.csv", t, res.scored)
         beats = evaluate_record(np.round(ref_t * fs_ecg).astype(int), ref_c,
                                 np.round(t * fs_ecg).astype(int), sc, fl, fs_ecg, name=key,
                                 exclude_s=[(e.start_s, e.end_s) for e in truth.vf])
@@ -320,6 +316,27 @@ def hr_fold_map(folder: Path) -> dict[str, Path]:
                 raise ValueError(f"{name} is held out by two fold bundles: {out[name]} and {f}")
             out[str(name)] = f
     return out
+
+
+#: Columns of the per-record score CSV: one row per detected beat. The first three are
+#: the anomaly score and its flag; the rest are the beat classifier's outputs (empty for a
+#: bundle without one), so a run rule can be studied offline on the stream's own beats.
+SCORE_COLUMNS = ("time_s", "score", "flagged", "beat_class", "p_ventricular", "p_run", "rr_ms",
+                 "signal_quality")
+
+
+def _opt(v: float | None, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _write_scores(path: Path, t: np.ndarray, scored: Sequence[ScoredBeat]) -> None:
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(SCORE_COLUMNS)
+        for a, s in zip(t, scored):
+            wr.writerow([f"{a:.3f}", f"{s.score:.6f}", int(s.flagged), s.beat_class,
+                         _opt(s.p_ventricular, ".4f"), _opt(s.p_run, ".4f"), _opt(s.rr_ms, ".0f"),
+                         f"{s.signal_quality:.2f}"])
 
 
 def evaluate(records_dir: Path | Sequence[Path], out: Path, scores_dir: Path, model_dir: Path,

@@ -44,7 +44,7 @@ def test_evaluate_heart_rate_stream_reports_hr_alerts(tmp_path):
 
 
 def test_evaluate_writes_report_scores_and_plots(records, tmp_path):
-    from services.evaluate import EVALUATION_SCHEMA, evaluate
+    from services.evaluate import EVALUATION_SCHEMA, SCORE_COLUMNS, evaluate
 
     out, scores, plots = tmp_path / "report.json", tmp_path / "scores", tmp_path / "plots"
     evaluate(records, out, scores, DEFAULT_MODEL_DIR, "ecg", plots)
@@ -63,7 +63,8 @@ def test_evaluate_writes_report_scores_and_plots(records, tmp_path):
     assert not [a for a in rep["records"]["s102"]["alerts"] if a["category"] == "physiological"]
     with open(scores / "s101.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["time_s", "score", "flagged"]
+    assert tuple(rows[0]) == SCORE_COLUMNS and rows[0][:3] == ["time_s", "score", "flagged"]
+    assert {row[3] for row in rows[1:]} <= {"N", "S", "V", "F", "Q", "X"}  # the bundle has a classifier
     assert len(rows) - 1 == r["tp"] + r["fp"]  # one row per detected beat
     assert (plots / "s101_scores.png").stat().st_size > 1000
     assert rep["pooled"]["auroc"]["V_vs_N"] is not None
