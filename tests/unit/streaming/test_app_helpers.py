@@ -53,7 +53,7 @@ def test_process_safely_passes_a_healthy_batch_through():
 def test_retry_or_stop_retries_then_returns(monkeypatch):
     import asyncio
 
-    import streaming.app as app_mod
+    import streaming.retry as app_mod
 
     slept: list[float] = []
 
@@ -80,7 +80,7 @@ def test_retry_or_stop_stops_the_process_when_the_step_keeps_failing(monkeypatch
 
     import pytest
 
-    import streaming.app as app_mod
+    import streaming.retry as app_mod
 
     async def no_sleep(s: float) -> None:
         return None
