@@ -111,7 +111,12 @@ class TreeEnsemble:
 
     # -- inference -------------------------------------------------------------------
     def raw_scores(self, x: np.ndarray) -> np.ndarray:
-        """Summed leaf values, float64 [n, n_raw] (n_raw = n_classes, or 1 for binary)."""
+        """Summed leaf values, float64 [n, n_raw] (n_raw = n_classes, or 1 for binary).
+
+        Every (row, tree) pair walks down one level per step, all pairs at once; a pair
+        that reaches its leaf leaves the working set, so the later levels (the deep
+        branches of a few trees) cost only what is still walking.
+        """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise TreeEnsembleError(f"x must have shape [n, {self.n_features}], got {x.shape}")
@@ -120,25 +125,55 @@ class TreeEnsemble:
         out = np.zeros((n, n_raw), np.float64)
         if n == 0 or self.n_trees == 0:
             return out
-        node = np.broadcast_to(self.roots, (n, self.n_trees)).copy()
-        rows = np.broadcast_to(np.arange(n)[:, None], node.shape)
+        feat, thr, child, nan_left, zero_default, is_leaf = self._walk
+        n_trees = self.n_trees
+        # pair i = tree (i // n), row (i % n): the rows of one tree walk side by side, so
+        # the node arrays are read where the previous pair just read them
+        node = np.repeat(self.roots.astype(np.intp), n)
+        xf = np.ascontiguousarray(x).ravel()
+        has_nan = bool(np.isnan(xf).any())
+        has_zero_rule = bool(zero_default.any())
+        pair = np.flatnonzero(~is_leaf[node])
+        cur = node[pair]
+        row_at = (pair % n) * self.n_features
         for _ in range(self.max_depth):
-            f = self.feature[node]
-            split = f >= 0
-            if not split.any():
+            if pair.size == 0:
                 break
-            v = x[rows, np.where(split, f, 0)]
-            miss = self.missing[node]
-            isnan = np.isnan(v)
-            v = np.where(isnan & (miss == _MISSING_NONE), 0.0, v)
-            go_default = (isnan & (miss != _MISSING_NONE)) | ((miss == _MISSING_ZERO) & (v == 0.0))
-            go_left = np.where(go_default, self.default_left[node], v <= self.threshold[node])
-            nxt = np.where(go_left, self.left[node], self.right[node])
-            node = np.where(split, nxt, node)
-        leaf = self.value[node]
+            v = xf[row_at + feat[cur]]
+            go_left = v <= thr[cur]
+            if has_nan:
+                m = np.isnan(v)
+                if m.any():
+                    go_left[m] = nan_left[cur[m]]
+            if has_zero_rule:
+                z = (v == 0.0) & zero_default[cur]
+                if z.any():
+                    go_left[z] = self.default_left[cur[z]]
+            cur = child[2 * cur + go_left]
+            walking = ~is_leaf[cur]
+            if not walking.all():
+                node[pair] = cur
+                pair, cur, row_at = pair[walking], cur[walking], row_at[walking]
+        node[pair] = cur
+        leaf = np.ascontiguousarray(self.value[node].reshape(n_trees, n).T)
         for c in range(n_raw):
             out[:, c] = leaf[:, self.tree_class == c].sum(axis=1)
         return out
+
+    @cached_property
+    def _walk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-node arrays of the level walk: split feature, threshold, the two children
+        (``child[2 * node + go_left]``), where NaN goes, whether zero takes the default
+        direction (``missing_type`` ``"Zero"``), and which nodes are leaves."""
+        is_leaf = self.feature < 0
+        feat = np.where(is_leaf, 0, self.feature).astype(np.intp)
+        thr = np.where(is_leaf, np.inf, self.threshold)
+        child = np.stack([self.right, self.left], axis=1).astype(np.intp).ravel()
+        # NaN: "None" treats it as 0.0 (so it goes left when 0.0 <= threshold), the
+        # other two send it the default direction
+        nan_left = np.where(self.missing == _MISSING_NONE, 0.0 <= self.threshold, self.default_left)
+        zero_default = (self.missing == _MISSING_ZERO) & ~is_leaf
+        return feat, thr, child, nan_left.astype(bool), zero_default, is_leaf
 
     @cached_property
     def _row_lists(self) -> tuple[list[int], list[int], list[int], list[float], list[int], list[int],
