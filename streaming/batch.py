@@ -112,9 +112,8 @@ def count_clock_events(metrics: WorkerMetrics, stream: str,
 
 @dataclass
 class _InFlight:
-    """A processed batch on its way out: its messages, Faust events and result."""
+    """A processed batch on its way out: its Faust events, read-back records and result."""
 
-    msgs: list[InMessage]
     events: Sequence[Any]
     read_back: list[tuple[int, int]]
     result: Any
@@ -189,7 +188,7 @@ class BatchCycle:
             if self._after_core is not None:
                 self._after_core(res)
             # the core has applied these offsets: the next batch must not read them back
-            batch = _InFlight(msgs, events, self.guard.applied(msgs), res)
+            batch = _InFlight(events, self.guard.applied(msgs), res)
             for e in events:  # Faust's ack when the body returns must not commit them yet
                 e.message.incref()
             t = time.perf_counter()
