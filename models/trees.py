@@ -164,16 +164,14 @@ class TreeEnsemble:
     def _walk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per-node arrays of the level walk: split feature, threshold, the two children
         (``child[2 * node + go_left]``), where NaN goes, whether zero takes the default
-        direction (``missing_type`` ``"Zero"``), and which nodes are leaves."""
-        is_leaf = self.feature < 0
-        feat = np.where(is_leaf, 0, self.feature).astype(np.intp)
-        thr = np.where(is_leaf, np.inf, self.threshold)
+        direction (``missing_type`` ``"Zero"``), and which nodes are leaves. A pair leaves
+        the walk on reaching a leaf, so a leaf's split entries are never read."""
         child = np.stack([self.right, self.left], axis=1).astype(np.intp).ravel()
         # NaN: "None" treats it as 0.0 (so it goes left when 0.0 <= threshold), the
         # other two send it the default direction
         nan_left = np.where(self.missing == _MISSING_NONE, 0.0 <= self.threshold, self.default_left)
-        zero_default = (self.missing == _MISSING_ZERO) & ~is_leaf
-        return feat, thr, child, nan_left.astype(bool), zero_default, is_leaf
+        return (self.feature.astype(np.intp), self.threshold, child, nan_left.astype(bool),
+                self.missing == _MISSING_ZERO, self.feature < 0)
 
     @cached_property
     def _row_lists(self) -> tuple[list[int], list[int], list[int], list[float], list[int], list[int],
